@@ -1,0 +1,45 @@
+# Learning Pilot: `make demo` runs the whole loop on embedded defaults; `make test` runs every test.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export LITELLM_LOCAL_MODEL_COST_MAP := True
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test lint typecheck unit bench lock clean
+
+install: $(STAMP)
+
+# torch first, pinned: here it resolves to a CPU build on disk; unpinned it would pull GBs of CUDA wheels.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[train,postgres,dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/learning-pilot demo --config config/demo.toml
+
+lint: $(STAMP)
+	$(BIN)/ruff check pilot subagents tools jobs tests bench
+	$(BIN)/ruff format --check pilot subagents tools jobs tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test: lint typecheck unit
+
+bench: $(STAMP)
+	for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+lock: $(STAMP)
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^torch==' > constraints.txt.new
+	echo 'torch==2.13.0' >> constraints.txt.new && mv constraints.txt.new constraints.txt
+
+clean:
+	rm -rf $(VENV) data .cache .pytest_cache .mypy_cache .ruff_cache

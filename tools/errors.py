@@ -1,0 +1,60 @@
+"""The root of every error Learning Pilot raises on purpose.
+
+The tree (adapters translate third-party exceptions into these at their boundary, ``raise X(...) from exc``)::
+
+    PilotError
+    ├── ProviderError                 a GPU provider failed (tools/gpu)
+    │   ├── ProviderUnavailable       transient: 429, 5xx, timeouts; safe to retry later
+    │   ├── OfferUnavailable          the offer was taken or is gone; choose another
+    │   └── LaunchFailed              the provider refused to start the instance
+    ├── ArtifactError                 the artifact store failed (tools/artifacts)
+    │   ├── ArtifactNotFound
+    │   └── IntegrityError            a sha256 mismatch, a pickled file, a path traversal
+    ├── DeployError                   a serving target refused or failed (tools/serving)
+    ├── NotificationError             Slack or another notifier failed (tools/slack)
+    └── (pilot/errors.py adds the control-plane errors: config, store transitions, approvals)
+
+``jobs/`` does not import this: it runs on rented hosts and is self-contained.
+"""
+
+from __future__ import annotations
+
+
+class PilotError(Exception):
+    """Root of all deliberate Learning Pilot errors."""
+
+
+class ProviderError(PilotError):
+    """A GPU provider call failed."""
+
+
+class ProviderUnavailable(ProviderError):
+    """Transient provider failure (rate limit, 5xx, timeout). Retrying later is safe."""
+
+
+class OfferUnavailable(ProviderError):
+    """The chosen offer cannot be rented any more."""
+
+
+class LaunchFailed(ProviderError):
+    """The provider did not start the instance. Any instance it created anyway was destroyed first."""
+
+
+class ArtifactError(PilotError):
+    """The artifact store failed."""
+
+
+class ArtifactNotFound(ArtifactError):
+    """No artifact under that key."""
+
+
+class IntegrityError(ArtifactError):
+    """An artifact failed verification: wrong sha256, unsafe format or unsafe path."""
+
+
+class DeployError(PilotError):
+    """A serving target refused or failed to load an adapter."""
+
+
+class NotificationError(PilotError):
+    """A notifier (Slack) failed."""
