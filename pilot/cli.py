@@ -1,0 +1,234 @@
+"""``learning-pilot``: the operator's commands.
+
+Every failure is one line on stderr and a non-zero exit (2 for configuration errors), never a traceback.
+Imports are deferred into the commands so that ``status`` loads the store alone (no graph, LLM or torch).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+
+from pilot.errors import ConfigError, StoreError
+from tools.errors import PilotError
+
+app = typer.Typer(
+    name="learning-pilot",
+    help="Improve an LLM agent product from its own execution records, safely.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="TOML settings file (default: see README, 'Configuration').", show_default=False
+    ),
+]
+
+
+class _Obj:
+    def __init__(self, config: Path | None) -> None:
+        self.config = config
+        self._settings: Any = None
+
+    def settings(self) -> Any:
+        if self._settings is None:
+            from pilot.settings import load_settings
+
+            self._settings = load_settings(self.config)
+        return self._settings
+
+
+@app.callback()
+def _main(
+    ctx: typer.Context, config: ConfigOption = None, verbose: bool = typer.Option(False, "--verbose", "-v")
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    ctx.obj = _Obj(config)
+
+
+def _open_store(ctx: typer.Context, *, create: bool = False) -> tuple[Any, Any]:
+    """Settings and an initialised store; a missing data dir or schema is one clear error."""
+    from pilot.store import Store
+
+    settings = ctx.obj.settings()
+    data_dir = Path(settings.data_dir)
+    if create:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    elif not data_dir.is_dir():
+        raise StoreError(f"data dir {data_dir} does not exist: create it with `learning-pilot init`")
+    store = Store(settings.database_url)
+    if create:
+        store.migrate()
+    else:
+        store.check_ready()
+    return settings, store
+
+
+def _context(ctx: typer.Context, *, create: bool = False) -> Any:
+    from pilot.context import build_context
+
+    settings, store = _open_store(ctx, create=create)
+    return build_context(settings, store=store)
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+@app.command()
+def init(ctx: typer.Context) -> None:
+    """Create the data dir and the store schema (idempotent)."""
+    settings, store = _open_store(ctx, create=True)
+    typer.echo(f"store ready at {store.display_url}; data dir {settings.data_dir}")
+
+
+@app.command()
+def status(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="One JSON object.")) -> None:
+    """Champion, runs, pending approvals, spend against caps, records, last decisions, paused or not."""
+    from pilot.status import build_status
+
+    settings, store = _open_store(ctx)
+    report = build_status(settings, store)
+    if as_json:
+        typer.echo(json.dumps(report, default=str))
+        return
+    from pilot.render import render_status
+
+    render_status(_console(), report)
+
+
+@app.command()
+def ingest(ctx: typer.Context, path: Path = typer.Argument(..., help="A JSONL file, or a directory of them.")) -> None:
+    """Validate and store execution records; invalid ones go to the dead-letter table with the reason."""
+    from pilot.ingest import ingest_file
+
+    settings, store = _open_store(ctx)
+    if not path.exists():
+        raise PilotError(f"{path} does not exist")
+    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+    for file in files:
+        report = ingest_file(store, file, batch_size=settings.ingest.batch_size)
+        typer.echo(
+            f"{file}: {report.accepted} accepted, {report.duplicates} duplicates, "
+            f"{report.dead_lettered} dead-lettered"
+            + (f" {dict(report.reasons.most_common(3))}" if report.reasons else "")
+        )
+
+
+def _actor(by: str | None) -> str:
+    return f"human:{by or getpass.getuser()}"
+
+
+@app.command()
+def approve(
+    ctx: typer.Context,
+    approval_id: str = typer.Argument(..., metavar="ID"),
+    by: str | None = typer.Option(None, "--by", help="Who approves (default: your user name)."),
+    note: str | None = typer.Option(None, "--note"),
+) -> None:
+    """Approve a pending decision; the supervisor carries it out at its next cycle."""
+    _answer(ctx, approval_id, approve=True, by=by, note=note)
+
+
+@app.command()
+def reject(
+    ctx: typer.Context,
+    approval_id: str = typer.Argument(..., metavar="ID"),
+    by: str | None = typer.Option(None, "--by"),
+    note: str | None = typer.Option(None, "--note"),
+) -> None:
+    """Reject a pending decision."""
+    _answer(ctx, approval_id, approve=False, by=by, note=note)
+
+
+def _answer(ctx: typer.Context, approval_id: str, *, approve: bool, by: str | None, note: str | None) -> None:
+    from pilot.approvals import answer
+
+    _, store = _open_store(ctx)
+    with store.session(write=True) as session:
+        approval = answer(session, approval_id, approve=approve, actor=_actor(by), note=note)
+    verb = "approved" if approve else "rejected"
+    typer.echo(f"{verb} {approval.id} ({approval.kind}, decision {approval.decision_id}) as {approval.decided_by}")
+    typer.echo("the supervisor resumes it at its next cycle (or now: `learning-pilot run --once`)")
+
+
+@app.command()
+def run(ctx: typer.Context, once: bool = typer.Option(False, "--once", help="Run one cycle and exit.")) -> None:
+    """Run the daemon (scheduler + HTTP), or one cycle with --once."""
+    if once:
+        from pilot.cycle import run_cycle
+
+        pilot_ctx = _context(ctx)
+        for result in run_cycle(pilot_ctx):
+            for line in result.log:
+                typer.echo(line)
+            typer.echo(f"[{result.thread_id}] {result.outcome}")
+        return
+    from pilot.daemon import serve
+
+    settings, store = _open_store(ctx)
+    serve(settings, store)
+
+
+@app.command()
+def models(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Model versions with lineage, aliases, and the promotion history."""
+    from pilot.render import models_report, render_models
+
+    _, store = _open_store(ctx)
+    report = models_report(store)
+    if as_json:
+        typer.echo(json.dumps(report, default=str))
+    else:
+        render_models(_console(), report)
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    reset: bool = typer.Option(False, "--reset", help="Start from an empty data dir (deletes the demo's data dir)."),
+    records: int = typer.Option(1500, help="How many sample execution records to generate."),
+) -> None:
+    """Run the whole loop on embedded defaults: records -> curation -> decision -> approval -> LoRA -> gate."""
+    from pilot.demo import run_demo
+
+    run_demo(ctx.obj.settings(), reset=reset, n_records=records, console=_console(), config=ctx.obj.config)
+
+
+def main() -> None:
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(prog_name="learning-pilot", standalone_mode=False)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except PilotError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except click.exceptions.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

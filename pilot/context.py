@@ -1,0 +1,83 @@
+"""Everything a cycle needs, built once from the settings and passed in (no module-level globals)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from pilot.settings import Settings
+from pilot.store import Store
+from tools.artifacts.base import ArtifactStore
+from tools.artifacts.local import LocalArtifactStore
+from tools.gpu.base import GpuProvider
+from tools.gpu.fake import FakeGpuProvider
+from tools.gpu.local import LocalGpuProvider
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PilotContext:
+    settings: Settings
+    store: Store
+    gpu: GpuProvider
+    artifacts: ArtifactStore
+    local: LocalGpuProvider  # always present: evaluation of small models runs here
+
+    @property
+    def label_prefix(self) -> str:
+        return f"learning-pilot/{self.settings.env}/"
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def make_gpu_provider(settings: Settings, local: LocalGpuProvider) -> GpuProvider:
+    match settings.gpu.provider:
+        case "local":
+            return local
+        case "fake":
+            return FakeGpuProvider()
+        case "vast":
+            from tools.gpu.vast import VastGpuProvider  # the vastai client is imported only when configured
+
+            key = settings.gpu.vast.api_key
+            if key is None:
+                from pilot.errors import ConfigError
+
+                raise ConfigError("gpu.provider is 'vast' but no API key: set LEARNING_PILOT_GPU__VAST__API_KEY")
+            return VastGpuProvider(key.get_secret_value(), api_url=settings.gpu.vast.api_url)
+
+
+def make_artifact_store(settings: Settings) -> ArtifactStore:
+    if settings.artifacts.kind == "s3":
+        from tools.artifacts.s3 import S3ArtifactStore
+
+        if not settings.artifacts.s3_bucket:
+            from pilot.errors import ConfigError
+
+            raise ConfigError("artifacts.kind is 's3' but artifacts.s3_bucket is empty")
+        return S3ArtifactStore(
+            settings.artifacts.s3_bucket,
+            prefix=settings.artifacts.s3_prefix,
+            endpoint_url=settings.artifacts.s3_endpoint_url,
+            region=settings.artifacts.s3_region,
+        )
+    return LocalArtifactStore(settings.artifacts_dir)
+
+
+def build_context(settings: Settings, *, store: Store | None = None) -> PilotContext:
+    local = LocalGpuProvider(
+        Path(settings.data_dir) / "gpu",
+        gpu_name=settings.gpu.local.gpu_name,
+        gpu_ram_gb=settings.gpu.local.gpu_ram_gb,
+        dph=settings.gpu.local.dph,
+    )
+    return PilotContext(
+        settings=settings,
+        store=store or Store(settings.database_url),
+        gpu=make_gpu_provider(settings, local),
+        artifacts=make_artifact_store(settings),
+        local=local,
+    )

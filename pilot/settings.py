@@ -1,0 +1,258 @@
+"""One typed settings object, built once at start-up and passed in (no module-level getenv elsewhere).
+
+Sources, highest priority first: keyword arguments, environment variables ``LEARNING_PILOT_<SECTION>__<KEY>``
+(for example ``LEARNING_PILOT_BUDGET__PER_DAY_USD=20``), the TOML file, systemd credentials
+(``$CREDENTIALS_DIRECTORY``) for secrets, then the defaults below. Unknown keys in the file are errors: a typo
+must not silently fall back to a default that spends money.
+
+The TOML file is ``--config PATH`` or, when not given, the first that exists of: ``$LEARNING_PILOT_CONFIG``,
+``./learning-pilot.toml``, ``~/.config/learning-pilot/pilot.toml``, ``/etc/learning-pilot/pilot.toml``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from pilot.errors import ConfigError
+
+DEFAULT_SEARCH_PATH = (
+    Path("learning-pilot.toml"),
+    Path("~/.config/learning-pilot/pilot.toml"),
+    Path("/etc/learning-pilot/pilot.toml"),
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StoreSettings(_Section):
+    url: str | None = Field(
+        None,
+        description="SQLAlchemy URL. Empty: SQLite (WAL) at <data_dir>/pilot.db. "
+        "PostgreSQL: postgresql+psycopg://user@host:5432/db (needs the postgres extra).",
+    )
+
+
+class PolicySettings(_Section):
+    min_new_examples: int = Field(200, ge=1, description="Curated examples since the last training before a run.")
+    cooldown_minutes: float = Field(60.0, ge=0, description="Minimum time between the ends of two training runs.")
+    approval_required_above_usd: float = Field(
+        0.0, ge=0, description="Training whose estimated cost exceeds this needs a human approval (0: always)."
+    )
+    approval_expiry_minutes: float = Field(24 * 60, gt=0, description="An unanswered approval is denied after this.")
+
+
+class BudgetSettings(_Section):
+    per_run_usd: float = Field(25.0, ge=0, description="Cap on one training run's estimated and actual cost.")
+    per_day_usd: float = Field(50.0, ge=0, description="Cap on spend (reserved + actual) per UTC day.")
+    per_month_usd: float = Field(500.0, ge=0, description="Cap on spend (reserved + actual) per UTC month.")
+    max_dph: float = Field(3.0, ge=0, description="Highest $/hour an instance may cost.")
+
+
+class CurationSettings(_Section):
+    require_success: bool = Field(True, description="Train only on records that succeeded.")
+    require_tests_pass: bool = Field(True, description="Drop records whose tests did not all pass.")
+    min_rating: int | None = Field(None, ge=1, le=5, description="Drop records a human rated below this.")
+    near_dup_threshold: float = Field(0.85, gt=0, le=1, description="Jaccard similarity above which two are dups.")
+    eval_fraction: float = Field(0.1, ge=0, lt=1, description="Share of tasks in the eval split (hash-stable).")
+    golden_fraction: float = Field(0.15, gt=0, lt=1, description="Share of tasks in the frozen golden split.")
+
+
+class TrainingSettings(_Section):
+    base_model: str = Field(
+        "meta-llama/Llama-3.1-8B-Instruct",
+        description="Hub id (org/name) or local path of the base model; a relative path starts with ./ or ../. "
+        "The demo builds a tiny one under its data dir.",
+    )
+    base_model_params_b: float = Field(8.0, gt=0, description="Parameter count in billions (for VRAM and cost).")
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    modules_to_save: list[str] = Field(default_factory=list, description="Fully trained modules (tiny models).")
+    seq_len: int = Field(1024, ge=16)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="Fixed step count; empty: use epochs.")
+    epochs: float = Field(2.0, gt=0)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    seed: int = 0
+    max_duration_minutes: float = Field(240.0, gt=0, description="A run still going after this is stopped.")
+    heartbeat_timeout_s: float = Field(600.0, gt=0, description="No heartbeat for this long fails the run.")
+    poll_interval_s: float = Field(5.0, gt=0)
+    tokens_per_second_estimate: float = Field(
+        2500.0, gt=0, description="Throughput assumed for cost estimates before offer-specific figures exist."
+    )
+
+
+class EvaluationSettings(_Section):
+    margin: float = Field(0.05, ge=0, description="Candidate must beat champion by this (lower bound of the CI).")
+    max_domain_regression: float = Field(0.10, ge=0, description="No domain may lose more than this.")
+    confidence: float = Field(0.95, gt=0, lt=1)
+    bootstrap_samples: int = Field(2000, ge=100)
+    max_eval_loss_increase: float = Field(0.0, ge=0, description="Relative eval-loss increase tolerated.")
+    min_items: int = Field(20, ge=1, description="Fewer golden items than this: reject, nothing to judge on.")
+    max_new_tokens: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1)
+
+
+class LocalGpuSettings(_Section):
+    gpu_name: str = Field("local", description="Shown in offers and runs.")
+    gpu_ram_gb: float = Field(0.0, ge=0, description="Memory of the local accelerator (0 for CPU).")
+    dph: float = Field(0.0, ge=0, description="What an hour of this machine costs you (for the ledger).")
+
+
+class VastSettings(_Section):
+    api_url: str = Field("https://console.vast.ai", description="Vast REST base URL (a local server in tests).")
+    api_key: SecretStr | None = Field(None, description="From LEARNING_PILOT_VAST__API_KEY or a credential file.")
+    image: str = Field("pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime", description="Container image for jobs.")
+
+
+class GpuSettings(_Section):
+    provider: Literal["local", "vast", "fake"] = Field("local", description="Where training jobs run.")
+    local: LocalGpuSettings = LocalGpuSettings()
+    vast: VastSettings = VastSettings()
+
+
+class ArtifactSettings(_Section):
+    kind: Literal["local", "s3"] = "local"
+    path: Path | None = Field(None, description="Local store directory. Empty: <data_dir>/artifacts.")
+    s3_bucket: str | None = None
+    s3_prefix: str = ""
+    s3_endpoint_url: str | None = Field(None, description="For S3-compatible stores (MinIO, R2, a test server).")
+    s3_region: str | None = None
+    presign_expiry_s: int = Field(900, ge=60, le=7 * 24 * 3600)
+
+
+class SchedulerSettings(_Section):
+    cycle_interval_s: float = Field(300.0, gt=0, description="How often the supervisor runs a cycle.")
+    reconcile_interval_s: float = Field(60.0, gt=0, description="How often owned instances are reconciled.")
+
+
+class ApiSettings(_Section):
+    host: str = Field("127.0.0.1", description="Bind address. Keep loopback unless behind an authenticating proxy.")
+    port: int = Field(8765, ge=0, le=65535)
+    kill_token: SecretStr | None = Field(None, description="Bearer token for /v1/kill and /v1/resume.")
+
+
+class IngestSettings(_Section):
+    drop_dir: Path | None = Field(None, description="Watched JSONL directory. Empty: <data_dir>/inbox.")
+    batch_size: int = Field(5000, ge=1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LEARNING_PILOT_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    env: str = Field("dev", pattern=r"^[a-z0-9][a-z0-9-]{0,31}$", description="Names this deployment in labels.")
+    data_dir: Path = Field(Path("data"), description="Where the store, snapshots, artifacts and models live.")
+    store: StoreSettings = StoreSettings()
+    policy: PolicySettings = PolicySettings()
+    budget: BudgetSettings = BudgetSettings()
+    curation: CurationSettings = CurationSettings()
+    training: TrainingSettings = TrainingSettings()
+    evaluation: EvaluationSettings = EvaluationSettings()
+    gpu: GpuSettings = GpuSettings()
+    artifacts: ArtifactSettings = ArtifactSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
+    api: ApiSettings = ApiSettings()
+    ingest: IngestSettings = IngestSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls), file_secret_settings)
+
+    # -- derived paths --------------------------------------------------------------------------------------
+    @property
+    def database_url(self) -> str:
+        return self.store.url or f"sqlite:///{self.data_dir / 'pilot.db'}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.artifacts.path or self.data_dir / "artifacts"
+
+    @property
+    def drop_dir(self) -> Path:
+        return self.ingest.drop_dir or self.data_dir / "inbox"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.data_dir / "snapshots"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.data_dir / "work"
+
+
+def find_config(explicit: Path | None) -> Path | None:
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError(f"config file {explicit} does not exist")
+        return explicit
+    env_path = os.environ.get("LEARNING_PILOT_CONFIG")
+    if env_path:
+        return find_config(Path(env_path))
+    for candidate in DEFAULT_SEARCH_PATH:
+        path = candidate.expanduser()
+        if path.is_file():
+            return path
+    return None
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings once. Raises ConfigError naming the file and the offending key."""
+    path = find_config(config)
+    if path is not None:
+        try:
+            tomllib.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    file_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": path})  # type: ignore[typeddict-item]
+    configured = type("Settings", (Settings,), {"model_config": file_config, "__module__": __name__})
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    try:
+        settings: Settings = configured(**overrides, _secrets_dir=credentials)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from exc
+    if not settings.data_dir.is_absolute():
+        settings = settings.model_copy(update={"data_dir": settings.data_dir.resolve()})
+    base = settings.training.base_model
+    if base.startswith(("./", "../")):  # a local path relative to the working directory, not a hub id
+        training = settings.training.model_copy(update={"base_model": str(Path(base).resolve())})
+        settings = settings.model_copy(update={"training": training})
+    return settings
+
+
+def _describe(exc: ValidationError, path: Path | None) -> str:
+    where = str(path) if path else "settings"
+    problems = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(root)"
+        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        problems.append(f"{key}: {message}")
+    return f"{where}: " + "; ".join(problems)

@@ -1,0 +1,198 @@
+"""The tables. The database is the source of truth for runs, decisions, approvals, spend, models and events.
+
+Status columns are plain text holding the ``*Status`` enum values; they are changed only by
+``pilot/store/writers.py``. Timestamps are timezone-aware UTC (``utcnow()``), stored as UTC on both databases.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _json() -> Any:
+    return Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class ExecutionRecordRow(SQLModel, table=True):
+    __tablename__ = "execution_record"
+    __table_args__ = (Index("ix_execution_record_domain_id", "domain", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    record_id: str = Field(max_length=200, unique=True)  # the producer's idempotency key
+    content_hash: str = Field(max_length=64, index=True)
+    domain: str = Field(max_length=64)
+    success: bool
+    session_id: str = Field(max_length=200)
+    model_version: str | None = Field(default=None, max_length=200, index=True)
+    ts: datetime = Field(index=True)
+    ingested_at: datetime = Field(default_factory=utcnow)
+    source: str = Field(default="", max_length=500)
+    payload: str = Field(sa_column=Column(Text, nullable=False))  # the validated record as JSON
+
+
+class DeadLetter(SQLModel, table=True):
+    __tablename__ = "dead_letter"
+
+    id: int | None = Field(default=None, primary_key=True)
+    source: str = Field(max_length=500)
+    location: str = Field(default="", max_length=100)  # line number or batch index
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    raw: str = Field(sa_column=Column(Text, nullable=False))  # truncated copy of what arrived
+    received_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class DatasetSnapshot(SQLModel, table=True):
+    __tablename__ = "dataset_snapshot"
+
+    id: str = Field(primary_key=True, max_length=40)
+    content_hash: str = Field(max_length=64, unique=True)
+    path: str
+    created_at: datetime = Field(default_factory=utcnow)
+    max_record_pk: int = 0  # the newest execution_record.id the snapshot saw (the "new data" watermark)
+    train_count: int = 0
+    eval_count: int = 0
+    golden_count: int = 0
+    manifest: dict[str, Any] = _json()
+
+
+class Decision(SQLModel, table=True):
+    __tablename__ = "decision"
+
+    id: str = Field(primary_key=True, max_length=40)
+    thread_id: str = Field(max_length=80, index=True)
+    action: str = Field(max_length=20)
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    figures: dict[str, Any] = _json()
+    rationale: str | None = Field(default=None, sa_column=Column(Text))
+    actor: str = Field(default="supervisor", max_length=100)
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    finished_at: datetime | None = None
+    outcome: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class Approval(SQLModel, table=True):
+    __tablename__ = "approval"
+
+    id: str = Field(primary_key=True, max_length=40)
+    decision_id: str = Field(foreign_key="decision.id", max_length=40, index=True)
+    kind: str = Field(max_length=20)
+    status: str = Field(max_length=20, index=True)
+    thread_id: str = Field(max_length=80)
+    summary: dict[str, Any] = _json()
+    cost_ceiling_usd: float = 0.0
+    requested_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+    decided_at: datetime | None = None
+    decided_by: str | None = Field(default=None, max_length=200)
+    note: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class TrainingRun(SQLModel, table=True):
+    __tablename__ = "training_run"
+
+    id: str = Field(primary_key=True, max_length=40)
+    decision_id: str = Field(foreign_key="decision.id", max_length=40, index=True)
+    approval_id: str | None = Field(default=None, max_length=40)
+    snapshot_id: str = Field(foreign_key="dataset_snapshot.id", max_length=40)
+    status: str = Field(max_length=20, index=True)
+    termination_reason: str | None = Field(default=None, max_length=40)
+    status_message: str | None = Field(default=None, sa_column=Column(Text))
+    provider: str = Field(max_length=20)
+    label: str = Field(max_length=200, index=True)
+    offer_id: str | None = Field(default=None, max_length=80)
+    instance_id: str | None = Field(default=None, max_length=80)
+    dph: float = 0.0
+    estimated_cost_usd: float = 0.0
+    actual_cost_usd: float | None = None
+    config: dict[str, Any] = _json()
+    metrics: dict[str, Any] = _json()
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class SpendEntry(SQLModel, table=True):
+    """The ledger. Spend = actual entries + active reservations. A reservation is released when replaced."""
+
+    __tablename__ = "spend_ledger"
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=20)  # reservation | actual
+    category: str = Field(max_length=20)  # gpu | llm | storage
+    run_id: str | None = Field(default=None, max_length=40, index=True)
+    amount_usd: float
+    active: bool = True  # reservations only: False once released or replaced by actual spend
+    note: str = Field(default="", max_length=500)
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class ModelVersion(SQLModel, table=True):
+    __tablename__ = "model_version"
+
+    id: str = Field(primary_key=True, max_length=40)
+    status: str = Field(max_length=20, index=True)
+    run_id: str | None = Field(default=None, foreign_key="training_run.id", max_length=40)
+    snapshot_id: str | None = Field(default=None, max_length=40)
+    snapshot_hash: str | None = Field(default=None, max_length=64)
+    base_model: str
+    adapter_uri: str | None = None
+    adapter_sha256: str | None = Field(default=None, max_length=64)
+    adapter_files: dict[str, Any] = _json()  # file name -> {"key", "sha256", "size"}
+    eval_report: dict[str, Any] = _json()
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ModelAlias(SQLModel, table=True):
+    __tablename__ = "model_alias"
+
+    name: str = Field(primary_key=True, max_length=40)  # champion | previous | candidate
+    version_id: str | None = Field(default=None, max_length=40)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class AliasHistory(SQLModel, table=True):
+    __tablename__ = "alias_history"
+
+    id: int | None = Field(default=None, primary_key=True)
+    alias: str = Field(max_length=40, index=True)
+    old_version: str | None = Field(default=None, max_length=40)
+    new_version: str | None = Field(default=None, max_length=40)
+    actor: str = Field(max_length=200)
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    at: datetime = Field(default_factory=utcnow)
+
+
+class Event(SQLModel, table=True):
+    """The audit trail: one row per status change or notable action, written in the same transaction."""
+
+    __tablename__ = "event"
+    __table_args__ = (Index("ix_event_entity", "entity_type", "entity_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, index=True)
+    entity_type: str = Field(max_length=40)
+    entity_id: str = Field(max_length=80)
+    actor: str = Field(max_length=200)
+    old: str | None = Field(default=None, max_length=40)
+    new: str | None = Field(default=None, max_length=40)
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    data: dict[str, Any] = _json()
+
+
+class PilotState(SQLModel, table=True):
+    """Small durable flags (``paused``) that must survive restarts."""
+
+    __tablename__ = "pilot_state"
+    __table_args__ = (UniqueConstraint("key"),)
+
+    key: str = Field(primary_key=True, max_length=60)
+    value: str = Field(sa_column=Column(Text, nullable=False))
+    updated_at: datetime = Field(default_factory=utcnow)

@@ -1,0 +1,157 @@
+"""The training subagent's judgement: what job to run, on which offer, what it should cost, how it ended.
+
+Pure functions over plain values (it never touches the store): ``pilot/runs.py`` turns these plans into rented
+instances and status changes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tools.gpu.base import Instance, InstanceState, Offer, OfferRequirements
+
+CHARS_PER_TOKEN = 4.0  # a conservative average for code and English
+STARTUP_HOURS_REMOTE = 0.15  # image pull + dependency install on a fresh host, billed
+
+
+@dataclass(frozen=True)
+class TrainingParams:
+    base_model: str
+    base_model_params_b: float
+    lora_r: int
+    lora_alpha: int
+    lora_dropout: float
+    target_modules: list[str]
+    modules_to_save: list[str]
+    seq_len: int
+    batch_size: int
+    grad_accum: int
+    learning_rate: float
+    max_steps: int | None
+    epochs: float
+    warmup_ratio: float
+    seed: int
+    tokens_per_second_estimate: float
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    offer: Offer
+    train_examples: int
+    train_tokens: int
+    expected_hours: float
+    estimated_cost_usd: float
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+def count_tokens(jsonl: Path) -> tuple[int, int]:
+    """(examples, estimated tokens) of a snapshot split, from its message text."""
+    examples = chars = 0
+    with jsonl.open() as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            examples += 1
+            chars += sum(len(m.get("content", "")) for m in json.loads(line).get("messages", []))
+    return examples, int(chars / CHARS_PER_TOKEN) + examples * 8  # + template tokens
+
+
+def requirements_for(params: TrainingParams, *, max_dph: float) -> OfferRequirements:
+    # LoRA on a bf16 base: weights (2 bytes/param) + activations and optimizer state for the adapter: ~1.3x.
+    vram = params.base_model_params_b * 2 * 1.3 if params.base_model_params_b >= 0.5 else 0.0
+    return OfferRequirements(min_gpu_ram_gb=round(vram, 1), max_dph=max_dph, min_reliability=0.95)
+
+
+def expected_hours(params: TrainingParams, train_tokens: int, *, remote: bool) -> float:
+    if params.max_steps is not None:
+        tokens = params.max_steps * params.batch_size * params.grad_accum * params.seq_len / 2
+    else:
+        tokens = train_tokens * params.epochs
+    hours = tokens / params.tokens_per_second_estimate / 3600
+    return hours + (STARTUP_HOURS_REMOTE if remote else 0.0)
+
+
+def plan_training(
+    params: TrainingParams, offers: list[Offer], *, train_examples: int, train_tokens: int, remote: bool
+) -> TrainingPlan | None:
+    """Cheapest expected total cost among offers (not cheapest $/h). None when there is no offer."""
+    if not offers:
+        return None
+    hours = expected_hours(params, train_tokens, remote=remote)
+    best = min(offers, key=lambda o: o.dph_total * hours)
+    cost = round(best.dph_total * hours, 4)
+    return TrainingPlan(
+        offer=best,
+        train_examples=train_examples,
+        train_tokens=train_tokens,
+        expected_hours=round(hours, 4),
+        estimated_cost_usd=cost,
+        figures={
+            "offer": best.id,
+            "gpu": best.gpu_name,
+            "dph": best.dph_total,
+            "expected_hours": round(hours, 4),
+            "estimated_cost_usd": cost,
+            "train_examples": train_examples,
+            "train_tokens": train_tokens,
+        },
+    )
+
+
+def job_config(params: TrainingParams, *, train_file: Path, eval_file: Path | None, output_dir: Path) -> dict[str, Any]:
+    """The JSON config ``jobs/finetune_lora.py`` reads."""
+    p = asdict(params)
+    return {
+        "base_model": p["base_model"],
+        "train_file": str(train_file),
+        "eval_file": str(eval_file) if eval_file else None,
+        "output_dir": str(output_dir),
+        "lora": {
+            "r": p["lora_r"],
+            "alpha": p["lora_alpha"],
+            "dropout": p["lora_dropout"],
+            "target_modules": p["target_modules"],
+            "modules_to_save": p["modules_to_save"],
+        },
+        "seq_len": p["seq_len"],
+        "batch_size": p["batch_size"],
+        "grad_accum": p["grad_accum"],
+        "learning_rate": p["learning_rate"],
+        "max_steps": p["max_steps"],
+        "epochs": p["epochs"],
+        "warmup_ratio": p["warmup_ratio"],
+        "seed": p["seed"],
+        "save_steps": 100,
+        "heartbeat_every_s": 10,
+        "resume_from": "auto",
+    }
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an instance ended, for the run's status: ``ok`` means outputs should be collected."""
+
+    ok: bool
+    reason: str
+    termination: str | None = None  # a RunTerminationReason value when not ok
+
+
+def classify_exit(instance: Instance, log_tail: str = "") -> Outcome:
+    tail = log_tail.strip().splitlines()[-1:] if log_tail else []
+    last = f": {tail[0][:300]}" if tail else ""
+    match instance.state:
+        case InstanceState.EXITED if instance.exit_code == 0:
+            return Outcome(True, "the job exited 0")
+        case InstanceState.EXITED:
+            return Outcome(False, f"the job exited with code {instance.exit_code}{last}", "job_failed")
+        case InstanceState.STOPPED:
+            return Outcome(
+                False, f"the instance was stopped ({instance.detail or 'by the provider'})", "instance_vanished"
+            )
+        case InstanceState.GONE:
+            return Outcome(False, "the instance disappeared", "instance_vanished")
+        case _:
+            return Outcome(False, f"the instance is still {instance.state}", None)
