@@ -1,0 +1,429 @@
+"""The Vast.ai GPU provider, on the real ``vastai`` client (the only module that imports it).
+
+Invariants:
+
+- Every ``requests``/``vastai`` failure is translated here (``raise X(...) from exc``): 429, 5xx, timeouts and
+  connection errors -> ``ProviderUnavailable``; an offer gone (404/410 ``no_such_ask``) -> ``OfferUnavailable``;
+  create refused -> ``LaunchFailed``; anything else -> ``ProviderError``. A 200 answer with ``success: false`` is a
+  failure too.
+- 429 carries no Retry-After: we back off exponentially with jitter (``backoff_base_s`` x 2^n, capped at
+  ``backoff_max_s``, then a random 50-100 % of that), through the injectable ``sleep``. Reads and destroys also
+  retry 5xx and timeouts. Create retries only 429 (the request was refused before it was processed); after any other
+  failure an instance may exist, so every instance carrying our label is destroyed *before* the error is raised.
+  The same cleanup runs when create answers ``success: false``; then ``LaunchFailed`` is raised.
+- ``terminate`` is idempotent (unknown id, ``no_such_instance``: fine) and never reports "destroyed" on a 429: it
+  retries, and raises ``ProviderUnavailable`` if the instance may still exist.
+- Many instances are polled with ONE paginated ``GET /api/v1/instances/`` (``poll_many``), never N single GETs.
+- The Vast API key never leaves this process: ``launch`` refuses a spec whose env, script, image or label contains
+  it. The host gets only what the spec says (presigned URLs, not credentials).
+- The job runs as the container's entrypoint (``runtype: args``; ``/bin/bash -c <script>``), so the container exits
+  when the job does, and ``poll`` reports ``EXITED``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import shlex
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import requests
+from vastai import VastAI
+from vastai.api import instances as vast_instances
+
+from tools.errors import LaunchFailed, OfferUnavailable, ProviderError, ProviderUnavailable
+from tools.gpu.base import GpuProvider, Instance, InstanceState, LaunchSpec, Offer, OfferRequirements
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_IMAGE = "pytorch/pytorch:2.4.1-cuda12.4-cudnn9-runtime"
+# create_instance.yaml: args + args_str + onstart <= 4096 characters.
+MAX_ENTRYPOINT_CHARS = 4096
+_LOADING_STATES = {None, "", "created", "loading", "rebooting", "starting", "restarting", "scheduling"}
+_EXIT_CODE = re.compile(r"exit(?:ed)?(?: with)?(?: code)?[ (]+(-?\d+)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class VastAccount:
+    username: str
+    credit: float  # spendable dollars (falls back to ``balance`` when the answer has no ``credit``)
+    balance: float
+
+
+@dataclass(frozen=True)
+class InstanceCharge:
+    instance_id: str
+    label: str
+    amount_usd: float
+    items: Mapping[str, float] = field(default_factory=dict)  # gpu, disk, bwd, bwu -> dollars
+    start: float | None = None
+    end: float | None = None
+
+
+def offer_from_row(row: Mapping[str, Any]) -> Offer:
+    """An ``Offer`` from one Vast search row (``gpu_ram`` is MiB per GPU; costs as Vast quotes them)."""
+    min_bid = row.get("min_bid")
+    return Offer(
+        id=str(row["id"]),
+        gpu_name=str(row.get("gpu_name", "")),
+        num_gpus=int(row.get("num_gpus") or 1),
+        gpu_ram_gb=float(row.get("gpu_ram") or 0) / 1024,
+        dph_total=float(row.get("dph_total") or 0),
+        storage_cost_per_gb_month=float(row.get("storage_cost") or 0),
+        inet_down_cost_per_gb=float(row.get("inet_down_cost") or 0),
+        inet_up_cost_per_gb=float(row.get("inet_up_cost") or 0),
+        reliability=float(row.get("reliability2") or row.get("reliability") or 0),
+        cuda_max_good=float(row.get("cuda_max_good") or 0),
+        inet_down_mbps=float(row.get("inet_down") or 0),
+        disk_gb=float(row.get("disk_space") or 0),
+        tflops=float(row.get("total_flops") or 0),
+        dlperf=float(row.get("dlperf") or 0),
+        min_bid=float(min_bid) if min_bid is not None else None,
+        verified=row.get("verification") == "verified",
+        raw=dict(row),
+    )
+
+
+def instance_from_row(row: Mapping[str, Any]) -> Instance:
+    """Map a Vast instance row (actual_status / intended_status / cur_state / status_msg) to an ``Instance``."""
+    actual = row.get("actual_status")
+    intended = row.get("intended_status")
+    cur_state = row.get("cur_state")
+    msg = str(row.get("status_msg") or "")
+    exit_code: int | None = None
+    if cur_state == "unloaded":
+        state = InstanceState.GONE  # destroyed; the row lingers until the destroy completes
+    elif actual in ("offline", "unknown"):
+        state = InstanceState.STOPPED
+        msg = msg or f"host {actual}"
+    elif actual == "created" and "OCI runtime create failed" in msg:
+        state = InstanceState.EXITED  # the container never started; it never will on this host
+    elif intended == "stopped" or cur_state == "stopped" or actual in ("stopped", "frozen"):
+        state = InstanceState.STOPPED  # outbid, stopped, out of credit: storage still bills
+    elif actual == "exited":
+        state = InstanceState.EXITED
+        if found := _EXIT_CODE.search(msg):
+            exit_code = int(found.group(1))
+    elif actual == "running":
+        state = InstanceState.RUNNING
+    elif actual in _LOADING_STATES:
+        state = InstanceState.LOADING
+    else:
+        state = InstanceState.LOADING
+        msg = msg or f"unrecognised Vast status {actual!r}"
+    start = row.get("start_date")
+    return Instance(
+        id=str(row["id"]),
+        label=str(row.get("label") or ""),
+        state=state,
+        exit_code=exit_code,
+        dph_total=float(row.get("dph_total") or 0),
+        started_at=float(start) if isinstance(start, int | float) else None,
+        detail=msg,
+    )
+
+
+def _vast_id(instance_id: str) -> int | None:
+    return int(instance_id) if instance_id.isdigit() else None
+
+
+class VastGpuProvider(GpuProvider):
+    name = "vast"
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        api_url: str = "https://console.vast.ai",
+        image: str = DEFAULT_IMAGE,
+        retry_attempts: int = 5,
+        backoff_base_s: float = 1.0,
+        backoff_max_s: float = 30.0,
+        request_timeout_s: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not api_key:
+            raise ValueError("a Vast API key is required")
+        if retry_attempts < 1:
+            raise ValueError("retry_attempts must be at least 1")
+        self._api_key = api_key
+        # retry=1: one HTTP attempt per call; this class owns retries (the client's own ignore jitter and caps).
+        self._client = VastAI(api_key=api_key, server_url=api_url.rstrip("/"), retry=1)
+        self._client.client.timeout = request_timeout_s
+        self.image = image
+        self.retry_attempts = retry_attempts
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._offer_prices: dict[str, float] = {}
+
+    def __repr__(self) -> str:  # never print the key
+        return f"VastGpuProvider(api_url={self._client.client.server_url!r})"
+
+    # -- offers ---------------------------------------------------------------------------------------------
+    def search_offers(self, requirements: OfferRequirements, *, limit: int = 64) -> list[Offer]:
+        query: dict[str, Any] = {
+            "external": {"eq": False},
+            "rentable": {"eq": True},
+            "rented": {"eq": False},
+            "num_gpus": {"eq": requirements.num_gpus},
+            "gpu_ram": {"gte": requirements.min_gpu_ram_gb * 1024},
+            "disk_space": {"gte": requirements.min_disk_gb},
+        }
+        if requirements.verified:
+            query["verified"] = {"eq": True}
+        if requirements.min_cuda:
+            query["cuda_max_good"] = {"gte": requirements.min_cuda}
+        if requirements.min_reliability:
+            query["reliability"] = {"gte": requirements.min_reliability}
+        if requirements.min_inet_down_mbps:
+            query["inet_down"] = {"gte": requirements.min_inet_down_mbps}
+        if requirements.max_dph is not None:
+            query["dph_total"] = {"lte": requirements.max_dph}
+        rows = self._call(
+            "search offers",
+            lambda: self._client.search_offers(
+                query=query,
+                type="bid" if requirements.interruptible else "on-demand",
+                order="dph_total",
+                limit=min(limit, 64),
+                storage=requirements.min_disk_gb,  # price storage for the disk we will ask for
+                no_default=True,
+            ),
+        )
+        offers = [offer_from_row(r) for r in rows or []]
+        for offer in offers:
+            self._offer_prices[offer.id] = offer.dph_total
+        return offers
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+    def launch(self, spec: LaunchSpec) -> Instance:
+        if not spec.offer_id or not spec.offer_id.isdigit():
+            raise OfferUnavailable(f"not a Vast offer id: {spec.offer_id!r}")
+        script = spec.onstart or shlex.join(spec.command)
+        if not script:
+            raise LaunchFailed(f"nothing to run for {spec.label}: no command and no onstart")
+        if len(script) + len("/bin/bash -c") > MAX_ENTRYPOINT_CHARS:
+            raise LaunchFailed(f"the entrypoint for {spec.label} is longer than Vast's {MAX_ENTRYPOINT_CHARS} chars")
+        self._refuse_api_key(spec, script)
+        offer_id = int(spec.offer_id)
+
+        def create() -> Any:
+            return self._client.create_instance(
+                offer_id,
+                image=spec.image or self.image,
+                disk=spec.disk_gb,
+                env=dict(spec.env),
+                price=spec.bid_price,
+                label=spec.label,
+                onstart_cmd="/bin/bash",
+                args=["-c", script],
+                runtype="args",
+                cancel_unavail=True,
+            )
+
+        try:
+            answer = self._call("create instance", create, idempotent=False, gone=OfferUnavailable, check=False)
+        except OfferUnavailable:
+            raise
+        except ProviderError:
+            # The answer was lost after the request may have been acted on: no paid instance may stay behind.
+            self._destroy_label(spec.label)
+            raise
+        contract = answer.get("new_contract") if isinstance(answer, dict) else None
+        if not isinstance(answer, dict) or answer.get("success") is False or contract is None:
+            if contract is not None:
+                self._destroy_quietly(str(contract))
+            self._destroy_label(spec.label)
+            error = answer.get("error") if isinstance(answer, dict) else None
+            msg = answer.get("msg") if isinstance(answer, dict) else answer
+            raise LaunchFailed(f"Vast refused to create {spec.label} on offer {offer_id}: {error}: {msg}")
+        logger.info("Created Vast instance %s for %s on offer %s", contract, spec.label, offer_id)
+        return Instance(
+            id=str(contract),
+            label=spec.label,
+            state=InstanceState.LOADING,
+            dph_total=self._offer_prices.get(spec.offer_id, 0.0),
+            started_at=time.time(),
+        )
+
+    def poll(self, instance_id: str) -> Instance:
+        vast_id = _vast_id(instance_id)
+        if vast_id is None:
+            return Instance(instance_id, "", InstanceState.GONE)
+        row = self._call("show instance", lambda: self._client.show_instance(vast_id))
+        if not row:
+            return Instance(instance_id, "", InstanceState.GONE)
+        return instance_from_row(row)
+
+    def poll_many(self, instance_ids: Iterable[str]) -> dict[str, Instance]:
+        """The state of many instances with one paginated list call; unknown ids come back ``GONE``."""
+        ids = list(instance_ids)
+        wanted = sorted({v for i in ids if (v := _vast_id(i)) is not None})
+        rows = self._list_rows({"id": {"in": wanted}}) if wanted else []
+        found = {str(r["id"]): instance_from_row(r) for r in rows}
+        return {i: found.get(i, Instance(i, "", InstanceState.GONE)) for i in ids}
+
+    def terminate(self, instance_id: str) -> None:
+        vast_id = _vast_id(instance_id)
+        if vast_id is None:
+            return
+        answer = self._call(
+            "destroy instance", lambda: self._client.destroy_instance(vast_id), missing_ok=True, check=False
+        )
+        if isinstance(answer, dict) and answer.get("success") is False and answer.get("error") != "no_such_instance":
+            raise ProviderError(f"Vast did not destroy instance {instance_id}: {answer.get('msg')}")
+        logger.info("Destroyed Vast instance %s", instance_id)
+
+    def list_owned(self, label_prefix: str) -> list[Instance]:
+        owned = [instance_from_row(r) for r in self._list_rows({})]
+        return [i for i in owned if i.label.startswith(label_prefix) and i.state is not InstanceState.GONE]
+
+    def logs(self, instance_id: str, *, tail: int = 200) -> str:
+        vast_id = _vast_id(instance_id)
+        if vast_id is None:
+            return ""
+        try:
+            text = self._call("logs", lambda: self._client.logs(vast_id, tail=str(tail)))
+        except TimeoutError as exc:
+            raise ProviderUnavailable(f"the logs of instance {instance_id} were not uploaded in time") from exc
+        return text if isinstance(text, str) else ""
+
+    # -- money ----------------------------------------------------------------------------------------------
+    def current_user(self) -> VastAccount:
+        user = self._call("show user", self._client.show_user)
+        balance = float(user.get("balance") or 0.0)
+        credit = user.get("credit")
+        return VastAccount(str(user.get("username") or ""), float(credit) if credit is not None else balance, balance)
+
+    def charges(self, start: float, end: float) -> list[InstanceCharge]:
+        """Per-instance charges Vast billed between ``start`` and ``end`` (unix seconds), every page."""
+        out: list[InstanceCharge] = []
+        token: str | None = None
+        for _ in range(1000):  # bounded: at most 100 rows per page
+            params: dict[str, Any] = {"charges": True, "start_date": int(start), "end_date": int(end), "limit": 100}
+            if token:
+                params["next_token"] = token
+            page = self._call("show charges", lambda p=params: self._client.show_invoices_v1(**p))  # type: ignore[misc]
+            for row in page.get("results") or []:
+                source = str(row.get("source") or "")
+                if not source.startswith("instance-"):
+                    continue
+                items = {str(i.get("type")): float(i.get("amount") or 0) for i in row.get("items") or []}
+                out.append(
+                    InstanceCharge(
+                        instance_id=source.removeprefix("instance-"),
+                        label=str((row.get("metadata") or {}).get("label") or ""),
+                        amount_usd=float(row.get("amount") or 0),
+                        items=items,
+                        start=row.get("start"),
+                        end=row.get("end"),
+                    )
+                )
+            token = page.get("next_token")
+            if not token:
+                break
+        return out
+
+    def instance_cost(self, instance_id: str, *, since: float | None = None) -> float | None:
+        """What Vast charged for one instance so far (None if it has no charge row in the window)."""
+        now = time.time()
+        start = since if since is not None else now - 31 * 86400
+        rows = [c for c in self.charges(start - 86400, now + 86400) if c.instance_id == instance_id]
+        return sum(c.amount_usd for c in rows) if rows else None
+
+    # -- helpers --------------------------------------------------------------------------------------------
+    def _list_rows(self, filters: dict[str, Any]) -> list[dict[str, Any]]:
+        client = self._client.client
+        return self._call(
+            "list instances", lambda: vast_instances.show_instances(client, select_filters=filters), check=False
+        )
+
+    def _destroy_label(self, label: str) -> None:
+        try:
+            leftovers = [i for i in self._list_rows({"label": {"eq": label}}) if i.get("cur_state") != "unloaded"]
+        except ProviderError:
+            logger.exception("Could not list instances labelled %s to clean up a failed launch", label)
+            return
+        for row in leftovers:
+            self._destroy_quietly(str(row["id"]))
+
+    def _destroy_quietly(self, instance_id: str) -> None:
+        try:
+            self.terminate(instance_id)
+        except ProviderError:
+            logger.exception(
+                "Failed to terminate instance %s. Terminate it manually to avoid accumulating charges.", instance_id
+            )
+
+    def _refuse_api_key(self, spec: LaunchSpec, script: str) -> None:
+        sent = [script, spec.label, spec.image, *spec.env.keys(), *spec.env.values(), *spec.command]
+        if any(self._api_key in s for s in sent):
+            raise LaunchFailed(f"refusing to send the Vast API key to a rented host (launch {spec.label})")
+
+    def _backoff(self, attempt: int, what: str, why: str) -> None:
+        ceiling = min(self.backoff_max_s, self.backoff_base_s * 2**attempt)
+        delay = ceiling * (0.5 + 0.5 * self._rng.random())
+        logger.warning("Vast %s: %s; retrying in %.2fs (attempt %d)", what, why, delay, attempt + 1)
+        self._sleep(delay)
+
+    def _call(
+        self,
+        what: str,
+        fn: Callable[[], T],
+        *,
+        idempotent: bool = True,
+        gone: type[ProviderError] = ProviderError,
+        missing_ok: bool = False,
+        check: bool = True,
+    ) -> T:
+        """Run one client call: retries, then translation into tools.errors (see the module docstring)."""
+        for attempt in range(self.retry_attempts):
+            last = attempt + 1 >= self.retry_attempts
+            try:
+                result = fn()
+            except requests.HTTPError as exc:
+                response = exc.response
+                status = response.status_code if response is not None else 0
+                body = _error_text(response)
+                if missing_ok and status == 404:
+                    return None  # type: ignore[return-value]
+                if (status == 429 or (idempotent and status >= 500)) and not last:
+                    self._backoff(attempt, what, f"HTTP {status}")
+                    continue
+                if status == 429 or status >= 500:
+                    raise ProviderUnavailable(f"Vast {what}: HTTP {status}: {body}") from exc
+                if status in (404, 410):
+                    raise gone(f"Vast {what}: HTTP {status}: {body}") from exc
+                raise ProviderError(f"Vast {what}: HTTP {status}: {body}") from exc
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if idempotent and not last:
+                    self._backoff(attempt, what, type(exc).__name__)
+                    continue
+                raise ProviderUnavailable(f"Vast {what}: {type(exc).__name__}: {exc}") from exc
+            except (requests.RequestException, ValueError, KeyError) as exc:
+                raise ProviderError(f"Vast {what}: unexpected answer: {exc!r}") from exc
+            if check and isinstance(result, dict) and result.get("success") is False:
+                raise ProviderError(f"Vast {what}: {result.get('error')}: {result.get('msg')}")
+            return result
+        raise AssertionError("unreachable")  # the loop returns or raises on its last attempt
+
+
+def _error_text(response: requests.Response | None) -> str:
+    if response is None:
+        return ""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200]
+    if isinstance(body, dict):
+        return f"{body.get('error', '')} {body.get('msg') or body.get('message') or body.get('detail') or ''}".strip()
+    return str(body)[:200]
