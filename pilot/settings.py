@@ -150,6 +150,63 @@ class IngestSettings(_Section):
     batch_size: int = Field(5000, ge=1)
 
 
+class LlmSettings(_Section):
+    model: str | None = Field(
+        None,
+        description="litellm model name (e.g. openai/gpt-4o-mini, ollama/llama3). Empty: deterministic policy only.",
+    )
+    api_base: str | None = Field(None, description="Base URL for a local OpenAI-compatible server (vLLM, Ollama).")
+    api_key: SecretStr | None = Field(None, description="From LEARNING_PILOT_LLM__API_KEY or a credential file.")
+    timeout_s: float = Field(30.0, gt=0)
+    max_retries: int = Field(2, ge=0)
+    max_tokens_per_decision: int = Field(1024, ge=16)
+    daily_budget_usd: float = Field(1.0, ge=0, description="LLM spend per UTC day; over it, the policy decides alone.")
+    daily_token_budget: int = Field(200_000, ge=0)
+    temperature: float = Field(0.0, ge=0, le=2)
+
+
+class SlackSettings(_Section):
+    enabled: bool = Field(False, description="Post approvals to Slack (the CLI stays the fallback).")
+    base_url: str = Field("https://slack.com/api/", description="Slack Web API base URL (a local fake in tests).")
+    bot_token: SecretStr | None = Field(None, description="xoxb- token: LEARNING_PILOT_SLACK__BOT_TOKEN.")
+    signing_secret: SecretStr | None = Field(None, description="Verifies interactivity requests.")
+    channel: str = Field("#learning-pilot", description="Where approval requests go.")
+    report_channel: str | None = Field(None, description="Daily report channel (default: channel).")
+    approvers: list[str] = Field(default_factory=list, description="Slack user ids allowed to approve.")
+    reminder_before_expiry_minutes: float = Field(60.0, ge=0)
+
+
+class KnowledgeSettings(_Section):
+    enabled: bool = Field(True, description="Keep a knowledge base of successful solutions.")
+    qdrant_url: str | None = Field(
+        None, description="Qdrant server URL. Empty: embedded local mode under the data dir."
+    )
+    qdrant_path: Path | None = Field(None, description="Local-mode directory. Empty: <data_dir>/qdrant.")
+    collection: str = Field("solutions")
+    embedding_model: str = Field("BAAI/bge-small-en-v1.5", description="fastembed model name (downloads when online).")
+    embedding_model_path: Path | None = Field(
+        None, description="Local ONNX model directory (offline); build one with `learning-pilot kb export-embedder`."
+    )
+    top_k: int = Field(5, ge=1, le=100)
+    min_success_rate: float = Field(0.5, ge=0, le=1)
+
+
+class MonitoringSettings(_Section):
+    interval_s: float = Field(300.0, gt=0, description="How often live quality is checked.")
+    min_records: int = Field(30, ge=1, description="Live records per version before a comparison counts.")
+    alpha: float = Field(0.01, gt=0, lt=1, description="Significance level of the regression test.")
+    min_drop: float = Field(0.05, ge=0, description="Smallest success-rate drop that triggers a rollback.")
+
+
+class DeploySettings(_Section):
+    target: Literal["pointer", "vllm", "ollama"] = Field("pointer", description="Where a promoted adapter goes.")
+    pointer_path: Path | None = Field(None, description="Pointer file. Empty: <data_dir>/serving/current.json.")
+    vllm_url: str | None = None
+    vllm_api_key: SecretStr | None = None
+    ollama_url: str | None = None
+    canary_steps: list[float] = Field(default_factory=lambda: [0.1, 0.5, 1.0])
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LEARNING_PILOT_",
@@ -171,6 +228,11 @@ class Settings(BaseSettings):
     scheduler: SchedulerSettings = SchedulerSettings()
     api: ApiSettings = ApiSettings()
     ingest: IngestSettings = IngestSettings()
+    llm: LlmSettings = LlmSettings()
+    slack: SlackSettings = SlackSettings()
+    knowledge: KnowledgeSettings = KnowledgeSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
+    deploy: DeploySettings = DeploySettings()
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,90 @@
+"""Settings: TOML file, environment overrides, clear errors naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pilot.errors import ConfigError
+from pilot.settings import load_settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings()
+    assert settings.data_dir == tmp_path / "data"
+    assert settings.database_url == f"sqlite:///{tmp_path / 'data' / 'pilot.db'}"
+    assert settings.gpu.provider == "local" and settings.llm.model is None
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "pilot.toml"
+    config.write_text('env = "prod"\n[budget]\nper_day_usd = 3\n[training]\nlora_r = 4\n')
+    monkeypatch.setenv("LEARNING_PILOT_BUDGET__PER_DAY_USD", "7.5")
+    settings = load_settings(config)
+    assert (settings.env, settings.budget.per_day_usd, settings.training.lora_r) == ("prod", 7.5, 4)
+
+
+def test_secrets_are_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEARNING_PILOT_GPU__VAST__API_KEY", "vast-secret-123")
+    settings = load_settings(None, data_dir=tmp_path)
+    key = settings.gpu.vast.api_key
+    assert key is not None and key.get_secret_value() == "vast-secret-123"
+    assert "vast-secret-123" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[budget]\nper_day_usd = 'lots'\n", "budget.per_day_usd"),
+        ("[budget]\nper_dya_usd = 3\n", "budget.per_dya_usd: unknown key"),
+        ("bogus = 1\n", "bogus: unknown key"),
+        ("[gpu]\nprovider = 'aws'\n", "gpu.provider"),
+        ("[policy]\nmin_new_examples = 0\n", "policy.min_new_examples"),
+        ("[[[", "not valid TOML"),
+    ],
+)
+def test_an_invalid_file_names_the_key(tmp_path: Path, text: str, expected: str) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match=expected.replace("[", r"\[")) as info:
+        load_settings(config)
+    assert str(config) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_missing_explicit_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml")
+
+
+def test_search_path_env_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "x.toml"
+    config.write_text('env = "from-env-var"\n')
+    monkeypatch.setenv("LEARNING_PILOT_CONFIG", str(config))
+    assert load_settings().env == "from-env-var"
+
+
+def test_relative_base_model_path_is_resolved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load_settings(None, training={"base_model": "./models/tiny"}).training.base_model == str(
+        tmp_path / "models" / "tiny"
+    )
+    assert load_settings(None, training={"base_model": "org/model"}).training.base_model == "org/model"
+
+
+@pytest.mark.parametrize("name", ["demo.toml", "pilot.example.toml"])
+def test_shipped_configs_load(name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(REPO / "config" / name)
+    assert settings.env
+
+
+def test_the_example_config_lists_every_key() -> None:
+    from pilot.config_doc import example_toml
+
+    assert (REPO / "config" / "pilot.example.toml").read_text() == example_toml(), (
+        "config/pilot.example.toml is stale: run `python -m pilot.config_doc`"
+    )
