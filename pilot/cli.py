@@ -198,6 +198,49 @@ def models(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) ->
 
 
 @app.command()
+def rollback(
+    ctx: typer.Context,
+    to: str | None = typer.Option(None, "--to", help="Version to restore (default: the previous champion)."),
+    by: str | None = typer.Option(None, "--by"),
+    reason: str = typer.Option("manual rollback", "--reason"),
+) -> None:
+    """Take the champion down and restore the previous one (or --to VERSION, or the base model)."""
+    from pilot import registry
+
+    _, store = _open_store(ctx)
+    with store.session(write=True) as session:
+        move = registry.rollback(session, to_version=to, actor=_actor(by), reason=reason)
+    typer.echo(f"rolled back: champion {move.from_version} -> {move.to_version or 'base model'}")
+
+
+@app.command()
+def explain(
+    ctx: typer.Context,
+    version: str = typer.Argument(..., metavar="VERSION"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Walk a version's lineage: records -> snapshot -> decision -> approval -> run -> adapter -> evaluation."""
+    from pilot.explain import explain as build
+
+    _, store = _open_store(ctx)
+    report = build(store, version)
+    if as_json:
+        typer.echo(json.dumps(report, default=str, indent=2))
+        return
+    console = _console()
+    for key in ("version", "records", "snapshot", "decision", "approval", "run", "adapter"):
+        console.print(f"[bold]{key}[/]: {json.dumps(report[key], default=str)}")
+    evaluation = report["evaluation"] or {}
+    console.print(f"[bold]evaluation[/]: {evaluation.get('verdict')} — {evaluation.get('reason')}")
+    for domain, figures in (evaluation.get("per_domain") or {}).items():
+        console.print(f"    {domain}: {json.dumps(figures)}")
+    for move in report["promotion_history"]:
+        console.print(
+            f"[bold]alias[/] {move['alias']}: {move['from']} -> {move['to']} by {move['actor']}: {move['reason']}"
+        )
+
+
+@app.command()
 def demo(
     ctx: typer.Context,
     reset: bool = typer.Option(False, "--reset", help="Start from an empty data dir (deletes the demo's data dir)."),

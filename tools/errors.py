@@ -12,6 +12,9 @@ The tree (adapters translate third-party exceptions into these at their boundary
     │   └── IntegrityError            a sha256 mismatch, a pickled file, a path traversal
     ├── DeployError                   a serving target refused or failed (tools/serving)
     ├── NotificationError             Slack or another notifier failed (tools/slack)
+    ├── LlmError                      a model call through litellm failed or was refused (tools/llm)
+    │   ├── LlmUnavailable            transient: rate limit, 5xx, connection; the policy decides alone
+    │   └── LlmTimeout                the model did not answer within its time limit
     └── (pilot/errors.py adds the control-plane errors: config, store transitions, approvals)
 
 ``jobs/`` does not import this: it runs on rented hosts and is self-contained.
@@ -58,3 +61,15 @@ class DeployError(PilotError):
 
 class NotificationError(PilotError):
     """A notifier (Slack) failed."""
+
+
+class LlmError(PilotError):
+    """A model call failed (bad request, authentication, an answer litellm could not parse)."""
+
+
+class LlmUnavailable(LlmError):
+    """Transient model failure (rate limit, 5xx, connection). The deterministic policy decides meanwhile."""
+
+
+class LlmTimeout(LlmError):
+    """The model did not answer within its time limit."""
