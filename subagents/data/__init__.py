@@ -1,0 +1,52 @@
+"""The data subagent: execution records in, scrubbed and split dataset snapshots out.
+
+Pure library code (no database: ``pilot/`` stores records and calls in here). Modules, in pipeline order:
+schema (the record, parsing, content hash) -> curate (filters, injection.screen, dedup, scrub.scrub,
+split) -> snapshot (immutable on-disk dataset). samples generates demo records.
+"""
+
+from subagents.data.curate import CurationConfig, CurationResult, DropReason, Example, curate, outcome_weight
+from subagents.data.errors import DataError, RecordError, SnapshotError, SnapshotExistsError
+from subagents.data.injection import screen
+from subagents.data.samples import generate_demo_records
+from subagents.data.schema import (
+    ExecutionRecord,
+    Feedback,
+    Metrics,
+    content_hash,
+    parse_jsonl_line,
+    parse_record,
+)
+from subagents.data.scrub import ScrubResult, scrub
+from subagents.data.snapshot import Manifest, read_manifest, verify_snapshot, write_snapshot
+from subagents.data.split import Split, assign_split, split_key
+
+__all__ = [
+    "CurationConfig",
+    "CurationResult",
+    "DataError",
+    "DropReason",
+    "Example",
+    "ExecutionRecord",
+    "Feedback",
+    "Manifest",
+    "Metrics",
+    "RecordError",
+    "ScrubResult",
+    "SnapshotError",
+    "SnapshotExistsError",
+    "Split",
+    "assign_split",
+    "content_hash",
+    "curate",
+    "generate_demo_records",
+    "outcome_weight",
+    "parse_jsonl_line",
+    "parse_record",
+    "read_manifest",
+    "screen",
+    "scrub",
+    "split_key",
+    "verify_snapshot",
+    "write_snapshot",
+]

@@ -1,0 +1,236 @@
+"""Curation: from execution records to train / eval / golden examples.
+
+The pipeline, in this order (each record leaves at the first step that rejects it, with one reason):
+  1. quality filters      success, all tests passed, rating, a non-empty output          -> ``dropped``
+  2. injection screening  any text of the record                                         -> ``quarantined``
+  3. exact dedup          ``content_hash``; the first occurrence in input order is kept   -> ``dropped``
+  4. near dedup           MinHash + LSH + exact Jaccard on prompt+output, per domain      -> ``dropped``
+  5. scrubbing            prompt and output; counts by kind                              -> ``scrubbed``
+  6. split                by ``split_key(prompt)`` (split.py)
+  7. ``max_examples``     caps train only (eval and golden must stay comparable between snapshots)
+
+Invariants:
+- Every example's messages are exactly [user: scrubbed prompt, assistant: scrubbed output].
+- The golden split never reaches train: an example's split is a function of its prompt alone.
+- Deterministic: the same records in the same order and config give the same result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from subagents.data.dedup import near_duplicates
+from subagents.data.injection import screen
+from subagents.data.schema import ExecutionRecord, content_hash
+from subagents.data.scrub import scrub
+from subagents.data.split import Split, assign_split, split_key
+
+__all__ = ["CurationConfig", "CurationResult", "DropReason", "Example", "curate", "outcome_weight"]
+
+_SAMPLES_PER_REASON = 20
+
+
+class DropReason:
+    NOT_SUCCESS = "not_success"
+    TESTS_FAILED = "tests_failed"
+    LOW_RATING = "low_rating"
+    EMPTY_OUTPUT = "empty_output"
+    EXACT_DUPLICATE = "exact_duplicate"
+    NEAR_DUPLICATE = "near_duplicate"
+    OVER_MAX_EXAMPLES = "over_max_examples"
+
+
+@dataclass(frozen=True, slots=True)
+class CurationConfig:
+    """What curation keeps. Recorded in every snapshot manifest (``filters``)."""
+
+    require_success: bool = True
+    require_tests_pass: bool = True  # tests_passed == tests_total, when both are reported
+    min_rating: int | None = None  # drop records whose human rating is below this
+    near_dup_threshold: float = 0.85  # Jaccard similarity at or above which a record is a near duplicate
+    eval_fraction: float = 0.1
+    golden_fraction: float = 0.15
+    max_examples: int | None = None  # cap on train examples (highest weight, then newest, are kept)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.near_dup_threshold <= 1.0:
+            raise ValueError("near_dup_threshold must be in (0, 1]")
+        if self.min_rating is not None and not 1 <= self.min_rating <= 5:
+            raise ValueError("min_rating must be 1..5")
+        if self.max_examples is not None and self.max_examples < 0:
+            raise ValueError("max_examples must be >= 0")
+        assign_split("0" * 16, eval_fraction=self.eval_fraction, golden_fraction=self.golden_fraction)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    """One training/eval example. ``messages`` is [{"role": "user", ...}, {"role": "assistant", ...}]."""
+
+    id: str
+    domain: str
+    weight: float
+    messages: tuple[dict[str, str], ...]
+    split_key: str
+    record_id: str
+
+    def to_json(self) -> str:
+        """The snapshot line format (the demo task spec): id, domain, weight, messages."""
+        return json.dumps(
+            {"id": self.id, "domain": self.domain, "weight": self.weight, "messages": list(self.messages)},
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CurationResult:
+    train: list[Example]
+    eval: list[Example]
+    golden: list[Example]
+    dropped: dict[str, int]
+    dropped_samples: dict[str, list[str]]  # reason -> first record ids
+    quarantined: list[tuple[str, str]]  # (record_id, reason)
+    scrubbed: dict[str, int]  # kind -> values replaced
+    domain_counts: dict[str, dict[str, int]]  # split -> domain -> examples
+    config: CurationConfig = field(default_factory=CurationConfig)
+    records_in: int = 0
+
+    def split(self, name: Split | str) -> list[Example]:
+        return {Split.TRAIN: self.train, Split.EVAL: self.eval, Split.GOLDEN: self.golden}[Split(name)]
+
+
+def outcome_weight(record: ExecutionRecord) -> float:
+    """Training weight from the outcome: a human's 5 counts 1.5, a 4 counts 1.2, a 1-2 counts 0.5."""
+    rating = record.feedback.rating if record.feedback is not None else None
+    if rating is None or rating == 3:
+        return 1.0
+    return {5: 1.5, 4: 1.2}.get(rating, 0.5)
+
+
+def _quality_reason(record: ExecutionRecord, config: CurationConfig) -> str | None:
+    if config.require_success and not record.success:
+        return DropReason.NOT_SUCCESS
+    m = record.metrics
+    if (
+        config.require_tests_pass
+        and m.tests_passed is not None
+        and m.tests_total is not None
+        and m.tests_passed != m.tests_total
+    ):
+        return DropReason.TESTS_FAILED
+    if config.min_rating is not None:
+        rating = record.feedback.rating if record.feedback is not None else None
+        if rating is not None and rating < config.min_rating:
+            return DropReason.LOW_RATING
+    if not record.output.strip():
+        return DropReason.EMPTY_OUTPUT
+    return None
+
+
+def _screen_record(record: ExecutionRecord) -> str | None:
+    for text in (record.prompt, record.output, record.task, record.code_context, record.error_context):
+        reason = screen(text)
+        if reason is not None:
+            return reason
+    return None
+
+
+def curate(records: Iterable[ExecutionRecord], config: CurationConfig | None = None) -> CurationResult:
+    """Filter, screen, deduplicate, scrub and split ``records`` (see the module docstring)."""
+    config = config or CurationConfig()
+    dropped: Counter[str] = Counter()
+    samples: dict[str, list[str]] = defaultdict(list)
+    quarantined: list[tuple[str, str]] = []
+
+    def drop(reason: str, record_id: str) -> None:
+        dropped[reason] += 1
+        if len(samples[reason]) < _SAMPLES_PER_REASON:
+            samples[reason].append(record_id)
+
+    # Steps 1-3, streaming.
+    seen: set[str] = set()
+    kept: list[tuple[ExecutionRecord, str]] = []
+    n_in = 0
+    for record in records:
+        n_in += 1
+        reason = _quality_reason(record, config)
+        if reason is not None:
+            drop(reason, record.record_id)
+            continue
+        injection = _screen_record(record)
+        if injection is not None:
+            quarantined.append((record.record_id, injection))
+            continue
+        digest = content_hash(record)
+        if digest in seen:
+            drop(DropReason.EXACT_DUPLICATE, record.record_id)
+            continue
+        seen.add(digest)
+        kept.append((record, digest))
+
+    # Step 4, per domain: the same prompt under another domain is another task.
+    by_domain: dict[str, list[int]] = defaultdict(list)
+    for idx, (record, _) in enumerate(kept):
+        by_domain[record.domain].append(idx)
+    near: set[int] = set()
+    for indices in by_domain.values():
+        texts = [f"{kept[i][0].prompt}\n{kept[i][0].output}" for i in indices]
+        for pos, dup_of in enumerate(near_duplicates(texts, config.near_dup_threshold)):
+            if dup_of is not None:
+                near.add(indices[pos])
+    for idx in sorted(near):
+        drop(DropReason.NEAR_DUPLICATE, kept[idx][0].record_id)
+
+    # Steps 5-6.
+    scrubbed: Counter[str] = Counter()
+    splits: dict[Split, list[tuple[Example, ExecutionRecord]]] = {s: [] for s in Split}
+    for idx, (record, digest) in enumerate(kept):
+        if idx in near:
+            continue
+        prompt, output = scrub(record.prompt), scrub(record.output)
+        scrubbed.update(prompt.counts)
+        scrubbed.update(output.counts)
+        key = split_key(record.prompt)
+        example = Example(
+            id=f"ex-{hashlib.sha256(digest.encode()).hexdigest()[:20]}",
+            domain=record.domain,
+            weight=outcome_weight(record),
+            messages=({"role": "user", "content": prompt.text}, {"role": "assistant", "content": output.text}),
+            split_key=key,
+            record_id=record.record_id,
+        )
+        which = assign_split(key, eval_fraction=config.eval_fraction, golden_fraction=config.golden_fraction)
+        splits[which].append((example, record))
+
+    # Step 7: cap train, keeping the highest weight, then the newest; the survivors keep input order.
+    train = splits[Split.TRAIN]
+    if config.max_examples is not None and len(train) > config.max_examples:
+        ranked = sorted(range(len(train)), key=lambda i: (-train[i][0].weight, -train[i][1].timestamp.timestamp()))
+        keep = set(ranked[: config.max_examples])
+        for i, (example, _) in enumerate(train):
+            if i not in keep:
+                drop(DropReason.OVER_MAX_EXAMPLES, example.record_id)
+        splits[Split.TRAIN] = [pair for i, pair in enumerate(train) if i in keep]
+
+    out = {s: [example for example, _ in pairs] for s, pairs in splits.items()}
+    domain_counts = {s.value: dict(sorted(Counter(e.domain for e in out[s]).items())) for s in Split}
+    return CurationResult(
+        train=out[Split.TRAIN],
+        eval=out[Split.EVAL],
+        golden=out[Split.GOLDEN],
+        dropped=dict(sorted(dropped.items())),
+        dropped_samples={k: list(v) for k, v in sorted(samples.items())},
+        quarantined=quarantined,
+        scrubbed=dict(sorted(scrubbed.items())),
+        domain_counts=domain_counts,
+        config=config,
+        records_in=n_in,
+    )

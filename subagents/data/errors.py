@@ -1,0 +1,36 @@
+"""Errors raised by the data subagent.
+
+The tree (rooted in ``tools.errors.PilotError``)::
+
+    PilotError
+    └── DataError                 the data subagent refused its input or could not write its output
+        ├── RecordError           one execution record is invalid (also a ValueError); ``.reason`` names the field
+        └── SnapshotError         a snapshot could not be written or read back intact
+            └── SnapshotExistsError   the snapshot directory already holds a snapshot (snapshots are immutable)
+"""
+
+from __future__ import annotations
+
+from tools.errors import PilotError
+
+
+class DataError(PilotError):
+    """The data subagent refused its input or failed to write its output."""
+
+
+class RecordError(DataError, ValueError):
+    """An execution record is invalid. ``reason`` is one line and names the offending field."""
+
+    def __init__(self, reason: str) -> None:
+        # One line, bounded: the reason is stored in the dead-letter table and shown to humans.
+        reason = " ".join(reason.split())[:500] or "invalid record"
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SnapshotError(DataError):
+    """A snapshot could not be written, or what is on disk does not match its manifest."""
+
+
+class SnapshotExistsError(SnapshotError):
+    """The target directory already holds a snapshot; snapshots are never overwritten."""
