@@ -252,6 +252,19 @@ def demo(
     run_demo(ctx.obj.settings(), reset=reset, n_records=records, console=_console(), config=ctx.obj.config)
 
 
+def _register_plugins() -> None:
+    """Commands that live beside their subject (kill switch, knowledge base)."""
+    from pilot.cli_kb import kb_app
+    from pilot.killswitch import kill_command, resume_command
+
+    app.command("kill")(kill_command)
+    app.command("resume")(resume_command)
+    app.add_typer(kb_app, name="kb")
+
+
+_register_plugins()
+
+
 def main() -> None:
     command = typer.main.get_command(app)
     try:

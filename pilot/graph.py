@@ -15,6 +15,7 @@ the node *before* it, and the waiting node only reads the answer from the store,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,9 +26,11 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import interrupt
 from sqlmodel import select
 
-from pilot import approvals, registry
+from pilot import approvals, notify, registry
+from pilot.agent import decide_with_agent, recent_decisions
 from pilot.context import PilotContext
 from pilot.data import make_snapshot, new_data
+from pilot.deploy import make_target, sync_champion
 from pilot.evaluate import EvaluationError, evaluate_version
 from pilot.facts import gather_facts, live_stats
 from pilot.guardrails import TrainingProposal, Verdict, rule_training
@@ -92,6 +95,29 @@ def version_for_decision_run(ctx: PilotContext, decision_id: str) -> str | None:
 def build_graph(ctx: PilotContext) -> StateGraph:
     settings = ctx.settings
 
+    def deploy_champion(why: str) -> str:
+        """Make the serving target agree with the registry; a refused deploy rolls the promotion back."""
+        try:
+            outcome = sync_champion(settings, ctx.store, ctx.artifacts, make_target(settings))
+        except PilotError as exc:
+            logger.error("Deploy after %s failed: %s", why, exc)
+            with ctx.store.session(write=True) as session:
+                registry.rollback(session, to_version=None, actor="system", reason=f"deploy failed: {exc}")
+            with contextlib.suppress(PilotError):
+                sync_champion(settings, ctx.store, ctx.artifacts, make_target(settings))
+            return f"; deploy FAILED ({exc}), promotion rolled back"
+        with ctx.store.session(write=True) as session:
+            record_event(
+                session,
+                entity_type="deployment",
+                entity_id=settings.deploy.target,
+                actor="system",
+                reason=f"{why}: {outcome.action}",
+                old=outcome.before,
+                new=outcome.after,
+            )
+        return f"; serving {outcome.after or 'the base model'} on {outcome.target} ({outcome.action})"
+
     def monitor(state: CycleState) -> dict[str, Any]:
         """Monitoring subagent: roll back a champion that does worse live than its predecessor."""
         with ctx.store.session() as session:
@@ -115,9 +141,11 @@ def build_graph(ctx: PilotContext) -> StateGraph:
             session.flush()
             move = registry.rollback(session, to_version=None, actor="supervisor", reason=verdict.reason)
         line = f"monitor: rolled back {move.from_version} -> {move.to_version or 'base'}: {verdict.reason}"
+        line += deploy_champion(f"rolled back {move.from_version}")
+        notify.notify_incident(ctx, line)
         return {
             "decision_id": decision.id,
-            "action": DecisionAction.ROLLBACK,
+            "action": DecisionAction.ROLLBACK.value,
             "reason": verdict.reason,
             "outcome": line,
             "log": _log(state, line),
@@ -145,6 +173,10 @@ def build_graph(ctx: PilotContext) -> StateGraph:
             else screen.reason
         )
         decision_id = f"dec-{state['cycle_id']}"
+        # The agent (when a model is configured) may only make this more conservative; see pilot/agent.py.
+        agent = decide_with_agent(ctx, facts, action, reason, recent_decisions(ctx), decision_id=decision_id)
+        if agent.action != action:
+            action, reason = DecisionAction(agent.action), agent.rationale[:500]
         with ctx.store.session(write=True) as session:
             session.add(
                 Decision(
@@ -152,7 +184,9 @@ def build_graph(ctx: PilotContext) -> StateGraph:
                     thread_id=f"cycle-{state['cycle_id']}",
                     action=action,
                     reason=reason,
+                    rationale=agent.rationale if settings.llm.model else None,
                     figures={
+                        "agent": agent.figures,
                         "rule": screen.rule,
                         "verdict": screen.verdict,
                         "new_examples": facts.new_examples,
@@ -166,7 +200,7 @@ def build_graph(ctx: PilotContext) -> StateGraph:
             )
         return {
             "decision_id": decision_id,
-            "action": action,
+            "action": action.value,
             "reason": reason,
             "log": _log(state, f"decide: {action}: {reason}"),
         }
@@ -194,7 +228,7 @@ def build_graph(ctx: PilotContext) -> StateGraph:
         if training is None:
             reason = f"no offer on {ctx.gpu.name} meets the job's requirements within ${settings.budget.max_dph}/h"
             _update_decision(ctx, decision.id, action=DecisionAction.WAIT, reason=reason)
-            return {"action": DecisionAction.WAIT, "reason": reason, "log": _log(state, f"plan: {reason}")}
+            return {"action": DecisionAction.WAIT.value, "reason": reason, "log": _log(state, f"plan: {reason}")}
         facts = gather_facts(ctx, new_examples=state["new_examples"], per_domain_new=state["per_domain_new"])
         ruling = rule_training(
             TrainingProposal(training.estimated_cost_usd, training.offer.dph_total, training.expected_hours),
@@ -205,7 +239,7 @@ def build_graph(ctx: PilotContext) -> StateGraph:
         if ruling.verdict in (Verdict.DENY, Verdict.WAIT):
             _update_decision(ctx, decision.id, action=DecisionAction.WAIT, reason=ruling.reason, figures=figures)
             return {
-                "action": DecisionAction.WAIT,
+                "action": DecisionAction.WAIT.value,
                 "reason": ruling.reason,
                 "log": _log(state, f"plan: {ruling.reason}"),
             }
@@ -215,7 +249,7 @@ def build_graph(ctx: PilotContext) -> StateGraph:
             f"${training.offer.dph_total:.3f}/h, ~{training.expected_hours:.3f} h, "
             f"est. ${training.estimated_cost_usd:.4f}; {ruling.reason}"
         )
-        return {"verdict": ruling.verdict, "log": _log(state, line)}
+        return {"verdict": ruling.verdict.value, "log": _log(state, line)}
 
     def request_approval(state: CycleState) -> dict[str, Any]:
         decision = _decision(ctx, state["decision_id"])
@@ -237,6 +271,7 @@ def build_graph(ctx: PilotContext) -> StateGraph:
                 cost_ceiling_usd=float(plan_figures.get("estimated_cost_usd", 0.0)),
                 expiry_minutes=settings.policy.approval_expiry_minutes,
             )
+        notify.notify_approval_requested(ctx, approval.id)
         line = f"approval {approval.id} requested: `learning-pilot approve {approval.id}` or `reject {approval.id}`"
         return {"approval_id": approval.id, "log": _log(state, line)}
 
@@ -245,11 +280,12 @@ def build_graph(ctx: PilotContext) -> StateGraph:
         with ctx.store.session() as session:
             approval = session.get(Approval, state["approval_id"])
         assert approval is not None
+        notify.notify_outcome(ctx, approval.id)
         if approval.status != ApprovalStatus.APPROVED:
             why = f"approval {approval.id} {approval.status}" + (
                 f" by {approval.decided_by}" if approval.decided_by else ""
             )
-            return {"action": DecisionAction.WAIT, "outcome": why, "log": _log(state, why)}
+            return {"action": DecisionAction.WAIT.value, "outcome": why, "log": _log(state, why)}
         return {"log": _log(state, f"approval {approval.id} approved by {approval.decided_by}")}
 
     def train(state: CycleState) -> dict[str, Any]:
@@ -321,7 +357,7 @@ def build_graph(ctx: PilotContext) -> StateGraph:
             f"{report.champion_score:.3f} on {report.n_items} golden items "
             f"(diff {report.diff:+.3f}, CI [{report.ci_low:+.3f}, {report.ci_high:+.3f}])"
         )
-        return {"verdict": report.verdict, "reason": report.reason, "log": _log(state, line)}
+        return {"verdict": str(report.verdict), "reason": report.reason, "log": _log(state, line)}
 
     def gate(state: CycleState) -> dict[str, Any]:
         version_id, verdict, reason = state["version_id"], state["verdict"], state.get("reason", "")
@@ -335,6 +371,8 @@ def build_graph(ctx: PilotContext) -> StateGraph:
             else:
                 switch_model_status(session, version_id, ModelStatus.AWAITING_REVIEW, actor="supervisor", reason=reason)
                 outcome = f"INCONCLUSIVE {version_id}: {reason}; a human decides"
+        if verdict == "promote":
+            outcome += deploy_champion(f"promoted {version_id}")
         return {"outcome": outcome, "log": _log(state, f"gate: {outcome}")}
 
     def request_review(state: CycleState) -> dict[str, Any]:
@@ -348,6 +386,7 @@ def build_graph(ctx: PilotContext) -> StateGraph:
                 cost_ceiling_usd=0.0,
                 expiry_minutes=settings.policy.approval_expiry_minutes,
             )
+        notify.notify_approval_requested(ctx, approval.id)
         return {
             "review_id": approval.id,
             "log": _log(state, f"review {approval.id} requested for {state['version_id']}"),
@@ -367,6 +406,9 @@ def build_graph(ctx: PilotContext) -> StateGraph:
                     session, state["version_id"], actor=actor, reason=f"review {approval.id} {approval.status}"
                 )
                 outcome = f"REJECTED {state['version_id']}: review {approval.status}"
+        notify.notify_outcome(ctx, state["review_id"])
+        if outcome.startswith("PROMOTED"):
+            outcome += deploy_champion(f"promoted {state['version_id']} on review")
         return {"outcome": outcome, "log": _log(state, outcome)}
 
     def finish(state: CycleState) -> dict[str, Any]:

@@ -72,7 +72,8 @@ def burn_exceeds_reservation(run: TrainingRun, now: datetime, *, horizon_s: floa
         return False
     started = _aware(run.started_at or run.created_at)
     hours = (max((now - started).total_seconds(), 0.0) + horizon_s) / 3600
-    return run.dph * hours > run.estimated_cost_usd + 1e-9
+    reserved = float((run.config or {}).get("reserved_usd", run.estimated_cost_usd))
+    return run.dph * hours > reserved + 1e-9
 
 
 def _fail(ctx: PilotContext, run: TrainingRun, reason: RunTerminationReason, message: str, cost: float) -> bool:

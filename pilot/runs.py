@@ -23,6 +23,7 @@ from sqlmodel import Session, select
 
 from pilot.context import PilotContext
 from pilot.ledger import reserve, settle
+from pilot.reconcile import burn_exceeds_reservation
 from pilot.store.models import DatasetSnapshot, ModelVersion, TrainingRun, utcnow
 from pilot.store.status import ModelStatus, RunStatus, RunTerminationReason
 from pilot.store.writers import record_event, switch_run_status
@@ -34,6 +35,7 @@ from tools.gpu.base import InstanceState, LaunchSpec, instance_label
 logger = logging.getLogger(__name__)
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+RESERVATION_HEADROOM = 1.5
 
 
 def training_params(ctx: PilotContext) -> TrainingParams:
@@ -51,10 +53,14 @@ def create_run(
         if existing is not None:
             return existing
         run_id = f"run-{uuid.uuid4().hex[:10]}"
+        # Reserve the estimate plus headroom (capped at the per-run cap): a run is stopped when its live burn
+        # would pass the reservation, and an estimate is only an estimate.
+        reserved = round(min(plan.estimated_cost_usd * RESERVATION_HEADROOM, ctx.settings.budget.per_run_usd), 4)
+        reserved = max(reserved, plan.estimated_cost_usd)
         reserve(
             ctx.store,
             session,
-            amount_usd=plan.estimated_cost_usd,
+            amount_usd=reserved,
             caps=ctx.settings.budget,
             run_id=run_id,
             note=f"{plan.offer.gpu_name} at ${plan.offer.dph_total:.3f}/h for ~{plan.expected_hours:.2f} h",
@@ -70,7 +76,7 @@ def create_run(
             offer_id=plan.offer.id,
             dph=plan.offer.dph_total,
             estimated_cost_usd=plan.estimated_cost_usd,
-            config={"plan": plan.figures, "params": asdict(training_params(ctx))},
+            config={"plan": plan.figures, "params": asdict(training_params(ctx)), "reserved_usd": reserved},
         )
         session.add(run)
         session.flush()
@@ -79,7 +85,8 @@ def create_run(
             entity_type="training_run",
             entity_id=run_id,
             actor="supervisor",
-            reason=f"run created for decision {decision_id}; ${plan.estimated_cost_usd:.4f} reserved",
+            reason=f"run created for decision {decision_id}; estimated ${plan.estimated_cost_usd:.4f}, "
+            f"${reserved:.4f} reserved",
             new=RunStatus.PENDING,
         )
     return run
@@ -176,6 +183,23 @@ def watch_run(
     instance_id = run.instance_id
     deadline = (run.started_at or run.created_at).timestamp() + settings.max_duration_minutes * 60
     while True:
+        with ctx.store.session() as session:
+            current = session.get(TrainingRun, run_id)
+        if current is not None and RunStatus(current.status).is_terminal:
+            # The kill switch or the reconciler ended it meanwhile (and destroyed the instance): nothing to do.
+            return current
+        if current is not None:
+            run = current
+        if burn_exceeds_reservation(run, utcnow(), horizon_s=poll_s):
+            destroy_and_verify(ctx, instance_id)
+            return fail_run(
+                ctx,
+                run_id,
+                RunTerminationReason.BUDGET_EXCEEDED,
+                f"live burn would pass the ${run.config.get('reserved_usd', run.estimated_cost_usd):.4f} reservation; "
+                "instance destroyed",
+                cost=_elapsed_cost(run),
+            )
         instance = ctx.gpu.poll(instance_id)
         if instance.state is InstanceState.RUNNING and run.status == RunStatus.PROVISIONING:
             with ctx.store.session(write=True) as session:
