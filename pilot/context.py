@@ -63,6 +63,8 @@ def make_artifact_store(settings: Settings) -> ArtifactStore:
             prefix=settings.artifacts.s3_prefix,
             endpoint_url=settings.artifacts.s3_endpoint_url,
             region=settings.artifacts.s3_region,
+            # A rented host uploads heartbeats and results until the run's deadline: URLs must outlive it.
+            max_presign_s=int(min(7 * 24 * 3600, settings.training.max_duration_minutes * 60 + 3600)),
         )
     return LocalArtifactStore(settings.artifacts_dir)
 

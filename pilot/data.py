@@ -15,14 +15,14 @@ from dataclasses import dataclass
 
 from sqlalchemy import func
 from sqlmodel import Session, col, select
-from subagents.data.curate import CurationConfig, CurationResult, curate
-from subagents.data.snapshot import write_snapshot
 
 from pilot.context import PilotContext
 from pilot.store.models import DatasetSnapshot, ExecutionRecordRow, TrainingRun
 from pilot.store.status import RunStatus
 from pilot.store.writers import record_event
+from subagents.data.curate import CurationConfig, CurationResult, curate
 from subagents.data.schema import ExecutionRecord
+from subagents.data.snapshot import write_snapshot
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from subagents.data.samples import generate_demo_records
 
 from pilot.context import build_context
 from pilot.cycle import CycleResult, run_cycle
@@ -24,6 +23,7 @@ from pilot.render import render_status
 from pilot.settings import Settings
 from pilot.status import build_status
 from pilot.store import Store
+from subagents.data.samples import generate_demo_records
 
 MARKER = ".learning-pilot-demo"
 

@@ -9,7 +9,9 @@ Each pass (at start-up and every ``scheduler.reconcile_interval_s``):
   between destroying a finished run's instance and recording the result, so a vanished instance must be seen on
   two passes (``ReconcileState``) before the run is failed; at start-up, with no cycle running, one pass is enough;
 - a PENDING run with no instance older than ``pending_grace_s`` (10 min) is failed (``DAEMON_LOST_TRACK``): the
-  daemon crashed between committing the reservation and launching, and the reservation is released.
+  daemon crashed between committing the reservation and launching, and the reservation is released; so is a live
+  remote run left between two hosts (no instance) for as long. This runs before the orphan check, so an instance
+  rented but never recorded (a crash between "rented" and "recorded") is destroyed in the same pass.
 
 Every action writes an event. A provider error ends the pass early (nothing is concluded from a failed list).
 """
@@ -97,6 +99,31 @@ def _fail(ctx: PilotContext, run: TrainingRun, reason: RunTerminationReason, mes
     return True
 
 
+def _last_activity(run: TrainingRun) -> datetime:
+    """The newest of the run's creation and its remote attempts' launches and ends (``pilot.remote``)."""
+    stamps = [
+        float(a[k])
+        for a in ((run.config or {}).get("remote") or {}).get("attempts", [])
+        for k in ("launched_at", "ended_at")
+        if a.get(k)
+    ]
+    created = _aware(run.created_at)
+    return max([created, *(datetime.fromtimestamp(t, tz=created.tzinfo) for t in stamps)])
+
+
+def _lost_cost(ctx: PilotContext, run: TrainingRun) -> float:
+    """0 for a run that never rented; else what the provider billed under its label (``pilot.remote``)."""
+    from pilot.remote import provider_cost  # pilot.remote imports pilot.runs, which imports this module
+
+    attempts = ((run.config or {}).get("remote") or {}).get("attempts", [])
+    return provider_cost(ctx, run, attempts) if attempts else 0.0
+
+
+def _reload(ctx: PilotContext, run_id: str) -> TrainingRun | None:
+    with ctx.store.session() as session:
+        return session.get(TrainingRun, run_id)
+
+
 def reconcile(
     ctx: PilotContext,
     *,
@@ -122,9 +149,30 @@ def reconcile(
         runs = {
             r.id: r for r in session.exec(select(TrainingRun).where(col(TrainingRun.label).startswith(prefix))).all()
         }
+        # PENDING, or live between two hosts of a remote run (the previous instance verified gone).
         pending = session.exec(
-            select(TrainingRun).where(TrainingRun.status == RunStatus.PENDING, col(TrainingRun.instance_id).is_(None))
+            select(TrainingRun).where(
+                col(TrainingRun.status).in_((RunStatus.PENDING.value, *LIVE)), col(TrainingRun.instance_id).is_(None)
+            )
         ).all()
+
+    # Runs with no instance the daemon lost track of; first, so that their labelled instances are orphans below.
+    for lost in pending:
+        if (now - _last_activity(lost)) < timedelta(seconds=pending_grace_s):
+            continue
+        # Its instances rented but never recorded are destroyed first, so the settled cost includes all they billed.
+        unrecorded = [i for i in owned if i.label == lost.label]
+        verified = [destroy_verified(ctx.gpu, i.id, attempts=destroy_attempts)[0] for i in unrecorded]
+        if not all(verified):
+            continue  # the orphan check below reports it; the run is failed on a later pass
+        owned = [i for i in owned if i.label != lost.label]
+        report.orphans_destroyed.extend(i.id for i in unrecorded)
+        message = f"{lost.status} for over {pending_grace_s / 60:.0f} min with no instance; reservation released"
+        if unrecorded:
+            message += f"; unrecorded instance(s) {', '.join(i.id for i in unrecorded)} destroyed and verified gone"
+        if _fail(ctx, lost, RunTerminationReason.DAEMON_LOST_TRACK, message, _lost_cost(ctx, lost)):
+            report.runs_failed.append({"run_id": lost.id, "reason": RunTerminationReason.DAEMON_LOST_TRACK.value})
+            runs[lost.id] = _reload(ctx, lost.id) or lost
 
     # Orphans: live instances no live run accounts for.
     for instance in owned:
@@ -182,11 +230,4 @@ def reconcile(
         state.suspects = seen_now
     report.suspects = sorted(seen_now)
 
-    # PENDING runs the daemon lost track of.
-    for run in pending:
-        if (now - _aware(run.created_at)) < timedelta(seconds=pending_grace_s):
-            continue
-        message = f"pending for over {pending_grace_s / 60:.0f} min with no instance; reservation released"
-        if _fail(ctx, run, RunTerminationReason.DAEMON_LOST_TRACK, message, 0.0):
-            report.runs_failed.append({"run_id": run.id, "reason": RunTerminationReason.DAEMON_LOST_TRACK.value})
     return report

@@ -28,14 +28,21 @@ from pilot.store.models import DatasetSnapshot, ModelVersion, TrainingRun, utcno
 from pilot.store.status import ModelStatus, RunStatus, RunTerminationReason
 from pilot.store.writers import record_event, switch_run_status
 from subagents.training import TrainingParams, TrainingPlan, classify_exit, job_config
-from tools.artifacts.base import PICKLE_SUFFIXES, SAFE_ADAPTER_SUFFIXES
+from tools.artifacts.base import PICKLE_SUFFIXES
 from tools.errors import PilotError, ProviderError
 from tools.gpu.base import InstanceState, LaunchSpec, instance_label
 
 logger = logging.getLogger(__name__)
 
+
+def is_remote(provider_name: str) -> bool:
+    """Every provider but ``local`` boots a host that fetches its inputs (see ``pilot.remote``)."""
+    return provider_name != "local"
+
+
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 RESERVATION_HEADROOM = 1.5
+SERVED_SUFFIXES = (".safetensors", ".json")
 
 
 def training_params(ctx: PilotContext) -> TrainingParams:
@@ -97,9 +104,26 @@ def run_dir(ctx: PilotContext, run_id: str) -> Path:
 
 
 def launch_run(ctx: PilotContext, run: TrainingRun, snapshot: DatasetSnapshot) -> TrainingRun:
-    """Rent and start. On a provider error the run fails and its reservation is released (nothing was rented)."""
+    """Rent and start. On a provider error the run fails and its reservation is released (nothing was rented).
+
+    Remote providers (anything but ``local``) go through ``pilot.remote``: inputs staged in the artifact store, a
+    bootstrap with presigned URLs only, and another offer tried when one is taken or refuses to start.
+    """
     if run.instance_id is not None or run.status != RunStatus.PENDING:
         return run
+    if is_remote(ctx.gpu.name):
+        from pilot import remote
+
+        try:
+            run = remote.adopt_or_clean(ctx, run)
+        except PilotError as exc:
+            return fail_run(ctx, run.id, RunTerminationReason.LAUNCH_FAILED, f"launch failed: {exc}", cost=0.0)
+        if run.instance_id is not None:
+            return run
+        outcome = remote.launch_attempt(ctx, run, snapshot)
+        if outcome.launched:
+            return outcome.run
+        return remote.finish_failed(ctx, outcome.run, RunTerminationReason.LAUNCH_FAILED, outcome.reason)
     workdir = run_dir(ctx, run.id)
     output_dir = workdir / "output"
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -175,6 +199,12 @@ def watch_run(
     ctx: PilotContext, run_id: str, *, sleep: Callable[[float], None] = time.sleep, poll_s: float | None = None
 ) -> TrainingRun:
     """Poll until the job ends or a deadline passes; always destroy the instance; collect on success."""
+    with ctx.store.session() as session:
+        row = session.get(TrainingRun, run_id)
+    if row is not None and is_remote(row.provider):
+        from pilot import remote
+
+        return remote.watch_remote(ctx, run_id, sleep=sleep, poll_s=poll_s)
     settings = ctx.settings.training
     poll_s = poll_s if poll_s is not None else settings.poll_interval_s
     with ctx.store.session() as session:
@@ -241,8 +271,10 @@ def collect_run(ctx: PilotContext, run: TrainingRun, *, cost: float) -> Training
     """Verify and store the adapter (safetensors only), record metrics, register the candidate version."""
     output_dir = run_dir(ctx, run.id) / "output"
     adapter_dir = output_dir / "adapter"
-    files = sorted(p for p in adapter_dir.glob("*") if p.is_file()) if adapter_dir.is_dir() else []
-    unsafe = [p.name for p in files if p.suffix in PICKLE_SUFFIXES or p.suffix not in SAFE_ADAPTER_SUFFIXES]
+    present = sorted(p for p in adapter_dir.glob("*") if p.is_file()) if adapter_dir.is_dir() else []
+    unsafe = [p.name for p in present if p.suffix in PICKLE_SUFFIXES]
+    # Only weights and their config are kept; what a trainer writes beside them (README.md) is not an artifact.
+    files = [p for p in present if p.suffix in SERVED_SUFFIXES]
     if not files or not (adapter_dir / ADAPTER_WEIGHTS).is_file() or unsafe:
         why = f"refused unsafe files {unsafe}" if unsafe else f"no {ADAPTER_WEIGHTS} in the job's output"
         return fail_run(ctx, run.id, RunTerminationReason.INVALID_OUTPUT, why, cost=cost)
@@ -252,6 +284,13 @@ def collect_run(ctx: PilotContext, run: TrainingRun, *, cost: float) -> Training
         stored[path.name] = {"key": ref.key, "uri": ref.uri, "sha256": ref.sha256, "size": ref.size}
     metrics_file = output_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    return register_candidate(ctx, run, stored, metrics, cost=cost)
+
+
+def register_candidate(
+    ctx: PilotContext, run: TrainingRun, stored: dict[str, dict[str, Any]], metrics: dict[str, Any], *, cost: float
+) -> TrainingRun:
+    """Record the verified adapter as a candidate version, settle the ledger, and end the run SUCCEEDED."""
     with ctx.store.session(write=True) as session:
         snapshot = session.get(DatasetSnapshot, run.snapshot_id)
         version_id = _next_version_id(session)

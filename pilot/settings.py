@@ -104,6 +104,12 @@ class EvaluationSettings(_Section):
     min_items: int = Field(20, ge=1, description="Fewer golden items than this: reject, nothing to judge on.")
     max_new_tokens: int = Field(32, ge=1)
     batch_size: int = Field(32, ge=1)
+    golden_path: Path | None = Field(
+        None,
+        description="A trusted, curated golden set (JSONL in the snapshot format) that replaces the snapshot's "
+        "golden split. Recommended in production: a golden split drawn from the same records as the training "
+        "data shares their labels, so it cannot catch poisoned (wrong but 'successful') records.",
+    )
 
 
 class LocalGpuSettings(_Section):
@@ -118,10 +124,41 @@ class VastSettings(_Section):
     image: str = Field("pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime", description="Container image for jobs.")
 
 
+class RemoteJobSettings(_Section):
+    """How a job runs on a rented host (any provider but ``local``): see pilot/remote.py."""
+
+    python: str = Field(
+        "python3", description="Interpreter on the host that runs the job (the image's python; a venv's in tests)."
+    )
+    loading_timeout_s: float = Field(
+        900.0, gt=0, description="An instance not running its job after this long (image pull, boot) is replaced."
+    )
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        le=10,
+        description="Hosts tried per run (first launch included); a retry always resumes from "
+        "the last complete checkpoint, and starts only after the previous instance is verified destroyed.",
+    )
+    interruptible: bool = Field(False, description="Rent bid (interruptible) instances; when outbid, resume elsewhere.")
+    bid_markup: float = Field(1.2, ge=1.0, le=5.0, description="Bid = the offer's minimum bid x this.")
+    heartbeat_every_s: float = Field(30.0, gt=0, description="How often the host uploads its heartbeat.")
+    save_steps: int = Field(100, ge=1, description="Steps between checkpoints uploaded from the host.")
+    disk_gb: float = Field(30.0, gt=0, description="Disk asked for each instance (billed as storage).")
+    job_module: str = Field(
+        "jobs.finetune_lora", description="Module the host runs with --config (a stub only in rehearsals and tests)."
+    )
+    job_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra environment for the job (e.g. HF_HUB_OFFLINE). Never put credentials here: it is refused.",
+    )
+
+
 class GpuSettings(_Section):
     provider: Literal["local", "vast", "fake"] = Field("local", description="Where training jobs run.")
     local: LocalGpuSettings = LocalGpuSettings()
     vast: VastSettings = VastSettings()
+    remote: RemoteJobSettings = RemoteJobSettings()
 
 
 class ArtifactSettings(_Section):
@@ -196,6 +233,12 @@ class MonitoringSettings(_Section):
     min_records: int = Field(30, ge=1, description="Live records per version before a comparison counts.")
     alpha: float = Field(0.01, gt=0, lt=1, description="Significance level of the regression test.")
     min_drop: float = Field(0.05, ge=0, description="Smallest success-rate drop that triggers a rollback.")
+    window_hours: float = Field(
+        24.0,
+        gt=0,
+        description="Monitoring window: the champion's live records since its promotion and at most this old, "
+        "against the previous champion's from this long before the promotion on.",
+    )
 
 
 class DeploySettings(_Section):
@@ -204,7 +247,15 @@ class DeploySettings(_Section):
     vllm_url: str | None = None
     vllm_api_key: SecretStr | None = None
     ollama_url: str | None = None
-    canary_steps: list[float] = Field(default_factory=lambda: [0.1, 0.5, 1.0])
+    canary: bool = Field(
+        False,
+        description="Roll a new champion out gradually: canary_steps of sessions (pick_model, GET /v1/route), "
+        "stepped up while live quality holds. Off: a promotion serves every session at once.",
+    )
+    canary_steps: list[float] = Field(
+        default_factory=lambda: [0.1, 0.5, 1.0],
+        description="Session shares of a canary rollout, increasing, ending at 1.0.",
+    )
 
 
 class Settings(BaseSettings):
