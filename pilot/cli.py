@@ -252,13 +252,33 @@ def demo(
     run_demo(ctx.obj.settings(), reset=reset, n_records=records, console=_console(), config=ctx.obj.config)
 
 
-def _register_plugins() -> None:
-    """Commands that live beside their subject (kill switch, knowledge base)."""
-    from pilot.cli_kb import kb_app
-    from pilot.killswitch import kill_command, resume_command
+@app.command()
+def kill(
+    ctx: typer.Context,
+    reason: str = typer.Option("", "--reason", "-r", help="Why (goes to the incident event and Slack)."),
+    by: str | None = typer.Option(None, "--by", help="Who pulls it (default: your user name)."),
+) -> None:
+    """Pull the kill switch: pause, cancel approvals, destroy and verify every owned instance, revert serving."""
+    from pilot.killswitch import kill_command  # imported here: the kill switch's stack stays off `status`
 
-    app.command("kill")(kill_command)
-    app.command("resume")(resume_command)
+    kill_command(ctx, reason=reason, by=by)
+
+
+@app.command()
+def resume(
+    ctx: typer.Context,
+    reason: str = typer.Option("", "--reason", "-r", help="Why it is safe to spend again."),
+    by: str | None = typer.Option(None, "--by", help="Who resumes (default: your user name)."),
+) -> None:
+    """Lift the kill switch's pause; the next cycle may spend again (every cap and approval still applies)."""
+    from pilot.killswitch import resume_command
+
+    resume_command(ctx, reason=reason, by=by)
+
+
+def _register_plugins() -> None:
+    from pilot.cli_kb import kb_app  # light: typer only; its commands import their stack lazily
+
     app.add_typer(kb_app, name="kb")
 
 
