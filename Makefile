@@ -7,7 +7,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint typecheck unit bench lock clean
+.PHONY: install demo test lint typecheck unit bench lock clean postgres
 
 install: $(STAMP)
 
@@ -31,7 +31,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+# The store's tests start their own PostgreSQL (initdb + pg_ctl); install the server binaries if they are missing.
+postgres:
+	@if command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; \
+	else echo "PostgreSQL server binaries (initdb, pg_ctl) are needed by the tests: install postgresql"; exit 1; fi
+
+unit: $(STAMP) postgres
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck unit

@@ -1,8 +1,8 @@
 """One typed settings object, built once at start-up and passed in (no module-level getenv elsewhere).
 
 Sources, highest priority first: keyword arguments, environment variables ``LEARNING_PILOT_<SECTION>__<KEY>``
-(for example ``LEARNING_PILOT_BUDGET__PER_DAY_USD=20``), the TOML file, systemd credentials
-(``$CREDENTIALS_DIRECTORY``) for secrets, then the defaults below. Unknown keys in the file are errors: a typo
+(for example ``LEARNING_PILOT_BUDGET__PER_DAY_USD=20``), systemd credentials (files in ``$CREDENTIALS_DIRECTORY``
+named after the key path, for secrets), the TOML file, then the defaults below. Unknown keys in the file are errors: a typo
 must not silently fall back to a default that spends money.
 
 The TOML file is ``--config PATH`` or, when not given, the first that exists of: ``$LEARNING_PILOT_CONFIG``,
@@ -294,7 +294,13 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls), file_secret_settings)
+        return (
+            init_settings,
+            env_settings,
+            CredentialsSource(settings_cls),
+            TomlConfigSettingsSource(settings_cls),
+            file_secret_settings,
+        )
 
     # -- derived paths --------------------------------------------------------------------------------------
     @property
@@ -322,6 +328,31 @@ class Settings(BaseSettings):
         return self.data_dir / "work"
 
 
+class CredentialsSource(PydanticBaseSettingsSource):
+    """systemd credentials (``LoadCredential=``): each file in ``$CREDENTIALS_DIRECTORY`` named after a key path,
+    ``gpu__vast__api_key`` or ``LEARNING_PILOT_GPU__VAST__API_KEY``, holds that key's value. Secrets stay out of
+    the environment and the TOML file."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover - unused
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not directory or not Path(directory).is_dir():
+            return {}
+        values: dict[str, Any] = {}
+        for file in sorted(Path(directory).iterdir()):
+            name = file.name.lower().removeprefix("learning_pilot_")
+            parts = [part for part in name.split("__") if part]
+            if not parts or not file.is_file():
+                continue
+            node = values
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+            node[parts[-1]] = file.read_text().strip()
+        return values
+
+
 def find_config(explicit: Path | None) -> Path | None:
     if explicit is not None:
         if not explicit.is_file():
@@ -347,9 +378,8 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     file_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": path})  # type: ignore[typeddict-item]
     configured = type("Settings", (Settings,), {"model_config": file_config, "__module__": __name__})
-    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
     try:
-        settings: Settings = configured(**overrides, _secrets_dir=credentials)
+        settings: Settings = configured(**overrides)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path)) from exc
     if not settings.data_dir.is_absolute():

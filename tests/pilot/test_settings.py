@@ -88,3 +88,19 @@ def test_the_example_config_lists_every_key() -> None:
     assert (REPO / "config" / "pilot.example.toml").read_text() == example_toml(), (
         "config/pilot.example.toml is stale: run `python -m pilot.config_doc`"
     )
+
+
+def test_systemd_credentials_fill_nested_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "gpu__vast__api_key").write_text("vast-from-credential\n")
+    (creds / "LEARNING_PILOT_SLACK__SIGNING_SECRET").write_text("signing-from-credential")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    settings = load_settings(None, data_dir=tmp_path)
+    assert settings.gpu.vast.api_key is not None
+    assert settings.gpu.vast.api_key.get_secret_value() == "vast-from-credential"
+    assert settings.slack.signing_secret is not None
+    assert settings.slack.signing_secret.get_secret_value() == "signing-from-credential"
+    monkeypatch.setenv("LEARNING_PILOT_GPU__VAST__API_KEY", "from-env")
+    key = load_settings(None, data_dir=tmp_path).gpu.vast.api_key
+    assert key is not None and key.get_secret_value() == "from-env"  # the environment wins
