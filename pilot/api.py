@@ -56,6 +56,13 @@ def create_app(ctx: PilotContext, *, scheduler_hooks: SchedulerHooks | None = No
     app = FastAPI(title="Learning Pilot", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.ctx = ctx
     app.state.metrics = metrics
+    from pilot import api_route
+
+    app.include_router(api_route.router)
+    if ctx.settings.knowledge.enabled:
+        from pilot import api_kb  # Qdrant is imported only when the knowledge base is on
+
+        app.include_router(api_kb.router)
 
     def refuse(route: str, code: int, why: str, request: Request) -> JSONResponse:
         client = request.client.host if request.client else "?"

@@ -28,7 +28,10 @@ def knowledge_base(request: Request) -> KnowledgeBase:
         with _open_lock:
             kb = getattr(state, "kb", None)
             if kb is None:
-                kb = state.kb = open_knowledge_base(state.ctx.settings)
+                ctx = state.ctx
+                kb = state.kb = (
+                    ctx.knowledge_base() if hasattr(ctx, "knowledge_base") else open_knowledge_base(ctx.settings)
+                )
     return kb
 
 

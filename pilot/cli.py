@@ -205,12 +205,17 @@ def rollback(
     reason: str = typer.Option("manual rollback", "--reason"),
 ) -> None:
     """Take the champion down and restore the previous one (or --to VERSION, or the base model)."""
-    from pilot import registry
+    from pilot import canary, registry
+    from pilot.context import build_context
+    from pilot.deploy import revert_to_stable
 
-    _, store = _open_store(ctx)
+    settings, store = _open_store(ctx)
     with store.session(write=True) as session:
         move = registry.rollback(session, to_version=to, actor=_actor(by), reason=reason)
+        canary.end_rollout(session, actor=_actor(by), reason=reason)
     typer.echo(f"rolled back: champion {move.from_version} -> {move.to_version or 'base model'}")
+    outcome = revert_to_stable(settings, store, build_context(settings, store=store).artifacts)
+    typer.echo(f"serving: {outcome.after or 'the base model'} on {outcome.target} ({outcome.action})")
 
 
 @app.command()
@@ -227,17 +232,9 @@ def explain(
     if as_json:
         typer.echo(json.dumps(report, default=str, indent=2))
         return
-    console = _console()
-    for key in ("version", "records", "snapshot", "decision", "approval", "run", "adapter"):
-        console.print(f"[bold]{key}[/]: {json.dumps(report[key], default=str)}")
-    evaluation = report["evaluation"] or {}
-    console.print(f"[bold]evaluation[/]: {evaluation.get('verdict')} — {evaluation.get('reason')}")
-    for domain, figures in (evaluation.get("per_domain") or {}).items():
-        console.print(f"    {domain}: {json.dumps(figures)}")
-    for move in report["promotion_history"]:
-        console.print(
-            f"[bold]alias[/] {move['alias']}: {move['from']} -> {move['to']} by {move['actor']}: {move['reason']}"
-        )
+    from pilot.render import render_explain
+
+    render_explain(_console(), report)
 
 
 @app.command()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pilot.settings import Settings
 from pilot.store import Store
@@ -29,7 +31,20 @@ class PilotContext:
     def label_prefix(self) -> str:
         return f"learning-pilot/{self.settings.env}/"
 
+    _kb: Any = None
+
+    def knowledge_base(self) -> Any:
+        """The process's one knowledge base (local-mode Qdrant allows one client per folder), opened on first use."""
+        if self._kb is None:
+            from pilot.kb import open_knowledge_base
+
+            self._kb = open_knowledge_base(self.settings)
+        return self._kb
+
     def close(self) -> None:
+        if self._kb is not None:
+            with contextlib.suppress(Exception):
+                self._kb.client.close()
         self.store.close()
 
 

@@ -30,11 +30,12 @@ class CycleResult:
     log: list[str] = field(default_factory=list)
 
 
-def _result(thread_id: str, out: dict[str, Any], *, resumed: bool) -> CycleResult:
+def _result(thread_id: str, out: dict[str, Any], *, resumed: bool, seen: int = 0) -> CycleResult:
+    """``seen``: how many log lines the thread had before this invocation (a resumed thread reports only new ones)."""
     interrupts = out.get("__interrupt__") or []
     waiting = str(interrupts[0].value.get("approval_id")) if interrupts else None
     outcome = out.get("outcome") or (f"waiting for approval {waiting}" if waiting else out.get("reason", ""))
-    return CycleResult(thread_id, resumed, str(outcome), waiting, list(out.get("log", [])))
+    return CycleResult(thread_id, resumed, str(outcome), waiting, list(out.get("log", []))[seen:])
 
 
 def _threads_to_resume(ctx: PilotContext) -> list[tuple[str, str]]:
@@ -67,10 +68,11 @@ def run_cycle(ctx: PilotContext, *, ingest: bool = True) -> list[CycleResult]:
         resumed_threads = set()
         for thread_id, approval_id in _threads_to_resume(ctx):
             config: Any = {"configurable": {"thread_id": thread_id}}
-            if not app.get_state(config).next:
+            before = app.get_state(config)
+            if not before.next:
                 continue
             out = app.invoke(Command(resume={"approval_id": approval_id}), config)
-            results.append(_result(thread_id, out, resumed=True))
+            results.append(_result(thread_id, out, resumed=True, seen=len(before.values.get("log", []))))
             resumed_threads.add(thread_id)
         for thread_id in _unfinished_threads(ctx):
             config = {"configurable": {"thread_id": thread_id}}
@@ -79,7 +81,7 @@ def run_cycle(ctx: PilotContext, *, ingest: bool = True) -> list[CycleResult]:
                 continue
             logger.warning("Continuing thread %s, interrupted at %s by a restart", thread_id, state.next)
             out = app.invoke(None, config)
-            results.append(_result(thread_id, out, resumed=True))
+            results.append(_result(thread_id, out, resumed=True, seen=len(state.values.get("log", []))))
         cycle_id = uuid.uuid4().hex[:10]
         thread_id = f"cycle-{cycle_id}"
         out = app.invoke({"cycle_id": cycle_id, "log": []}, {"configurable": {"thread_id": thread_id}})

@@ -58,6 +58,19 @@ def ensure_base_model(settings: Settings, console: Console) -> None:
     console.print(f"base model: built in {time.monotonic() - started:.0f} s")
 
 
+def ensure_embedder(settings: Settings, console: Console, config: Path | None) -> None:
+    """Build the offline embedder through the same command a user runs, once."""
+    path = settings.knowledge.embedding_model_path
+    if not settings.knowledge.enabled or path is None or (Path(path) / "model.onnx").is_file():
+        return
+    command = [sys.executable, "-m", "pilot.cli", *(["--config", str(config)] if config else [])]
+    command += ["kb", "export-embedder", str(path)]
+    console.print(f"knowledge base: exporting the offline embedder: learning-pilot kb export-embedder {path}")
+    out = subprocess.run(command, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        console.print(f"[yellow]knowledge base: no embedder ({out.stderr.strip()[-300:]}); the loop runs without it[/]")
+
+
 def _print_results(console: Console, results: list[CycleResult]) -> None:
     for result in results:
         for line in result.log:
@@ -73,6 +86,8 @@ def run_demo(settings: Settings, *, reset: bool, n_records: int, console: Consol
     ctx = build_context(settings, store=store)
     console.rule("1. a base model")
     ensure_base_model(settings, console)
+
+    ensure_embedder(settings, console, config)
 
     console.rule("2. execution records from a coding agent")
     drop = settings.drop_dir
@@ -110,6 +125,16 @@ def run_demo(settings: Settings, *, reset: bool, n_records: int, console: Consol
 
         console.rule("5. the next cycle resumes: train, evaluate, promote or reject")
         _print_results(console, run_cycle(ctx, ingest=False))
+
+    if settings.knowledge.enabled:
+        console.rule("the knowledge base: solutions for a sample task")
+        task = "Rename the identifier `retryTimeoutMs` to snake_case."
+        from pilot.kb import kb_search
+        from tools.knowledge import format_for_prompt
+
+        hits = kb_search(settings, task, top_k=3, kb=ctx.knowledge_base())
+        console.print(f"query: {task}")
+        console.print(format_for_prompt(hits) or "(no hits)")
 
     console.rule("learning-pilot status")
     render_status(console, build_status(settings, store))

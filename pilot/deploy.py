@@ -121,7 +121,7 @@ def sync_champion(settings: Settings, store: Store, artifacts: ArtifactStore, ta
         if kind != "pointer":  # the pointer file names the directory: keep it; other targets copied it
             shutil.rmtree(workdir, ignore_errors=True)
     after = target.current()
-    logger.warning("Re-deployed champion %s on %s (was %s)", champion.id, kind, before or "base")
+    logger.info("Deployed champion %s on %s (was %s)", champion.id, kind, before or "base")
     return DeployOutcome(kind, wanted, before, after, "deployed")
 
 

@@ -3,7 +3,13 @@ scores their outputs itself (normalised exact match) and applies the paired gate
 
 No number the training job reports about itself enters the verdict: the generation job only returns predictions
 and per-item reference losses, for both sides alike. Adapters are fetched from the artifact store and verified
-by sha256 before they are loaded.
+(every file's sha256, safetensors/json only: pickled weights are refused) before anything loads them; a refused
+adapter is an ``IntegrityError`` and the graph rejects the candidate.
+
+The golden set is ``evaluation.golden_path`` when configured (a trusted, curated file), else the candidate
+snapshot's golden split. Only a trusted file protects against poisoned records: a split drawn from the same
+records carries the same wrong labels. The stored record names the golden source, its sha256, and how many of
+its prompts also appear in the candidate's training split (contamination inflates the candidate's score).
 """
 
 from __future__ import annotations
@@ -19,9 +25,12 @@ from pilot.context import PilotContext
 from pilot.registry import CHAMPION, get_version
 from pilot.store.models import DatasetSnapshot, ModelVersion
 from pilot.store.writers import alias_target
+from subagents.data.split import split_key
 from subagents.evaluation import GateConfig, GateReport, PairedItem, compare, score_normalised
-from tools.errors import PilotError
+from tools.artifacts.base import sha256_file
+from tools.errors import IntegrityError, PilotError
 from tools.gpu.base import InstanceState, LaunchSpec
+from tools.serving.base import verify_adapter_dir
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +40,15 @@ class EvaluationError(PilotError):
 
 
 def fetch_adapter(ctx: PilotContext, version: ModelVersion, dest: Path) -> Path:
-    """Copy a version's adapter files out of the artifact store, verifying each sha256."""
+    """Copy a version's adapter files out of the artifact store and verify the directory exactly as a deploy
+    target would (sha256 of every file, safetensors weights, nothing pickled). Raises ``IntegrityError``."""
+    if not version.adapter_files:
+        raise IntegrityError(f"model version {version.id} has no stored adapter files")
+    expected: dict[str, str] = {}
     for name, ref in sorted(version.adapter_files.items()):
         ctx.artifacts.get(str(ref["key"]), dest / name, sha256=str(ref["sha256"]))
+        expected[name] = str(ref["sha256"])
+    verify_adapter_dir(dest, expected)
     return dest
 
 
@@ -78,14 +93,42 @@ def _generate(ctx: PilotContext, *, adapter: Path | None, golden: Path, out: Pat
 
 
 def _golden_items(golden: Path) -> list[dict[str, Any]]:
-    items = []
+    """The golden items; a malformed file (bad JSON, no assistant answer, a repeated id) is an EvaluationError
+    naming the line: a gate must not run on a set it cannot read exactly."""
+    items: list[dict[str, Any]] = []
+    seen: set[str] = set()
     with golden.open() as fh:
-        for line in fh:
-            if line.strip():
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
                 example = json.loads(line)
                 reference = next(m["content"] for m in reversed(example["messages"]) if m["role"] == "assistant")
-                items.append({"id": str(example["id"]), "domain": example.get("domain", "default"), "ref": reference})
+                item_id = str(example["id"])
+            except (ValueError, KeyError, TypeError, StopIteration) as exc:
+                raise EvaluationError(f"{golden}:{number}: not a golden example ({exc!r})") from exc
+            if item_id in seen:
+                raise EvaluationError(f"{golden}:{number}: id {item_id!r} appears twice")
+            seen.add(item_id)
+            items.append({"id": item_id, "domain": example.get("domain", "default"), "ref": str(reference)})
     return items
+
+
+def _prompts(path: Path) -> set[str]:
+    keys = set()
+    if path.is_file():
+        with path.open() as fh:
+            for line in fh:
+                if line.strip():
+                    example = json.loads(line)
+                    prompt = next((m["content"] for m in example["messages"] if m["role"] == "user"), "")
+                    keys.add(split_key(str(prompt)))
+    return keys
+
+
+def _train_overlap(train: Path, golden: Path) -> int:
+    """Golden prompts that the candidate also trained on (by the split key: case and spacing folded)."""
+    return len(_prompts(train) & _prompts(golden))
 
 
 def gate_config(ctx: PilotContext) -> GateConfig:
@@ -107,9 +150,12 @@ def evaluate_version(ctx: PilotContext, version_id: str) -> tuple[GateReport, di
         snapshot = session.get(DatasetSnapshot, version.snapshot_id) if version.snapshot_id else None
         champion_id = alias_target(session, CHAMPION)
         champion = get_version(session, champion_id) if champion_id and champion_id != version_id else None
-    if snapshot is None or not (golden := Path(snapshot.path) / "golden.jsonl").is_file():
-        raise EvaluationError(f"{version_id} has no golden split to be evaluated on")
+    trusted = ctx.settings.evaluation.golden_path
+    golden = trusted if trusted is not None else Path(snapshot.path) / "golden.jsonl" if snapshot else None
+    if golden is None or not golden.is_file():
+        raise EvaluationError(f"{version_id} has no golden set to be evaluated on ({golden or 'no snapshot'})")
     items = _golden_items(golden)
+    overlap = _train_overlap(Path(snapshot.path) / "train.jsonl", golden) if snapshot is not None else 0
     workdir = ctx.settings.work_dir / "eval" / version_id
     workdir.mkdir(parents=True, exist_ok=True)
     label_base = f"learning-pilot/{ctx.settings.env}/eval-{version_id}"
@@ -159,8 +205,12 @@ def evaluate_version(ctx: PilotContext, version_id: str) -> tuple[GateReport, di
         **report.to_dict(),
         "champion_version": champion.id if champion else None,
         "champion_label": champion.id if champion else f"base ({ctx.settings.training.base_model})",
-        "golden_snapshot": snapshot.id,
+        "golden_snapshot": snapshot.id if snapshot else None,
+        "golden_source": str(golden) if trusted is not None else "snapshot golden split",
+        "golden_sha256": sha256_file(golden),
         "golden_items": len(items),
+        "golden_prompts_in_train": overlap,
+        "confidence": ctx.settings.evaluation.confidence,
         "scoring": "normalised exact match of generated answers, scored by the daemon",
         "examples": examples,
         "duration_s": round(time.monotonic() - started, 2),

@@ -26,19 +26,20 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import interrupt
 from sqlmodel import select
 
-from pilot import approvals, notify, registry
+from pilot import approvals, canary, notify, registry
 from pilot.agent import decide_with_agent, recent_decisions
 from pilot.context import PilotContext
 from pilot.data import make_snapshot, new_data
 from pilot.deploy import make_target, sync_champion
 from pilot.evaluate import EvaluationError, evaluate_version
-from pilot.facts import gather_facts, live_stats
+from pilot.facts import gather_facts
 from pilot.guardrails import TrainingProposal, Verdict, rule_training
+from pilot.render import gate_report_lines
 from pilot.runs import create_run, launch_run, training_params, version_for_run, watch_run
+from pilot.stats import task_drift
 from pilot.store.models import Approval, DatasetSnapshot, Decision, ModelVersion, TrainingRun, utcnow
 from pilot.store.status import ApprovalKind, ApprovalStatus, DecisionAction, ModelStatus, RunStatus
 from pilot.store.writers import record_event, switch_model_status
-from subagents import monitoring
 from subagents.training import count_tokens, plan_training, requirements_for
 from tools.errors import PilotError
 
@@ -118,35 +119,49 @@ def build_graph(ctx: PilotContext) -> StateGraph:
             )
         return f"; serving {outcome.after or 'the base model'} on {outcome.target} ({outcome.action})"
 
-    def monitor(state: CycleState) -> dict[str, Any]:
-        """Monitoring subagent: roll back a champion that does worse live than its predecessor."""
+    def announce_gate(state: CycleState, version_id: str, outcome: str) -> None:
+        """The gate's report (overall, interval, per domain) to Slack: in the training approval's thread when
+        there is one, else a top-level message."""
         with ctx.store.session() as session:
-            champion = registry.alias_target(session, registry.CHAMPION)
-            previous = registry.alias_target(session, registry.PREVIOUS)
-        if champion is None or previous is None:
-            return {"log": _log(state, "monitor: no champion/previous pair to compare yet")}
-        champ, prev = live_stats(ctx, champion), live_stats(ctx, previous)
-        verdict = monitoring.compare_live(champ, prev)
-        if not verdict.regressed:
-            return {"log": _log(state, f"monitor: {verdict.reason}")}
+            version = session.get(ModelVersion, version_id)
+            evaluation = dict(version.eval_report) if version is not None else {}
+        text = "\n".join([f"Gate: {outcome}", *gate_report_lines(version_id, evaluation)[1:]])
+        approval_id = state.get("approval_id")
+        if not (approval_id and notify.notify_progress(ctx, approval_id, text)):
+            notify.notify_incident(ctx, text)
+
+    def monitor(state: CycleState) -> dict[str, Any]:
+        """Monitoring subagent: the champion's live window against its baseline (pilot/canary.py); a healthy
+        canary steps up, a significant drop rolls back (alias move + serving target + event + Slack)."""
         with ctx.store.session(write=True) as session:
-            decision = Decision(
-                id=f"dec-{state['cycle_id']}",
-                thread_id=f"cycle-{state['cycle_id']}",
-                action=DecisionAction.ROLLBACK,
-                reason=verdict.reason,
-                figures={"champion": champion, "previous": previous, "p_value": verdict.p_value},
-            )
-            session.add(decision)
-            session.flush()
-            move = registry.rollback(session, to_version=None, actor="supervisor", reason=verdict.reason)
-        line = f"monitor: rolled back {move.from_version} -> {move.to_version or 'base'}: {verdict.reason}"
-        line += deploy_champion(f"rolled back {move.from_version}")
-        notify.notify_incident(ctx, line)
+            watched = canary.watch(session, settings)
+            drift = task_drift(session)
+            decision = None
+            if watched.action == "rollback":
+                decision = Decision(
+                    id=f"dec-{state['cycle_id']}",
+                    thread_id=f"cycle-{state['cycle_id']}",
+                    action=DecisionAction.ROLLBACK,
+                    reason=watched.reason,
+                    figures={**(watched.figures or {}), "drift": drift.to_dict()},
+                )
+                session.add(decision)
+                session.flush()
+                move = registry.rollback(session, to_version=None, actor="supervisor", reason=watched.reason)
+                canary.end_rollout(session, actor="supervisor", reason=f"rolled back: {watched.reason}")
+        drifted = "" if drift.js_divergence is None else f"; input drift JS={drift.js_divergence:.3f}"
+        if decision is None:
+            line = f"monitor: {watched.reason}{drifted}"
+            if watched.action in ("step", "complete"):
+                notify.notify_incident(ctx, f"Learning Pilot {line}")
+            return {"log": _log(state, line)}
+        line = f"monitor: rolled back {move.from_version} -> {move.to_version or 'base'}: {watched.reason}"
+        line += deploy_champion(f"rolled back {move.from_version}") + drifted
+        notify.notify_incident(ctx, f":rotating_light: Learning Pilot {line}")
         return {
             "decision_id": decision.id,
             "action": DecisionAction.ROLLBACK.value,
-            "reason": verdict.reason,
+            "reason": watched.reason,
             "outcome": line,
             "log": _log(state, line),
         }
@@ -154,6 +169,17 @@ def build_graph(ctx: PilotContext) -> StateGraph:
     def observe(state: CycleState) -> dict[str, Any]:
         """Data subagent: what is new since the last training."""
         data = new_data(ctx)
+        if settings.knowledge.enabled:
+            from pilot.kb import refresh_knowledge_base  # Qdrant and the embedder load only when the KB is on
+
+            try:
+                kb = refresh_knowledge_base(ctx, kb=ctx.knowledge_base())
+                state = {
+                    **state,
+                    "log": _log(state, f"knowledge base: {kb.upserted} solutions upserted, {kb.total} total"),
+                }
+            except PilotError as exc:  # the KB helps prompts; it never blocks training decisions
+                state = {**state, "log": _log(state, f"knowledge base: not refreshed ({exc})")}
         line = (
             f"observe: {data.new_records} new records since the last training, {data.new_examples} curated "
             f"examples {data.per_domain}"
@@ -364,7 +390,10 @@ def build_graph(ctx: PilotContext) -> StateGraph:
         with ctx.store.session(write=True) as session:
             if verdict == "promote":
                 move = registry.promote(session, version_id, actor="supervisor", reason=reason)
+                rollout = canary.start_rollout(session, settings, version_id, actor="supervisor")
                 outcome = f"PROMOTED {version_id} to champion (was {move.from_version or 'base'}): {reason}"
+                if rollout is not None:
+                    outcome += f"; canary: {rollout.share:.0%} of sessions first"
             elif verdict == "reject":
                 registry.reject(session, version_id, actor="supervisor", reason=reason)
                 outcome = f"REJECTED {version_id}: {reason}"
@@ -373,6 +402,7 @@ def build_graph(ctx: PilotContext) -> StateGraph:
                 outcome = f"INCONCLUSIVE {version_id}: {reason}; a human decides"
         if verdict == "promote":
             outcome += deploy_champion(f"promoted {version_id}")
+        announce_gate(state, version_id, outcome)
         return {"outcome": outcome, "log": _log(state, f"gate: {outcome}")}
 
     def request_review(state: CycleState) -> dict[str, Any]:
@@ -400,6 +430,7 @@ def build_graph(ctx: PilotContext) -> StateGraph:
             actor = approval.decided_by or "system"
             if approval.status == ApprovalStatus.APPROVED:
                 registry.promote(session, state["version_id"], actor=actor, reason=f"approved on review {approval.id}")
+                canary.start_rollout(session, settings, state["version_id"], actor=actor)
                 outcome = f"PROMOTED {state['version_id']} on human review by {actor}"
             else:
                 registry.reject(

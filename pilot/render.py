@@ -83,7 +83,11 @@ def models_report(store: Store) -> dict[str, Any]:
                     "verdict": v.eval_report.get("verdict"),
                     "score": v.eval_report.get("candidate_score"),
                     "champion_score": v.eval_report.get("champion_score"),
+                    "diff": v.eval_report.get("diff"),
+                    "ci_low": v.eval_report.get("ci_low"),
+                    "ci_high": v.eval_report.get("ci_high"),
                     "reason": v.eval_report.get("reason"),
+                    "evaluation": v.eval_report or None,
                     "created_at": v.created_at.isoformat(timespec="seconds"),
                 }
                 for v in versions
@@ -102,23 +106,93 @@ def models_report(store: Store) -> dict[str, Any]:
         }
 
 
+def gate_report_lines(version_id: str, evaluation: dict[str, Any]) -> list[str]:
+    """The gate's report as plain lines (Slack and logs): verdict, overall figures with the interval, and one
+    line per domain. ``evaluation`` is a version's stored ``eval_report``."""
+    if not evaluation:
+        return [f"{version_id}: not evaluated"]
+    level = f"{float(evaluation.get('confidence', 0.95)):.0%}" if "confidence" in evaluation else "95%"
+    lines = [
+        f"{version_id}: {str(evaluation.get('verdict', '?')).upper()} — {evaluation.get('reason', '')}",
+        f"candidate {_score(evaluation.get('candidate_score'))} vs {evaluation.get('champion_label') or 'champion'} "
+        f"{_score(evaluation.get('champion_score'))}: diff {_signed(evaluation.get('diff'))}, {level} CI "
+        f"[{_signed(evaluation.get('ci_low'))}, {_signed(evaluation.get('ci_high'))}], sign test "
+        f"p={_p(evaluation.get('sign_test_p'))}, n={evaluation.get('n_items', '?')}",
+    ]
+    for domain, d in sorted((evaluation.get("per_domain") or {}).items()):
+        lines.append(
+            f"  {domain}: {_score(d.get('candidate'))} vs {_score(d.get('champion'))} "
+            f"(diff {_signed(d.get('diff'))}, n={d.get('n', '?')})"
+        )
+    return lines
+
+
+def _score(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.3f}"
+
+
+def _signed(value: Any) -> str:
+    return "-" if value is None else f"{float(value):+.3f}"
+
+
+def _p(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.3g}"
+
+
+def render_gate_report(console: Console, version_id: str, evaluation: dict[str, Any]) -> None:
+    """The verdict, the overall difference with its confidence interval, and the per-domain table."""
+    if not evaluation:
+        console.print(f"evaluation of {version_id}: none stored")
+        return
+    first, overall, *_ = [*gate_report_lines(version_id, evaluation), ""]
+    console.print(f"[bold]gate[/] {first}")
+    console.print(f"  {overall}")
+    domains = evaluation.get("per_domain") or {}
+    if domains:
+        table = Table(title=f"per domain ({version_id})", title_justify="left")
+        for column in ("domain", "n", "candidate", "champion", "diff"):
+            table.add_column(column, justify="left" if column == "domain" else "right")
+        for domain, d in sorted(domains.items()):
+            table.add_row(domain, str(d.get("n", "?")), _score(d.get("candidate")), _score(d.get("champion")),
+                          _signed(d.get("diff")))  # fmt: skip
+        console.print(table)
+
+
+def render_explain(console: Console, report: dict[str, Any]) -> None:
+    """``learning-pilot explain``: the lineage chain, the gate report with its interval and domains, history."""
+    import json
+
+    for key in ("version", "records", "snapshot", "decision", "approval", "run", "adapter"):
+        console.print(f"[bold]{key}[/]: {json.dumps(report[key], default=str)}")
+    render_gate_report(console, report["version"]["id"], report["evaluation"] or {})
+    for move in report["promotion_history"]:
+        console.print(
+            f"[bold]alias[/] {move['alias']}: {move['from']} -> {move['to']} at {move['at']} by {move['actor']}: "
+            f"{move['reason']}"
+        )
+
+
 def render_models(console: Console, report: dict[str, Any]) -> None:
     aliases = ", ".join(f"{k}={v or '-'}" for k, v in report["aliases"].items())
     console.print(f"aliases: {aliases}")
     table = Table(title="model versions", title_justify="left")
-    for column in ("id", "status", "run", "score", "vs champion", "adapter sha256", "verdict"):
+    for column in ("id", "status", "run", "score", "vs champion", "diff [CI]", "adapter sha256", "verdict"):
         table.add_column(column)
     for v in report["versions"]:
         table.add_row(
             v["id"],
             v["status"],
             v["run"] or "-",
-            "-" if v["score"] is None else f"{v['score']:.3f}",
-            "-" if v["champion_score"] is None else f"{v['champion_score']:.3f}",
+            _score(v["score"]),
+            _score(v["champion_score"]),
+            "-" if v.get("diff") is None else f"{v['diff']:+.3f} [{_signed(v['ci_low'])}, {_signed(v['ci_high'])}]",
             (v["adapter_sha256"] or "")[:16],
             v["verdict"] or "-",
         )
     console.print(table)
+    for v in report["versions"]:
+        if v.get("evaluation"):
+            render_gate_report(console, v["id"], v["evaluation"])
     if report["history"]:
         table = Table(title="promotion history", title_justify="left")
         for column in ("at", "alias", "from", "to", "actor", "reason"):

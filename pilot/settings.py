@@ -1,9 +1,9 @@
 """One typed settings object, built once at start-up and passed in (no module-level getenv elsewhere).
 
 Sources, highest priority first: keyword arguments, environment variables ``LEARNING_PILOT_<SECTION>__<KEY>``
-(for example ``LEARNING_PILOT_BUDGET__PER_DAY_USD=20``), systemd credentials (files in ``$CREDENTIALS_DIRECTORY``
-named after the key path, for secrets), the TOML file, then the defaults below. Unknown keys in the file are errors: a typo
-must not silently fall back to a default that spends money.
+(for example ``LEARNING_PILOT_BUDGET__PER_DAY_USD=20``), systemd credentials (files in
+``$CREDENTIALS_DIRECTORY`` named after the key path, for secrets), the TOML file, then the defaults below.
+Unknown keys in the file are errors: a typo must not silently fall back to a default that spends money.
 
 The TOML file is ``--config PATH`` or, when not given, the first that exists of: ``$LEARNING_PILOT_CONFIG``,
 ``./learning-pilot.toml``, ``~/.config/learning-pilot/pilot.toml``, ``/etc/learning-pilot/pilot.toml``.
@@ -214,7 +214,11 @@ class SlackSettings(_Section):
 
 
 class KnowledgeSettings(_Section):
-    enabled: bool = Field(True, description="Keep a knowledge base of successful solutions.")
+    enabled: bool = Field(
+        False,
+        description="Keep a knowledge base of successful solutions, refreshed every cycle. Needs an embedder: "
+        "online, the fastembed model; offline, embedding_model_path (`learning-pilot kb export-embedder DIR`).",
+    )
     qdrant_url: str | None = Field(
         None, description="Qdrant server URL. Empty: embedded local mode under the data dir."
     )

