@@ -83,7 +83,19 @@ def approval_request(session: Any, approval: Approval) -> ApprovalRequest:
         offer=offer,
         eval_plan=str(summary.get("eval_plan") or ""),
         rollback_plan=str(summary.get("rollback_plan") or ""),
+        extra=_agent_lines(decision),
     )
+
+
+def _agent_lines(decision: Decision | None) -> dict[str, str]:
+    """The supervisor agent's rationale, when a model took part in the decision."""
+    if decision is None or not decision.rationale:
+        return {}
+    agent = decision.figures.get("agent") or {}
+    lines = {"Agent's rationale": decision.rationale[:1500]}
+    if agent.get("fallback"):
+        lines["Agent fallback"] = str(agent["fallback"])[:300]
+    return lines
 
 
 def approval_message(ctx: PilotContext, approval_id: str) -> SlackMessage | None:

@@ -65,6 +65,11 @@ def render_status(console: Console, report: dict[str, Any]) -> None:
         for d in report["decisions"]:
             table.add_row(str(d["at"]), d["action"], str(d["reason"])[:90], str(d["outcome"] or "")[:90])
         console.print(table)
+        latest = report["decisions"][0]
+        if latest.get("rationale"):
+            console.print(f"[bold]agent's rationale[/] ({latest['id']}): {latest['rationale']}")
+        if latest.get("agent_fallback"):
+            console.print(f"[yellow]agent fell back to the policy[/]: {latest['agent_fallback']}")
 
 
 def models_report(store: Store) -> dict[str, Any]:
@@ -164,6 +169,9 @@ def render_explain(console: Console, report: dict[str, Any]) -> None:
 
     for key in ("version", "records", "snapshot", "decision", "approval", "run", "adapter"):
         console.print(f"[bold]{key}[/]: {json.dumps(report[key], default=str)}")
+    decision = report.get("decision") or {}
+    if decision.get("rationale"):
+        console.print(f"[bold]agent's rationale[/] for {decision['id']}: {decision['rationale']}")
     render_gate_report(console, report["version"]["id"], report["evaluation"] or {})
     for move in report["promotion_history"]:
         console.print(

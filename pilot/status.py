@@ -86,6 +86,8 @@ def build_status(settings: Settings, store: Store, *, limit: int = 5) -> dict[st
                     "action": d.action,
                     "reason": d.reason,
                     "outcome": d.outcome,
+                    "rationale": d.rationale,
+                    "agent_fallback": (d.figures.get("agent") or {}).get("fallback"),
                     "at": _iso(d.created_at),
                 }
                 for d in decisions
