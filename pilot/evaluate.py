@@ -1,5 +1,20 @@
 """Evaluation: the candidate and the champion (or the base model) answer the frozen golden split; the daemon
-scores their outputs itself (normalised exact match) and applies the paired gate.
+scores their outputs itself and applies the paired gate.
+
+Scoring, per item, the same way for both sides: an item whose golden line carries ``tests`` (test code the
+product ran, a code task) is scored by running the extracted code against those tests in the sandbox
+(tools/sandbox.py: no environment, no network, rlimits, wall clock, process-group kill), 1.0 only when every test
+ran and passed; any other item by normalised exact match with the reference. The stored record names each item's
+mode and the counts per mode, and says when the sandbox could not isolate the network. A sandbox that cannot be
+set up at all is an ``EvaluationError`` (the candidate is rejected): a code item is never silently scored another
+way.
+
+The optional LLM judge (``evaluation.judge``, subagents/judge.py) grades both sides' answers with a fixed rubric,
+k samples each; its scores and agreement are stored beside the deterministic ones and the gate does not read
+them: a sampled model's opinion must not be able to promote or block a model. Every judge call's cost goes to the
+ledger (category ``llm``) and its tokens to an ``llm_call`` event, so the daily LLM budget counts them; when that
+budget runs out the judge stops and the record says after how many items. A judge that fails never fails the
+evaluation.
 
 No number the training job reports about itself enters the verdict: the generation job only returns predictions
 and per-item reference losses, for both sides alike. Adapters are fetched from the artifact store and verified
@@ -18,25 +33,53 @@ import json
 import logging
 import sys
 import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pilot.context import PilotContext
+from pilot.ledger import record_spend
 from pilot.registry import CHAMPION, get_version
 from pilot.store.models import DatasetSnapshot, ModelVersion
-from pilot.store.writers import alias_target
+from pilot.store.writers import alias_target, record_event
 from subagents.data.split import split_key
-from subagents.evaluation import GateConfig, GateReport, PairedItem, compare, score_normalised
+from subagents.evaluation import GateConfig, GateReport, PairedItem, compare, extract_code, score_normalised
 from tools.artifacts.base import sha256_file
 from tools.errors import IntegrityError, PilotError
 from tools.gpu.base import InstanceState, LaunchSpec
+from tools.sandbox import SandboxLimits, run_python
 from tools.serving.base import verify_adapter_dir
+
+if TYPE_CHECKING:
+    from subagents.judge import Completer
 
 logger = logging.getLogger(__name__)
 
 
 class EvaluationError(PilotError):
     """The evaluation could not be carried out (the generation job failed, the golden split is missing)."""
+
+
+# Each side's code answer gets at most this; a golden set of n code items costs at most 2 * n * wall_seconds.
+SANDBOX_LIMITS = SandboxLimits(cpu_seconds=5, wall_seconds=10, memory_mb=512, file_size_mb=16, max_processes=64)
+JUDGE_EVENT = "llm_call"  # the entity type pilot/agent.py counts toward the daily LLM token budget
+
+Mode = Literal["code", "exact"]
+
+
+@dataclass(frozen=True)
+class ItemScore:
+    """One golden item scored for both sides; ``*_detail`` is the sandbox's one-line account for code items."""
+
+    id: str
+    domain: str
+    mode: Mode
+    candidate: float
+    champion: float
+    candidate_detail: str = ""
+    champion_detail: str = ""
 
 
 def fetch_adapter(ctx: PilotContext, version: ModelVersion, dest: Path) -> Path:
@@ -104,13 +147,25 @@ def _golden_items(golden: Path) -> list[dict[str, Any]]:
             try:
                 example = json.loads(line)
                 reference = next(m["content"] for m in reversed(example["messages"]) if m["role"] == "assistant")
+                prompt = next((m["content"] for m in reversed(example["messages"]) if m["role"] == "user"), "")
                 item_id = str(example["id"])
-            except (ValueError, KeyError, TypeError, StopIteration) as exc:
+                tests = example.get("tests", "")
+            except (ValueError, KeyError, TypeError, StopIteration, AttributeError) as exc:
                 raise EvaluationError(f"{golden}:{number}: not a golden example ({exc!r})") from exc
+            if not isinstance(tests, str):
+                raise EvaluationError(f"{golden}:{number}: 'tests' must be a string of test code")
             if item_id in seen:
                 raise EvaluationError(f"{golden}:{number}: id {item_id!r} appears twice")
             seen.add(item_id)
-            items.append({"id": item_id, "domain": example.get("domain", "default"), "ref": str(reference)})
+            items.append(
+                {
+                    "id": item_id,
+                    "domain": example.get("domain", "default"),
+                    "ref": str(reference),
+                    "prompt": str(prompt),
+                    "tests": tests,
+                }
+            )
     return items
 
 
@@ -143,8 +198,242 @@ def gate_config(ctx: PilotContext) -> GateConfig:
     )
 
 
-def evaluate_version(ctx: PilotContext, version_id: str) -> tuple[GateReport, dict[str, Any]]:
-    """Run both sides on the golden split, score, gate. Returns the report and the stored evaluation record."""
+def score_items(
+    items: Sequence[Mapping[str, Any]],
+    candidate: Mapping[str, str],
+    champion: Mapping[str, str],
+    *,
+    limits: SandboxLimits = SANDBOX_LIMITS,
+) -> tuple[list[ItemScore], dict[str, Any]]:
+    """Score both sides' predictions (``id -> answer``; a missing answer is empty) item by item: code items in
+    the sandbox, others by normalised exact match. Returns the scores and the scoring summary for the record.
+    Raises ``EvaluationError`` when the sandbox itself cannot be set up."""
+    scores: list[ItemScore] = []
+    modes: Counter[str] = Counter()
+    sandbox: Counter[str] = Counter()
+    sandbox_s = 0.0
+    for item in items:
+        answers = (candidate.get(item["id"], ""), champion.get(item["id"], ""))
+        tests = str(item.get("tests") or "")
+        if not tests.strip():
+            modes["exact"] += 1
+            c, h = (score_normalised(a, str(item["ref"])) for a in answers)
+            scores.append(ItemScore(str(item["id"]), str(item["domain"]), "exact", c, h))
+            continue
+        modes["code"] += 1
+        sides: list[tuple[float, str]] = []
+        for answer in answers:
+            code = extract_code(answer)
+            if not code.strip():
+                sides.append((0.0, "empty answer: nothing to run"))
+                continue
+            try:
+                result = run_python(code, tests, limits)
+            except OSError as exc:
+                raise EvaluationError(f"the sandbox could not run golden item {item['id']}: {exc}") from exc
+            sandbox["runs"] += 1
+            sandbox["passed"] += result.passed
+            sandbox["timed_out"] += result.timed_out
+            sandbox["killed"] += result.killed
+            sandbox["without_network_isolation"] += not result.network_isolated
+            sandbox_s += result.duration_s
+            sides.append((1.0 if result.passed else 0.0, result.detail[:300]))
+        (c, c_detail), (h, h_detail) = sides
+        scores.append(ItemScore(str(item["id"]), str(item["domain"]), "code", c, h, c_detail, h_detail))
+    summary: dict[str, Any] = {
+        "method": "code items (golden lines with tests): the answer's code run against the item's tests in the "
+        "sandbox, 1 only when every test ran and passed; other items: normalised exact match; scored by the daemon",
+        "modes": {"code": modes["code"], "exact": modes["exact"]},
+    }
+    if modes["code"]:
+        runs = sandbox["runs"]
+        summary["sandbox"] = {
+            "runs": runs,
+            "passed": sandbox["passed"],
+            "timed_out": sandbox["timed_out"],
+            "killed": sandbox["killed"],
+            "runs_without_network_isolation": sandbox["without_network_isolation"],
+            "network_isolated": sandbox["without_network_isolation"] == 0,
+            "duration_s": round(sandbox_s, 2),
+            "limits": asdict(limits),
+        }
+        if sandbox["without_network_isolation"]:
+            logger.warning(
+                "%d sandbox runs had network access: this machine refused a network namespace",
+                sandbox["without_network_isolation"],
+            )
+    return scores, summary
+
+
+# --------------------------------------------------------------------------------------------- the judge
+
+
+def make_judge_client(ctx: PilotContext) -> Completer | None:
+    """The judge's model from ``evaluation.judge`` (model, k, temperature) and ``llm`` (endpoint, key, timeout);
+    None when neither names a model."""
+    judge, llm = ctx.settings.evaluation.judge, ctx.settings.llm
+    model = judge.model or llm.model
+    if not model:
+        return None
+    from tools.llm import LlmClient
+
+    return LlmClient(
+        model=model,
+        api_base=llm.api_base,
+        api_key=llm.api_key.get_secret_value() if llm.api_key else None,
+        timeout_s=llm.timeout_s,
+        max_retries=llm.max_retries,
+        max_tokens=judge.max_tokens,
+        temperature=judge.temperature,
+    )
+
+
+def _record_judge_usage(ctx: PilotContext, version_id: str, item_id: str, calls: Sequence[Any], model: str) -> None:
+    """Each call to the ledger (its cost, its tokens in the note); the item's tokens to one ``llm_call`` event."""
+    tokens = sum(c.tokens for c in calls)
+    cost = sum(c.cost_usd for c in calls)
+    with ctx.store.session(write=True) as session:
+        for call in calls:
+            if call.tokens or call.cost_usd:
+                record_spend(
+                    session,
+                    amount_usd=call.cost_usd,
+                    category="llm",
+                    note=f"judge {call.model or model} for {version_id}/{item_id}: {call.tokens} tokens"[:500],
+                )
+        record_event(
+            session,
+            entity_type=JUDGE_EVENT,
+            entity_id=f"judge-{version_id}"[:80],
+            actor="system",
+            reason=f"judge: {len(calls)} samples on golden item {item_id}"[:500],
+            data={
+                "purpose": "judge",
+                "model": model,
+                "item": item_id,
+                "calls": len(calls),
+                "prompt_tokens": sum(c.prompt_tokens for c in calls),
+                "completion_tokens": sum(c.completion_tokens for c in calls),
+                "tokens": tokens,
+                "cost_usd": round(cost, 6),
+                "failed_calls": sum(1 for c in calls if c.vote is None),
+            },
+        )
+
+
+def judge_items(
+    ctx: PilotContext,
+    version_id: str,
+    items: Sequence[Mapping[str, Any]],
+    candidate: Mapping[str, str],
+    champion: Mapping[str, str],
+    client: Completer,
+    *,
+    model: str,
+) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """Judge both sides' answer to every item, k samples each, checking the daily LLM budget before each item.
+    Returns per-item judge figures (``id -> {candidate, champion, candidate_agreement, champion_agreement}``) and
+    the judge summary. Calls are accounted item by item, also when something breaks midway."""
+    from pilot.agent import llm_usage_today
+    from subagents.judge import RUBRIC_SHA256, JudgeCall, judge_answer
+
+    k = ctx.settings.evaluation.judge.k
+    llm = ctx.settings.llm
+    per_item: dict[str, dict[str, float]] = {}
+    all_calls: list[JudgeCall] = []
+    stopped: str | None = None
+    for item in items:
+        with ctx.store.session() as session:
+            usd_today, tokens_today = llm_usage_today(session)
+        if usd_today >= llm.daily_budget_usd or tokens_today >= llm.daily_token_budget:
+            stopped = (
+                f"daily LLM budget exhausted after {len(per_item)} of {len(items)} items (${usd_today:.4f} of "
+                f"${llm.daily_budget_usd:.2f}, {tokens_today} of {llm.daily_token_budget} tokens)"
+            )
+            logger.warning("Judge of %s stopped: %s", version_id, stopped)
+            break
+        calls: list[JudgeCall] = []
+        try:
+            figures: dict[str, float] = {}
+            for side, answers in (("candidate", candidate), ("champion", champion)):
+                verdict = judge_answer(
+                    client,
+                    question=str(item["prompt"]),
+                    reference=str(item["ref"]),
+                    answer=answers.get(item["id"], ""),
+                    k=k,
+                    on_call=calls.append,
+                )
+                figures[side] = verdict.score
+                figures[f"{side}_agreement"] = verdict.agreement
+            per_item[str(item["id"])] = figures
+        finally:
+            all_calls.extend(calls)
+            if calls:
+                _record_judge_usage(ctx, version_id, str(item["id"]), calls, model)
+    n = len(per_item)
+    cand = [f["candidate"] for f in per_item.values()]
+    champ = [f["champion"] for f in per_item.values()]
+    agreements = [f[a] for f in per_item.values() for a in ("candidate_agreement", "champion_agreement")]
+    unparsed = sum(1 for c in all_calls if c.vote is None and (c.error or "").startswith("unparsed"))
+    summary: dict[str, Any] = {
+        "model": model,
+        "k": k,
+        "rubric_sha256": RUBRIC_SHA256,
+        "items_judged": n,
+        "items_total": len(items),
+        "candidate_score": sum(cand) / n if n else None,
+        "champion_score": sum(champ) / n if n else None,
+        "diff": (sum(cand) - sum(champ)) / n if n else None,
+        "mean_agreement": sum(agreements) / len(agreements) if agreements else None,
+        "calls": len(all_calls),
+        "unparsed": unparsed,
+        "failed_calls": sum(1 for c in all_calls if c.vote is None) - unparsed,
+        "tokens": sum(c.tokens for c in all_calls),
+        "cost_usd": round(sum(c.cost_usd for c in all_calls), 6),
+        "stopped": stopped,
+        "used_by_gate": False,
+    }
+    return per_item, summary
+
+
+def _judge(
+    ctx: PilotContext,
+    version_id: str,
+    items: Sequence[Mapping[str, Any]],
+    candidate: Mapping[str, str],
+    champion: Mapping[str, str],
+    client: Completer | None,
+) -> tuple[dict[str, dict[str, float]], dict[str, Any] | None]:
+    """The judge when enabled; whatever goes wrong, the evaluation goes on without it and the record says why."""
+    settings = ctx.settings.evaluation.judge
+    if not settings.enabled:
+        return {}, None
+    model = settings.model or ctx.settings.llm.model or ("injected" if client is not None else "")
+    try:
+        client = client if client is not None else make_judge_client(ctx)
+        if client is None:
+            return {}, {"error": "evaluation.judge is enabled but no model is configured (judge.model or llm.model)"}
+        return judge_items(ctx, version_id, items, candidate, champion, client, model=model)
+    except Exception as exc:  # the judge is advice: a bug or an outage in it must not fail the evaluation
+        logger.exception("LLM judge failed for %s; the deterministic scores stand alone", version_id)
+        return {}, {"model": model, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+
+
+# ------------------------------------------------------------------------------------------ the evaluation
+
+
+def evaluate_version(
+    ctx: PilotContext,
+    version_id: str,
+    *,
+    sandbox_limits: SandboxLimits = SANDBOX_LIMITS,
+    judge_client: Completer | None = None,
+) -> tuple[GateReport, dict[str, Any]]:
+    """Run both sides on the golden split, score, gate. Returns the report and the stored evaluation record.
+
+    ``judge_client`` replaces the judge's model built from the settings (tests: litellm's ``mock_response``); the
+    judge runs only when ``evaluation.judge.enabled``."""
     with ctx.store.session() as session:
         version = get_version(session, version_id)
         snapshot = session.get(DatasetSnapshot, version.snapshot_id) if version.snapshot_id else None
@@ -174,24 +463,39 @@ def evaluate_version(ctx: PilotContext, version_id: str) -> tuple[GateReport, di
         out=workdir / "champion.jsonl",
         label=f"{label_base}-champion",
     )
-    paired = []
-    for item in items:
-        c = cand["predictions"].get(item["id"], {}).get("prediction", "")
-        h = champ["predictions"].get(item["id"], {}).get("prediction", "")
-        paired.append(
-            PairedItem(
-                id=item["id"],
-                domain=item["domain"],
-                candidate=score_normalised(c, item["ref"]),
-                champion=score_normalised(h, item["ref"]),
-            )
-        )
+    cand_answers = {k: str(v.get("prediction") or "") for k, v in cand["predictions"].items()}
+    champ_answers = {k: str(v.get("prediction") or "") for k, v in champ["predictions"].items()}
+    scores, scoring = score_items(items, cand_answers, champ_answers, limits=sandbox_limits)
     report = compare(
-        paired,
+        [PairedItem(id=s.id, domain=s.domain, candidate=s.candidate, champion=s.champion) for s in scores],
         candidate_eval_loss=cand.get("eval_loss"),
         champion_eval_loss=champ.get("eval_loss"),
         config=gate_config(ctx),
     )
+    judged, judge = _judge(ctx, version_id, items, cand_answers, champ_answers, judge_client)
+    per_item = []
+    for score in scores:
+        row: dict[str, Any] = {
+            "id": score.id,
+            "domain": score.domain,
+            "mode": score.mode,
+            "candidate": score.candidate,
+            "champion": score.champion,
+        }
+        if score.mode == "code":
+            row["candidate_detail"], row["champion_detail"] = score.candidate_detail, score.champion_detail
+        if score.id in judged:
+            row["judge"] = judged[score.id]
+        per_item.append(row)
+    if judge is not None and judged:
+        # How often the judge's verdict matches the deterministic score: a low figure says the judge (or the
+        # exact-match references) should not be trusted for this golden set.
+        same = sum(
+            (s.candidate == judged[s.id]["candidate"]) + (s.champion == judged[s.id]["champion"])
+            for s in scores
+            if s.id in judged
+        )
+        judge["agreement_with_scores"] = same / (2 * len(judged))
     examples = [
         {
             "id": i["id"],
@@ -211,9 +515,24 @@ def evaluate_version(ctx: PilotContext, version_id: str) -> tuple[GateReport, di
         "golden_items": len(items),
         "golden_prompts_in_train": overlap,
         "confidence": ctx.settings.evaluation.confidence,
-        "scoring": "normalised exact match of generated answers, scored by the daemon",
+        "scoring": scoring["method"],
+        "scoring_modes": scoring["modes"],
+        "sandbox": scoring.get("sandbox"),
+        "items": per_item,
+        "judge": judge,
         "examples": examples,
         "duration_s": round(time.monotonic() - started, 2),
     }
-    logger.info("Evaluated %s: %s (%s)", version_id, report.verdict, report.reason)
+    judged_line = ""
+    if judge is not None and judge.get("candidate_score") is not None:
+        judged_line = f"; judge {judge['candidate_score']:.3f} vs {judge['champion_score']:.3f} (advice only)"
+    logger.info(
+        "Evaluated %s: %s (%s); %d code items in the sandbox, %d by exact match%s",
+        version_id,
+        report.verdict,
+        report.reason,
+        scoring["modes"]["code"],
+        scoring["modes"]["exact"],
+        judged_line,
+    )
     return report, record

@@ -129,6 +129,13 @@ def gate_report_lines(version_id: str, evaluation: dict[str, Any]) -> list[str]:
             f"  {domain}: {_score(d.get('candidate'))} vs {_score(d.get('champion'))} "
             f"(diff {_signed(d.get('diff'))}, n={d.get('n', '?')})"
         )
+    if modes := evaluation.get("scoring_modes"):
+        lines.append(f"scoring: {modes.get('code', 0)} code items run in the sandbox, {modes.get('exact', 0)} by match")
+    if (judge := evaluation.get("judge")) and judge.get("candidate_score") is not None:
+        lines.append(
+            f"judge (advice only, k={judge.get('k')}): {_score(judge['candidate_score'])} vs "
+            f"{_score(judge.get('champion_score'))}, agreement {_score(judge.get('mean_agreement'))}"
+        )
     return lines
 
 

@@ -95,6 +95,18 @@ class TrainingSettings(_Section):
     )
 
 
+class JudgeSettings(_Section):
+    """The optional LLM judge (subagents/judge.py): advice stored beside the exact-match scores; the gate ignores it."""
+
+    enabled: bool = Field(False, description="Also grade every golden answer with an LLM judge (fixed rubric).")
+    model: str | None = Field(
+        None, description="litellm model name for the judge. Empty: llm.model (api_base/api_key come from [llm])."
+    )
+    k: int = Field(3, ge=1, le=15, description="Samples per answer; the majority decides (use an odd number).")
+    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature, so the k samples can disagree.")
+    max_tokens: int = Field(64, ge=8, description="Reply cap per sample (a verdict is a short JSON object).")
+
+
 class EvaluationSettings(_Section):
     margin: float = Field(0.05, ge=0, description="Candidate must beat champion by this (lower bound of the CI).")
     max_domain_regression: float = Field(0.10, ge=0, description="No domain may lose more than this.")
@@ -109,6 +121,9 @@ class EvaluationSettings(_Section):
         description="A trusted, curated golden set (JSONL in the snapshot format) that replaces the snapshot's "
         "golden split. Recommended in production: a golden split drawn from the same records as the training "
         "data shares their labels, so it cannot catch poisoned (wrong but 'successful') records.",
+    )
+    judge: JudgeSettings = Field(
+        default_factory=JudgeSettings, description="The optional LLM judge ([evaluation.judge])."
     )
 
 

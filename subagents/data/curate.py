@@ -5,12 +5,15 @@ The pipeline, in this order (each record leaves at the first step that rejects i
   2. injection screening  any text of the record                                         -> ``quarantined``
   3. exact dedup          ``content_hash``; the first occurrence in input order is kept   -> ``dropped``
   4. near dedup           MinHash + LSH + exact Jaccard on prompt+output, per domain      -> ``dropped``
-  5. scrubbing            prompt and output; counts by kind                              -> ``scrubbed``
+  5. scrubbing            prompt, output and tests; counts by kind                       -> ``scrubbed``
   6. split                by ``split_key(prompt)`` (split.py)
   7. ``max_examples``     caps train only (eval and golden must stay comparable between snapshots)
 
 Invariants:
 - Every example's messages are exactly [user: scrubbed prompt, assistant: scrubbed output].
+- A record's ``tests`` (test code, optional) travel as the example's ``tests``, scrubbed like the messages; an
+  example without tests serialises exactly as before the field existed (no key), so snapshot hashes of such
+  data do not change.
 - The golden split never reaches train: an example's split is a function of its prompt alone.
 - Deterministic: the same records in the same order and config give the same result.
 """
@@ -80,14 +83,20 @@ class Example:
     messages: tuple[dict[str, str], ...]
     split_key: str
     record_id: str
+    tests: str = ""  # scrubbed test code the product ran (code tasks); "" when the record had none
 
     def to_json(self) -> str:
-        """The snapshot line format (the demo task spec): id, domain, weight, messages."""
-        return json.dumps(
-            {"id": self.id, "domain": self.domain, "weight": self.weight, "messages": list(self.messages)},
-            ensure_ascii=False,
-            separators=(",", ":"),
-        )
+        """The snapshot line format (the demo task spec): id, domain, weight, messages, and ``tests`` only when
+        there are any (readers must ignore keys they do not know; jobs.common.read_jsonl does)."""
+        line: dict[str, object] = {
+            "id": self.id,
+            "domain": self.domain,
+            "weight": self.weight,
+            "messages": list(self.messages),
+        }
+        if self.tests:
+            line["tests"] = self.tests
+        return json.dumps(line, ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +145,7 @@ def _quality_reason(record: ExecutionRecord, config: CurationConfig) -> str | No
 
 
 def _screen_record(record: ExecutionRecord) -> str | None:
-    for text in (record.prompt, record.output, record.task, record.code_context, record.error_context):
+    for text in (record.prompt, record.output, record.task, record.code_context, record.error_context, record.tests):
         reason = screen(text)
         if reason is not None:
             return reason
@@ -195,9 +204,10 @@ def curate(records: Iterable[ExecutionRecord], config: CurationConfig | None = N
     for idx, (record, digest) in enumerate(kept):
         if idx in near:
             continue
-        prompt, output = scrub(record.prompt), scrub(record.output)
+        prompt, output, tests = scrub(record.prompt), scrub(record.output), scrub(record.tests)
         scrubbed.update(prompt.counts)
         scrubbed.update(output.counts)
+        scrubbed.update(tests.counts)
         key = split_key(record.prompt)
         example = Example(
             id=f"ex-{hashlib.sha256(digest.encode()).hexdigest()[:20]}",
@@ -206,6 +216,7 @@ def curate(records: Iterable[ExecutionRecord], config: CurationConfig | None = N
             messages=({"role": "user", "content": prompt.text}, {"role": "assistant", "content": output.text}),
             split_key=key,
             record_id=record.record_id,
+            tests=tests.text,
         )
         which = assign_split(key, eval_fraction=config.eval_fraction, golden_fraction=config.golden_fraction)
         splits[which].append((example, record))

@@ -9,6 +9,10 @@ Invariants:
   and nothing else, whatever the input.
 - ``content_hash`` depends only on the normalised (NFC, whitespace-collapsed) domain, task, prompt and output,
   so re-reported or re-formatted copies of one solution hash the same.
+- Additions within schema version 1 are optional fields with a default, so every record valid before them stays
+  valid and means the same: ``tests`` (added for sandboxed evaluation) is the test code the product ran against
+  the output (a Python file importing the solution as ``solution``), ``""`` when there were none. It is bounded
+  like every other text field and does not enter ``content_hash``.
 """
 
 from __future__ import annotations
@@ -85,7 +89,7 @@ class Feedback(BaseModel):
     comment: Text | None = None
 
 
-_TEXT_FIELDS = ("task", "code_context", "error_context", "prompt", "output", "applied_changes")
+_TEXT_FIELDS = ("task", "code_context", "error_context", "prompt", "output", "applied_changes", "tests")
 
 
 class ExecutionRecord(BaseModel):
@@ -105,6 +109,11 @@ class ExecutionRecord(BaseModel):
     prompt: NonEmptyText
     output: Text
     applied_changes: Text = ""
+    tests: Text = Field(
+        default="",
+        description="The test code the product ran against the output (Python; imports it as ``solution``). "
+        "Optional, added within schema version 1; code items are scored by running it in the sandbox.",
+    )
     success: StrictBool
     metrics: Metrics = Field(default_factory=Metrics)
     feedback: Feedback | None = None

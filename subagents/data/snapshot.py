@@ -8,6 +8,9 @@ Invariants:
 - ``Manifest.content_hash`` is sha256 over the three files' sha256 digests, so it names the data exactly
   (same examples in the same order give the same hash) and does not depend on ``created_at`` or ``source``.
   ``verify_snapshot`` recomputes it from the files.
+- A line is ``Example.to_json()``: id, domain, weight, messages, and ``tests`` (scrubbed test code) only for
+  examples that have some; ``Manifest.with_tests`` counts those per split (absent in manifests written before
+  the field existed, read back as empty).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from subagents.data.curate import CurationResult
 from subagents.data.errors import SnapshotError, SnapshotExistsError
@@ -66,6 +69,7 @@ class Manifest(BaseModel):
     quarantined: list[QuarantineEntry]
     scrubbed: dict[str, int]
     source: dict[str, Any]
+    with_tests: dict[str, int] = Field(default_factory=dict)  # split -> examples carrying test code
 
 
 def _combined_hash(files: dict[str, FileEntry]) -> str:
@@ -123,6 +127,7 @@ def write_snapshot(
             quarantined=[QuarantineEntry(record_id=r, reason=why) for r, why in result.quarantined],
             scrubbed=result.scrubbed,
             source=source,
+            with_tests={s: sum(1 for e in result.split(s) if e.tests) for s in SPLIT_FILES},
         )
         with (tmp / MANIFEST).open("w", encoding="utf-8") as fh:
             fh.write(manifest.model_dump_json(indent=2))
