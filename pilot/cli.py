@@ -275,8 +275,10 @@ def resume(
 
 def _register_plugins() -> None:
     from pilot.cli_kb import kb_app  # light: typer only; its commands import their stack lazily
+    from pilot.cli_rehearse import rehearse_command  # typer only; the stack loads inside the command
 
     app.add_typer(kb_app, name="kb")
+    app.command("rehearse")(rehearse_command)
 
 
 _register_plugins()

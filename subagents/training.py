@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from tools.gpu.base import Instance, InstanceState, Offer, OfferRequirements
+from tools.gpu.offers import JobShape, rank_offers
+from tools.gpu.offers import requirements_for as offer_requirements
 
 CHARS_PER_TOKEN = 4.0  # a conservative average for code and English
 STARTUP_HOURS_REMOTE = 0.15  # image pull + dependency install on a fresh host, billed
@@ -59,10 +61,27 @@ def count_tokens(jsonl: Path) -> tuple[int, int]:
     return examples, int(chars / CHARS_PER_TOKEN) + examples * 8  # + template tokens
 
 
+def job_shape(params: TrainingParams, train_tokens: int, *, max_dph: float | None = None) -> JobShape:
+    """The job as the offer model sees it (tools/gpu/offers.py): size, sequence, batch, tokens to process."""
+    if params.max_steps is not None:
+        tokens, epochs = int(params.max_steps * params.batch_size * params.grad_accum * params.seq_len / 2), 1.0
+    else:
+        tokens, epochs = train_tokens, params.epochs
+    return JobShape(
+        params_b=params.base_model_params_b,
+        seq_len=params.seq_len,
+        batch_size=params.batch_size,
+        dataset_tokens=max(tokens, 1),
+        epochs=epochs,
+        lora_rank=params.lora_r,
+        max_dph=max_dph,
+    )
+
+
 def requirements_for(params: TrainingParams, *, max_dph: float) -> OfferRequirements:
-    # LoRA on a bf16 base: weights (2 bytes/param) + activations and optimizer state for the adapter: ~1.3x.
-    vram = params.base_model_params_b * 2 * 1.3 if params.base_model_params_b >= 0.5 else 0.0
-    return OfferRequirements(min_gpu_ram_gb=round(vram, 1), max_dph=max_dph, min_reliability=0.95)
+    if params.base_model_params_b < 0.5:  # a small model runs anywhere, this machine's CPU included
+        return OfferRequirements(min_gpu_ram_gb=0.0, max_dph=max_dph, min_reliability=0.95)
+    return offer_requirements(job_shape(params, 1, max_dph=max_dph))
 
 
 def expected_hours(params: TrainingParams, train_tokens: int, *, remote: bool) -> float:
@@ -77,27 +96,50 @@ def expected_hours(params: TrainingParams, train_tokens: int, *, remote: bool) -
 def plan_training(
     params: TrainingParams, offers: list[Offer], *, train_examples: int, train_tokens: int, remote: bool
 ) -> TrainingPlan | None:
-    """Cheapest expected total cost among offers (not cheapest $/h). None when there is no offer."""
+    """The offer with the lowest expected TOTAL cost of the job (not the lowest $/h). None when there is none.
+
+    Rented offers are ranked by tools/gpu/offers.py's model: hours from the dataset's tokens and each offer's
+    throughput, plus storage, bandwidth and the expected cost of retries. The local machine has one offer, priced
+    from the configured throughput estimate.
+    """
     if not offers:
         return None
-    hours = expected_hours(params, train_tokens, remote=remote)
-    best = min(offers, key=lambda o: o.dph_total * hours)
-    cost = round(best.dph_total * hours, 4)
+    figures: dict[str, Any] = {"train_examples": train_examples, "train_tokens": train_tokens}
+    if remote:
+        ranked = [(o, c) for o, c in rank_offers(offers, job_shape(params, train_tokens)) if c.total_usd < float("inf")]
+        if not ranked:
+            return None
+        best, estimate = ranked[0]
+        hours, cost = estimate.hours, round(estimate.total_usd, 4)
+        cheapest = min(offers, key=lambda o: o.dph_total)
+        figures.update(
+            compute_usd=round(estimate.compute_usd, 4),
+            storage_usd=round(estimate.storage_usd, 4),
+            bandwidth_usd=round(estimate.bandwidth_usd, 4),
+            retry_usd=round(estimate.retry_usd, 4),
+            tokens_per_s=round(estimate.tokens_per_s, 1),
+            cheapest_dph_offer=cheapest.id,
+            cheapest_dph=cheapest.dph_total,
+            offers_ranked=len(ranked),
+        )
+    else:
+        hours = expected_hours(params, train_tokens, remote=False)
+        best = min(offers, key=lambda o: o.dph_total)
+        cost = round(best.dph_total * hours, 4)
+    figures.update(
+        offer=best.id,
+        gpu=best.gpu_name,
+        dph=best.dph_total,
+        expected_hours=round(hours, 4),
+        estimated_cost_usd=cost,
+    )
     return TrainingPlan(
         offer=best,
         train_examples=train_examples,
         train_tokens=train_tokens,
         expected_hours=round(hours, 4),
         estimated_cost_usd=cost,
-        figures={
-            "offer": best.id,
-            "gpu": best.gpu_name,
-            "dph": best.dph_total,
-            "expected_hours": round(hours, 4),
-            "estimated_cost_usd": cost,
-            "train_examples": train_examples,
-            "train_tokens": train_tokens,
-        },
+        figures=figures,
     )
 
 
