@@ -54,7 +54,7 @@ def ingest(store: Store, records: list[dict[str, Any]]) -> None:
 
 @pytest.fixture
 def ctx(store: Store, make_settings: Callable[..., Settings]) -> PilotContext:
-    return build_context(make_settings(), store=store)
+    return build_context(make_settings(knowledge={"enabled": True}), store=store)
 
 
 @pytest.fixture

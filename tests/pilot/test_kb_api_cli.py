@@ -48,7 +48,7 @@ def kb(tmp_path: Path) -> Iterator[KnowledgeBase]:
 
 
 def test_search_route_filters_and_formats(make_settings: Callable[..., Settings], kb: KnowledgeBase) -> None:
-    client = TestClient(make_app(make_settings(knowledge={"min_success_rate": 0.5}), kb))
+    client = TestClient(make_app(make_settings(knowledge={"enabled": True, "min_success_rate": 0.5}), kb))
     body = client.get("/v1/kb/search", params={"q": "websocket timeout", "k": 5}).json()
     keys = [h["key"] for h in body["hits"]]
     assert keys[0] == "a" and "c" not in keys  # "c" is under the configured minimum success rate
@@ -65,7 +65,7 @@ def test_search_route_filters_and_formats(make_settings: Callable[..., Settings]
 def test_search_route_disabled_or_unavailable(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
     off = TestClient(make_app(make_settings(knowledge={"enabled": False}), None))
     assert off.get("/v1/kb/search", params={"q": "x"}).status_code == 404
-    missing = make_settings(knowledge={"embedding_model_path": str(tmp_path / "none")})
+    missing = make_settings(knowledge={"enabled": True, "embedding_model_path": str(tmp_path / "none")})
     answer = TestClient(make_app(missing, None)).get("/v1/kb/search", params={"q": "x"})
     assert answer.status_code == 503 and "export-embedder" in answer.json()["detail"]
 
@@ -84,7 +84,9 @@ def cli_app(settings: Settings) -> typer.Typer:
 @pytest.fixture
 def daemon_settings(make_settings: Callable[..., Settings], kb: KnowledgeBase) -> Iterator[Settings]:
     """A daemon (the route on uvicorn) that owns the knowledge-base folder; settings point the CLI at it."""
-    base = make_settings(knowledge={"qdrant_path": str(kb.client._client.location), "min_success_rate": 0.0})
+    base = make_settings(
+        knowledge={"enabled": True, "qdrant_path": str(kb.client._client.location), "min_success_rate": 0.0}
+    )
     server = uvicorn.Server(uvicorn.Config(make_app(base, kb), host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -94,7 +96,7 @@ def daemon_settings(make_settings: Callable[..., Settings], kb: KnowledgeBase) -
         time.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
     yield make_settings(
-        knowledge={"qdrant_path": str(kb.client._client.location), "min_success_rate": 0.0},
+        knowledge={"enabled": True, "qdrant_path": str(kb.client._client.location), "min_success_rate": 0.0},
         api={"port": port},
     )
     server.should_exit = True
@@ -114,7 +116,7 @@ def test_cli_search_goes_through_the_daemon_that_holds_the_folder(daemon_setting
 def test_cli_search_without_daemon_or_model_is_a_clear_error(
     make_settings: Callable[..., Settings], tmp_path: Any
 ) -> None:
-    settings = make_settings(knowledge={"embedding_model_path": str(tmp_path / "none")})
+    settings = make_settings(knowledge={"enabled": True, "embedding_model_path": str(tmp_path / "none")})
     result = CliRunner().invoke(cli_app(settings), ["kb", "search", "anything"])
     assert isinstance(result.exception, EmbedderUnavailable)
     assert "export-embedder" in str(result.exception)
@@ -123,7 +125,7 @@ def test_cli_search_without_daemon_or_model_is_a_clear_error(
 def test_cli_export_embedder_refuses_an_existing_directory_or_missing_packages(tmp_path: Path) -> None:
     from pilot.settings import load_settings
 
-    app = cli_app(load_settings(None, data_dir=tmp_path))
+    app = cli_app(load_settings(None, data_dir=tmp_path, knowledge={"enabled": True}))
     exists = CliRunner().invoke(app, ["kb", "export-embedder", str(tmp_path)])
     assert "already exists" in str(exists.exception)
     result = CliRunner().invoke(app, ["kb", "export-embedder", str(tmp_path / "onnx"), "--weights", str(tmp_path)])
