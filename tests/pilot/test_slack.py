@@ -21,7 +21,7 @@ from pilot.api import create_app
 from pilot.context import PilotContext, build_context
 from pilot.settings import Settings
 from pilot.store import Store
-from pilot.store.models import Approval, Event, utcnow
+from pilot.store.models import Approval, Decision, Event, utcnow
 from pilot.store.status import ApprovalKind, ApprovalStatus
 from tests import factories
 from tools.slack_fake import FakeSlack
@@ -253,7 +253,7 @@ def test_round_trip_post_click_resume_after_restart_message_updated(
     the waiting LangGraph thread, and the message shows the outcome and who gave it."""
     from pilot.cycle import run_cycle
     from pilot.ingest import ingest_lines
-    from pilot.store.models import Decision, TrainingRun
+    from pilot.store.models import TrainingRun
 
     settings = make_settings(
         gpu={"provider": "fake"},
@@ -281,7 +281,9 @@ def test_round_trip_post_click_resume_after_restart_message_updated(
     message = notify.notify_approval_requested(ctx, approval_id)  # the graph's request_approval node calls this
     assert message is not None
     posted = slack.calls_to("chat.postMessage")[0]
-    assert approval_id in str(posted.body["blocks"]) and "RTX 4090" in str(posted.body["blocks"])
+    with store.session() as s:
+        chosen_gpu = s.get(Decision, s.get(Approval, approval_id).decision_id).figures["plan"]["gpu"]  # type: ignore[union-attr]
+    assert approval_id in str(posted.body["blocks"]) and chosen_gpu in str(posted.body["blocks"])
 
     with TestClient(create_app(ctx)) as c:
         body = click(approval_id, ceiling=_ceiling(ctx, approval_id))

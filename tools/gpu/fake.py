@@ -16,9 +16,26 @@ from dataclasses import replace
 from tools.errors import LaunchFailed
 from tools.gpu.base import GpuProvider, Instance, InstanceState, LaunchSpec, Offer, OfferRequirements
 
+
+def _offer(offer_id: str, gpu: str, ram: float, dph: float, reliability: float, tflops: float) -> Offer:
+    return Offer(
+        id=offer_id,
+        gpu_name=gpu,
+        num_gpus=1,
+        gpu_ram_gb=ram,
+        dph_total=dph,
+        reliability=reliability,
+        tflops=tflops,
+        cuda_max_good=12.4,
+        disk_gb=200.0,
+        inet_down_mbps=1000.0,
+        storage_cost_per_gb_month=0.15,
+    )
+
+
 DEFAULT_OFFERS = (
-    Offer(id="fake-1", gpu_name="RTX 4090", num_gpus=1, gpu_ram_gb=24, dph_total=0.40, reliability=0.99),
-    Offer(id="fake-2", gpu_name="A100 SXM4", num_gpus=1, gpu_ram_gb=80, dph_total=1.20, reliability=0.995),
+    _offer("fake-1", "RTX 4090", 24, 0.40, 0.99, 82.6),
+    _offer("fake-2", "A100 SXM4", 80, 1.20, 0.995, 312.0),
 )
 
 
