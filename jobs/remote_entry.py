@@ -19,6 +19,14 @@ Invariants:
 - The result (``result.json``: status, exit code, adapter files with sha256, metrics, log tail) is uploaded last,
   after the adapter files, so a result that says ``ok`` names files that are already in place.
 - ``file://`` URLs (the local artifact store, for rehearsals) are read and written directly.
+
+Stages (``manifest["stage"]``): ``train`` (the default: the job above) or ``evaluate``: after the same fetch, the
+generation module (``job_module``, jobs.generate) runs once per side listed in ``manifest["sides"]`` (candidate,
+then champion), each with its own config (paths relative to the work directory; the adapter, if any, fetched and
+verified like every input). Each side's predictions file and summary are uploaded through their presigned PUTs
+(``outputs["predictions"][side]``, ``outputs["summaries"][side]``), and the result names the sha256 and size of
+every uploaded file. A side whose job fails ends the stage (status ``failed``); nothing is scored here: the
+control plane downloads the predictions, checks their sha256 and scores them itself.
 """
 
 from __future__ import annotations
@@ -238,6 +246,7 @@ def run(manifest_path: Path) -> int:
     stop = _Stop()
     signal.signal(signal.SIGTERM, stop.handle)
     tail: collections.deque[str] = collections.deque(maxlen=40)
+    stage = manifest.get("stage", "train")
     with HeartbeatSender(
         outputs["heartbeat"], float(manifest["heartbeat_every_s"]), output_dir / "heartbeat.json", manifest["attempt"]
     ) as heartbeat:
@@ -246,62 +255,128 @@ def run(manifest_path: Path) -> int:
             for name, ref in manifest["inputs"].items():
                 download(ref["url"], work / ref["path"], ref["sha256"])
                 _log(f"fetched {name}")
-            resumed = restore_checkpoint(manifest.get("checkpoint"), output_dir)
+            resumed = restore_checkpoint(manifest.get("checkpoint"), output_dir) if stage == "train" else None
         except EntryError as exc:
             _log(str(exc))
             upload_json(outputs["result"], {"status": "failed", "exit_code": EXIT_BAD_INPUT, "error": str(exc)})
             return EXIT_BAD_INPUT
-        config = dict(manifest["config"])
-        for key in ("train_file", "eval_file"):
-            if config.get(key):
-                config[key] = str(work / config[key])
-        config["output_dir"] = str(output_dir)
-        config_path = work / "job.json"
-        config_path.write_text(json.dumps(config, indent=2))
-        heartbeat.beat("training")
-        _log(f"starting the job (resuming from step {resumed})" if resumed is not None else "starting the job")
-        uploader = CheckpointUploader(outputs.get("checkpoint_slots") or [], output_dir)
-        if resumed is not None:
-            uploader.uploaded_step = resumed  # already stored: not uploaded again
-        child = subprocess.Popen(
-            [sys.executable, "-m", manifest.get("job_module", "jobs.finetune_lora"), "--config", str(config_path)],
-            cwd=Path(__file__).resolve().parent.parent,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        stop.child = child
-        pump = threading.Thread(target=_pump, args=(child, tail), daemon=True)
-        pump.start()
-        while child.poll() is None:
-            time.sleep(min(1.0, heartbeat.every_s))
-            try:
-                uploader.sync()
-            except EntryError as exc:
-                _log(f"checkpoint upload failed (will retry): {exc}")
-        pump.join(timeout=10)
-        code = child.returncode
-        try:
-            uploader.sync()  # the checkpoint a SIGTERM made
-        except EntryError as exc:
-            _log(f"final checkpoint upload failed: {exc}")
-        heartbeat.beat("uploading")
-        result: dict[str, Any] = {"status": "ok" if code == 0 else "failed", "exit_code": code, "resumed": resumed}
-        if code == 0:
-            adapter_dir = output_dir / "adapter"
-            result["adapter"] = {
-                name: upload_file(url, adapter_dir / name)
-                for name, url in outputs["adapter"].items()
-                if (adapter_dir / name).is_file()
-            }
-            metrics_file = output_dir / "metrics.json"
-            result["metrics"] = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-        result["log_tail"] = list(tail)[-20:]
-        result["stopped_by_signal"] = stop.requested
-        upload_json(outputs["result"], result)
+        if stage == "evaluate":
+            code = _evaluate(manifest, work, heartbeat, stop, tail)
+        else:
+            code = _train(manifest, work, output_dir, resumed, heartbeat, stop, tail)
         heartbeat.beat("done")
     _log(f"job ended with code {code}")
     return EXIT_SIGTERM if stop.requested and code != 0 else int(code)
+
+
+def _child(
+    manifest: dict[str, Any], config_path: Path, stop: _Stop, tail: collections.deque[str]
+) -> tuple[subprocess.Popen[str], threading.Thread]:
+    child = subprocess.Popen(
+        [sys.executable, "-m", manifest.get("job_module", "jobs.finetune_lora"), "--config", str(config_path)],
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    stop.child = child
+    pump = threading.Thread(target=_pump, args=(child, tail), daemon=True)
+    pump.start()
+    return child, pump
+
+
+def _train(
+    manifest: dict[str, Any],
+    work: Path,
+    output_dir: Path,
+    resumed: int | None,
+    heartbeat: HeartbeatSender,
+    stop: _Stop,
+    tail: collections.deque[str],
+) -> int:
+    outputs = manifest["outputs"]
+    config = dict(manifest["config"])
+    for key in ("train_file", "eval_file"):
+        if config.get(key):
+            config[key] = str(work / config[key])
+    config["output_dir"] = str(output_dir)
+    config_path = work / "job.json"
+    config_path.write_text(json.dumps(config, indent=2))
+    heartbeat.beat("training")
+    _log(f"starting the job (resuming from step {resumed})" if resumed is not None else "starting the job")
+    uploader = CheckpointUploader(outputs.get("checkpoint_slots") or [], output_dir)
+    if resumed is not None:
+        uploader.uploaded_step = resumed  # already stored: not uploaded again
+    child, pump = _child(manifest, config_path, stop, tail)
+    while child.poll() is None:
+        time.sleep(min(1.0, heartbeat.every_s))
+        try:
+            uploader.sync()
+        except EntryError as exc:
+            _log(f"checkpoint upload failed (will retry): {exc}")
+    pump.join(timeout=10)
+    code = child.returncode
+    try:
+        uploader.sync()  # the checkpoint a SIGTERM made
+    except EntryError as exc:
+        _log(f"final checkpoint upload failed: {exc}")
+    heartbeat.beat("uploading")
+    result: dict[str, Any] = {"status": "ok" if code == 0 else "failed", "exit_code": code, "resumed": resumed}
+    if code == 0:
+        adapter_dir = output_dir / "adapter"
+        result["adapter"] = {
+            name: upload_file(url, adapter_dir / name)
+            for name, url in outputs["adapter"].items()
+            if (adapter_dir / name).is_file()
+        }
+        metrics_file = output_dir / "metrics.json"
+        result["metrics"] = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    result["log_tail"] = list(tail)[-20:]
+    result["stopped_by_signal"] = stop.requested
+    upload_json(outputs["result"], result)
+    return int(code)
+
+
+def _evaluate(
+    manifest: dict[str, Any], work: Path, heartbeat: HeartbeatSender, stop: _Stop, tail: collections.deque[str]
+) -> int:
+    """Generate for each side in turn, upload what each produced; the result goes last."""
+    outputs = manifest["outputs"]
+    result: dict[str, Any] = {"status": "ok", "exit_code": 0, "predictions": {}, "summaries": {}}
+    for side, spec in manifest["sides"].items():
+        if stop.requested:
+            result.update(status="failed", exit_code=EXIT_SIGTERM, error=f"stopped before {side}")
+            break
+        config = dict(spec["config"])
+        for key in ("adapter", "input_file", "output_file"):
+            if config.get(key):
+                config[key] = str(work / config[key])
+        Path(config["output_file"]).parent.mkdir(parents=True, exist_ok=True)
+        config_path = work / f"generate-{side}.json"
+        config_path.write_text(json.dumps(config, indent=2))
+        heartbeat.beat(f"generating:{side}")
+        _log(f"generating for {side}")
+        child, pump = _child(manifest, config_path, stop, tail)
+        while child.poll() is None:
+            time.sleep(min(1.0, heartbeat.every_s))
+        pump.join(timeout=10)
+        if child.returncode != 0:
+            result.update(status="failed", exit_code=child.returncode, error=f"generation for {side} failed")
+            break
+        heartbeat.beat(f"uploading:{side}")
+        predictions, summary = Path(config["output_file"]), Path(f"{config['output_file']}.summary.json")
+        try:
+            if predictions.is_file():
+                result["predictions"][side] = upload_file(outputs["predictions"][side], predictions)
+            if summary.is_file():
+                result["summaries"][side] = upload_file(outputs["summaries"][side], summary)
+        except EntryError as exc:
+            result.update(status="failed", exit_code=EXIT_BAD_INPUT, error=f"upload for {side} failed: {exc}")
+            break
+    result["log_tail"] = list(tail)[-20:]
+    result["stopped_by_signal"] = stop.requested
+    upload_json(outputs["result"], result)
+    return int(result["exit_code"])
 
 
 def _pump(child: subprocess.Popen[str], tail: collections.deque[str]) -> None:

@@ -17,7 +17,13 @@ budget runs out the judge stops and the record says after how many items. A judg
 evaluation.
 
 No number the training job reports about itself enters the verdict: the generation job only returns predictions
-and per-item reference losses, for both sides alike. Adapters are fetched from the artifact store and verified
+and per-item reference losses, for both sides alike; the eval loss is their mean, computed here (``read_predictions``).
+
+Where generation runs (``evaluation.where``, ``pilot.remote_eval.evaluates_remotely``): on this machine through
+``ctx.local``, or, for large models on a rented provider, as a stage on its own short rented instance
+(pilot/remote_eval.py: reserved on the ledger before renting, always destroyed and verified gone, settled with the
+provider's charges) whose uploaded predictions are sha256-checked and scored here exactly as local ones. The record
+says which (``where``, ``remote_stage``). Adapters are fetched from the artifact store and verified
 (every file's sha256, safetensors/json only: pickled weights are refused) before anything loads them; a refused
 adapter is an ``IntegrityError`` and the graph rejects the candidate.
 
@@ -34,7 +40,7 @@ import logging
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -95,7 +101,10 @@ def fetch_adapter(ctx: PilotContext, version: ModelVersion, dest: Path) -> Path:
     return dest
 
 
-def _generate(ctx: PilotContext, *, adapter: Path | None, golden: Path, out: Path, label: str) -> dict[str, Any]:
+def _generate(
+    ctx: PilotContext, *, adapter: Path | None, golden: Path, golden_ids: list[str], out: Path, label: str
+) -> dict[str, Any]:
+    """jobs.generate for one side on this machine (``ctx.local``); its predictions read as a remote host's are."""
     settings = ctx.settings
     config = {
         "base_model": settings.training.base_model,
@@ -123,16 +132,37 @@ def _generate(ctx: PilotContext, *, adapter: Path | None, golden: Path, out: Pat
             raise EvaluationError(f"generation for {label} exited with {state.exit_code}: {tail[-500:]}")
     finally:
         ctx.local.terminate(instance.id)
-    summary_path = Path(f"{out}.summary.json")
-    summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    predictions = {}
-    with out.open() as fh:
-        for line in fh:
-            if line.strip():
-                item = json.loads(line)
-                predictions[str(item["id"])] = item
-    summary["predictions"] = predictions
-    return summary
+    if not out.is_file():
+        raise EvaluationError(f"generation for {label} wrote no predictions")
+    predictions, eval_loss = read_predictions(out, golden_ids)
+    return {"predictions": predictions, "eval_loss": eval_loss}
+
+
+def read_predictions(path: Path, golden_ids: Iterable[str]) -> tuple[dict[str, dict[str, Any]], float | None]:
+    """Parse a predictions file strictly (one JSON object per line: ``id``, ``prediction`` string, ``loss`` number
+    or null) and compute the eval loss as the mean loss over the golden items answered. Raises
+    ``EvaluationError`` naming the line. Only ``prediction`` and ``loss`` are kept: a score the producer added is
+    not read."""
+    wanted = set(golden_ids)
+    predictions: dict[str, dict[str, Any]] = {}
+    with path.open() as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                item_id, prediction, loss = str(row["id"]), row["prediction"], row.get("loss")
+            except (ValueError, KeyError, TypeError) as exc:
+                raise EvaluationError(f"{path.name}:{number}: not a prediction ({exc!r})") from exc
+            if not isinstance(prediction, str):
+                raise EvaluationError(f"{path.name}:{number}: prediction must be a string")
+            if loss is not None and (isinstance(loss, bool) or not isinstance(loss, int | float)):
+                raise EvaluationError(f"{path.name}:{number}: loss must be a number")
+            if item_id in predictions:
+                raise EvaluationError(f"{path.name}:{number}: id {item_id!r} answered twice")
+            predictions[item_id] = {"prediction": prediction, "loss": None if loss is None else float(loss)}
+    losses = [float(p["loss"]) for i, p in predictions.items() if i in wanted and p["loss"] is not None]
+    return predictions, (sum(losses) / len(losses) if losses else None)
 
 
 def _golden_items(golden: Path) -> list[dict[str, Any]]:
@@ -449,20 +479,39 @@ def evaluate_version(
     workdir.mkdir(parents=True, exist_ok=True)
     label_base = f"learning-pilot/{ctx.settings.env}/eval-{version_id}"
     started = time.monotonic()
-    cand = _generate(
-        ctx,
-        adapter=fetch_adapter(ctx, version, workdir / "candidate-adapter"),
-        golden=golden,
-        out=workdir / "candidate.jsonl",
-        label=f"{label_base}-candidate",
-    )
-    champ = _generate(
-        ctx,
-        adapter=fetch_adapter(ctx, champion, workdir / "champion-adapter") if champion else None,
-        golden=golden,
-        out=workdir / "champion.jsonl",
-        label=f"{label_base}-champion",
-    )
+    # Both adapters are verified here before anything runs (and before anything is rented for a remote stage).
+    cand_adapter = fetch_adapter(ctx, version, workdir / "candidate-adapter")
+    champ_adapter = fetch_adapter(ctx, champion, workdir / "champion-adapter") if champion else None
+    golden_ids = [str(i["id"]) for i in items]
+    from pilot import remote_eval  # imports this module (EvaluationError, read_predictions)
+
+    stage: dict[str, Any] | None = None
+    if remote_eval.evaluates_remotely(ctx.settings):
+        generated = remote_eval.generate_remote(
+            ctx,
+            version_id=version_id,
+            golden=golden,
+            golden_ids=golden_ids,
+            adapters={"candidate": version.adapter_files, "champion": champion.adapter_files if champion else None},
+        )
+        cand, champ, stage = generated["candidate"], generated["champion"], generated["stage"]
+    else:
+        cand = _generate(
+            ctx,
+            adapter=cand_adapter,
+            golden=golden,
+            golden_ids=golden_ids,
+            out=workdir / "candidate.jsonl",
+            label=f"{label_base}-candidate",
+        )
+        champ = _generate(
+            ctx,
+            adapter=champ_adapter,
+            golden=golden,
+            golden_ids=golden_ids,
+            out=workdir / "champion.jsonl",
+            label=f"{label_base}-champion",
+        )
     cand_answers = {k: str(v.get("prediction") or "") for k, v in cand["predictions"].items()}
     champ_answers = {k: str(v.get("prediction") or "") for k, v in champ["predictions"].items()}
     scores, scoring = score_items(items, cand_answers, champ_answers, limits=sandbox_limits)
@@ -521,6 +570,9 @@ def evaluate_version(
         "items": per_item,
         "judge": judge,
         "examples": examples,
+        "where": "remote" if stage is not None else "local",
+        "remote_stage": stage,
+        "eval_loss_source": "mean of the per-item reference losses, computed by the daemon",
         "duration_s": round(time.monotonic() - started, 2),
     }
     judged_line = ""

@@ -138,8 +138,13 @@ def reconcile(
     now = now or utcnow()
     report = ReconcileReport()
     prefix = ctx.label_prefix
+    from pilot.remote_eval import live_stage_labels, reconcile_stages  # imports pilot.runs: a cycle at top level
+
     try:
-        owned = ctx.gpu.list_owned(prefix)
+        # Evaluation stages have no run row: reap those a dead daemon left open, protect the live ones.
+        reconcile_stages(ctx, now=now)
+        protected = live_stage_labels(ctx, now=now)
+        owned = [i for i in ctx.gpu.list_owned(prefix) if i.label not in protected]
     except PilotError as exc:
         report.errors.append(f"list_owned on {ctx.gpu.name}: {exc}")
         logger.warning("Reconciler: cannot list instances on %s: %s", ctx.gpu.name, exc)

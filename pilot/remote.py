@@ -18,6 +18,10 @@ Invariants:
   every instance that carried its label (``charges``), else elapsed time x $/h; it replaces the reservation.
 - Adapters come back through a staging key; they are verified (sha256 from the result, safetensors only, no pickle)
   before being stored under ``runs/<run_id>/adapter/`` with their sha256.
+
+The host-facing pieces (``code_archive``, ``onstart_script``, ``upload_manifest``, ``host_spec`` with its credential
+check, ``url_lifetimes``, ``read_json``, ``Liveness``, ``label_cost``) are shared with evaluation stages
+(pilot/remote_eval.py), which run jobs/remote_entry.py's ``evaluate`` stage on their own short instance.
 """
 
 from __future__ import annotations
@@ -169,12 +173,59 @@ def check_no_credentials(texts: Iterable[str], secrets: Iterable[str], *, label:
         raise LaunchFailed(f"refusing to send a credential to a rented host (launch {label})")
 
 
+def upload_manifest(ctx: PilotContext, key: str, manifest: dict[str, Any], scratch_file: Path) -> str:
+    """Store the manifest under ``key``; returns the presigned GET the host's bootstrap reads (``MANIFEST_ENV``)."""
+    scratch_file.parent.mkdir(parents=True, exist_ok=True)
+    scratch_file.write_text(json.dumps(manifest))
+    ref = ctx.artifacts.put(key, scratch_file)
+    get_s, _ = url_lifetimes(ctx)
+    return ctx.artifacts.presign_get(ref.key, expires_s=get_s)
+
+
+def host_spec(
+    ctx: PilotContext,
+    *,
+    label: str,
+    offer_id: str,
+    bid: float | None,
+    manifest: dict[str, Any],
+    manifest_url: str,
+    secrets: Iterable[str],
+) -> LaunchSpec:
+    """The launch of a host that bootstraps from ``manifest_url``; refused (``LaunchFailed``) when anything sent
+    to the host, the manifest included, holds a credential."""
+    remote = ctx.settings.gpu.remote
+    env = {
+        **remote.job_env,
+        MANIFEST_ENV: manifest_url,
+        "PYTHONUNBUFFERED": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    spec = LaunchSpec(
+        label=label,
+        offer_id=offer_id,
+        image=ctx.settings.gpu.vast.image,
+        command=["/bin/bash", "-c", onstart_script(remote.python)],
+        env=env,
+        disk_gb=remote.disk_gb,
+        bid_price=bid,
+        onstart=onstart_script(remote.python),
+    )
+    check_no_credentials(
+        [spec.label, spec.image, spec.onstart or "", *spec.command, *env, *env.values(), json.dumps(manifest)],
+        secrets,
+        label=label,
+    )
+    return spec
+
+
 # -- keys -------------------------------------------------------------------------------------------------
 def attempt_prefix(run_id: str, n: int) -> str:
     return f"runs/{run_id}/attempt-{n}"
 
 
-def _read_json(ctx: PilotContext, key: str, scratch: Path) -> dict[str, Any] | None:
+def read_json(ctx: PilotContext, key: str, scratch: Path) -> dict[str, Any] | None:
+    """A small JSON object the host uploaded; None when absent or unreadable (hosts are not trusted)."""
     dest = scratch / key.replace("/", "__")
     try:
         ctx.artifacts.get(key, dest)
@@ -210,11 +261,13 @@ def stage_inputs(ctx: PilotContext, run: TrainingRun, snapshot: DatasetSnapshot)
     return staged
 
 
-def _expiries(ctx: PilotContext) -> tuple[int, int]:
-    """(GET, PUT) URL lifetimes: inputs are read once the host boots; outputs are written until the deadline."""
+def url_lifetimes(ctx: PilotContext, *, run_s: float | None = None) -> tuple[int, int]:
+    """(GET, PUT) URL lifetimes: inputs are read once the host boots; outputs are written until the deadline
+    (``run_s`` after loading; by default the training run's ``max_duration_minutes``)."""
     remote, training = ctx.settings.gpu.remote, ctx.settings.training
+    run_s = run_s if run_s is not None else training.max_duration_minutes * 60
     get_s = int(remote.loading_timeout_s + ctx.settings.artifacts.presign_expiry_s)
-    put_s = int(remote.loading_timeout_s + training.max_duration_minutes * 60 + 600)
+    put_s = int(remote.loading_timeout_s + run_s + 600)
     ceiling = getattr(ctx.artifacts, "max_presign_s", None)
     if isinstance(ceiling, int):
         if put_s > ceiling:
@@ -228,7 +281,7 @@ def _expiries(ctx: PilotContext) -> tuple[int, int]:
 def build_manifest(
     ctx: PilotContext, run: TrainingRun, *, n: int, inputs: dict[str, Any], checkpoint: dict[str, Any] | None
 ) -> dict[str, Any]:
-    get_s, put_s = _expiries(ctx)
+    get_s, put_s = url_lifetimes(ctx)
     prefix = attempt_prefix(run.id, n)
     remote = ctx.settings.gpu.remote
     config = job_config(
@@ -277,11 +330,11 @@ def _params(ctx: PilotContext) -> TrainingParams:
 
 # -- what comes back --------------------------------------------------------------------------------------
 def read_heartbeat(ctx: PilotContext, run_id: str, n: int) -> dict[str, Any] | None:
-    return _read_json(ctx, f"{attempt_prefix(run_id, n)}/heartbeat.json", _scratch(ctx, run_id))
+    return read_json(ctx, f"{attempt_prefix(run_id, n)}/heartbeat.json", _scratch(ctx, run_id))
 
 
 def read_result(ctx: PilotContext, run_id: str, n: int) -> dict[str, Any] | None:
-    return _read_json(ctx, f"{attempt_prefix(run_id, n)}/result.json", _scratch(ctx, run_id))
+    return read_json(ctx, f"{attempt_prefix(run_id, n)}/result.json", _scratch(ctx, run_id))
 
 
 def latest_checkpoint(ctx: PilotContext, run_id: str, attempts: Iterable[int]) -> dict[str, Any] | None:
@@ -291,7 +344,7 @@ def latest_checkpoint(ctx: PilotContext, run_id: str, attempts: Iterable[int]) -
     for n in attempts:
         for slot in SLOTS:
             prefix = f"{attempt_prefix(run_id, n)}/checkpoint-{slot}"
-            marker = _read_json(ctx, f"{prefix}/checkpoint.json", scratch)
+            marker = read_json(ctx, f"{prefix}/checkpoint.json", scratch)
             if marker and isinstance(marker.get("files"), dict) and "adapter_model.safetensors" in marker["files"]:
                 found.append((int(marker["step"]), prefix, marker))
     for step, prefix, marker in sorted(found, key=lambda f: f[0], reverse=True):
@@ -334,13 +387,20 @@ def collect_adapter(ctx: PilotContext, run_id: str, n: int, result: dict[str, An
 
 def provider_cost(ctx: PilotContext, run: TrainingRun, attempts: list[dict[str, Any]]) -> float:
     """What the provider charged for every instance with the run's label; else elapsed time x $/h per attempt."""
+    return label_cost(ctx, run.label, since=run.created_at.timestamp(), attempts=attempts)
+
+
+def label_cost(ctx: PilotContext, label: str, *, since: float, attempts: list[dict[str, Any]]) -> float:
+    """What the provider charged for every instance carrying ``label`` (the charges of a day either side of
+    ``since`` and now); else elapsed time x $/h of ``attempts`` (``launched_at``, ``ended_at``, ``dph``)."""
     if isinstance(ctx.gpu, ChargesProvider):
-        start = run.created_at.timestamp() - 86400
         try:
-            rows = [c for c in ctx.gpu.charges(start, time.time() + 86400) if getattr(c, "label", None) == run.label]
+            rows = [
+                c for c in ctx.gpu.charges(since - 86400, time.time() + 86400) if getattr(c, "label", None) == label
+            ]
             return float(sum(float(c.amount_usd) for c in rows))
         except PilotError as exc:
-            logger.warning("Charges of run %s unavailable (%s): using elapsed time x $/h", run.id, exc)
+            logger.warning("Charges of %s unavailable (%s): using elapsed time x $/h", label, exc)
     return estimated_cost(attempts, time.time())
 
 
@@ -466,30 +526,17 @@ def launch_attempt(ctx: PilotContext, run: TrainingRun, snapshot: DatasetSnapsho
         n = len(attempts) + 1
         checkpoint = latest_checkpoint(ctx, run.id, [a["n"] for a in attempts]) if attempts else None
         manifest = build_manifest(ctx, run, n=n, inputs=state["inputs"], checkpoint=checkpoint)
-        scratch = _scratch(ctx, run.id)
-        (scratch / f"manifest-{n}.json").write_text(json.dumps(manifest))
-        manifest_ref = ctx.artifacts.put(f"{attempt_prefix(run.id, n)}/manifest.json", scratch / f"manifest-{n}.json")
-        get_s, _ = _expiries(ctx)
-        env = {
-            **remote.job_env,
-            MANIFEST_ENV: ctx.artifacts.presign_get(manifest_ref.key, expires_s=get_s),
-            "PYTHONUNBUFFERED": "1",
-            "TOKENIZERS_PARALLELISM": "false",
-        }
-        spec = LaunchSpec(
+        manifest_url = upload_manifest(
+            ctx, f"{attempt_prefix(run.id, n)}/manifest.json", manifest, _scratch(ctx, run.id) / f"manifest-{n}.json"
+        )
+        spec = host_spec(
+            ctx,
             label=run.label,
             offer_id=offer.id,
-            image=ctx.settings.gpu.vast.image,
-            command=["/bin/bash", "-c", onstart_script(remote.python)],
-            env=env,
-            disk_gb=remote.disk_gb,
-            bid_price=bid,
-            onstart=onstart_script(remote.python),
-        )
-        check_no_credentials(
-            [spec.label, spec.image, spec.onstart or "", *spec.command, *env, *env.values(), json.dumps(manifest)],
-            secrets,
-            label=run.label,
+            bid=bid,
+            manifest=manifest,
+            manifest_url=manifest_url,
+            secrets=secrets,
         )
         dph = offer_dph(offer, bid, remote.disk_gb)
         record = {
@@ -548,7 +595,7 @@ def launch_attempt(ctx: PilotContext, run: TrainingRun, snapshot: DatasetSnapsho
 
 # -- watching ---------------------------------------------------------------------------------------------
 @dataclass
-class _Liveness:
+class Liveness:
     """What this process saw of an attempt, by its own clock (host clocks are not trusted)."""
 
     running_since: float | None = None
@@ -562,7 +609,7 @@ def watch_remote(
     """Poll until the run ends: deadlines, retries on another host, destroy-and-verify, collect. Resumable."""
     training, remote = ctx.settings.training, ctx.settings.gpu.remote
     poll_s = poll_s if poll_s is not None else training.poll_interval_s
-    seen: dict[int, _Liveness] = {}
+    seen: dict[int, Liveness] = {}
     for _ in range(1_000_000):  # bounded: every branch sleeps or ends, and the deadlines end the run
         run = find_run(ctx, run_id)
         if RunStatus(run.status).is_terminal:
@@ -584,7 +631,7 @@ def watch_remote(
         if current is None:  # an instance no attempt recorded: not ours to judge; end the run cleanly
             current = {"n": len(attempts), "instance_id": run.instance_id}
             return _stop(ctx, run, current, RunTerminationReason.DAEMON_LOST_TRACK, "no attempt recorded")
-        live = seen.setdefault(int(current["n"]), _Liveness())
+        live = seen.setdefault(int(current["n"]), Liveness())
         reserved = float(run.config.get("reserved_usd", run.estimated_cost_usd))
         if estimated_cost(attempts, now + poll_s) > reserved + 1e-9:
             message = f"spend would pass the ${reserved:.4f} reservation"

@@ -125,6 +125,24 @@ class EvaluationSettings(_Section):
     judge: JudgeSettings = Field(
         default_factory=JudgeSettings, description="The optional LLM judge ([evaluation.judge])."
     )
+    where: Literal["local", "remote", "auto"] = Field(
+        "auto",
+        description="Where candidate and champion answer the golden set: 'local' (this machine, transformers + peft), "
+        "'remote' (a stage on its own short rented instance that uploads per-item predictions, re-scored here), or "
+        "'auto' (remote when gpu.provider is not local and training.base_model_params_b >= remote_min_params_b).",
+    )
+    remote_min_params_b: float = Field(
+        3.0, gt=0, description="With where='auto': base models of at least this many billion parameters go remote."
+    )
+    remote_max_minutes: float = Field(
+        30.0,
+        gt=0,
+        description="A remote evaluation stage still running after this long (after loading) is destroyed and the "
+        "candidate rejected; its reservation is $/h x (this + gpu.remote.loading_timeout_s).",
+    )
+    remote_generate_module: str = Field(
+        "jobs.generate", description="Module the evaluation host runs per side with --config (a stub only in tests)."
+    )
 
 
 class LocalGpuSettings(_Section):
