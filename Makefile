@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/learning-pilot demo --config config/demo.toml
+	$(BIN)/learning-pilot --config config/demo.toml demo --reset
 
 lint: $(STAMP)
 	$(BIN)/ruff check pilot subagents tools jobs tests bench
