@@ -16,7 +16,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import case, func
@@ -26,7 +26,9 @@ from sqlmodel import Session, col, select
 from pilot.context import PilotContext
 from pilot.data import NewData, new_data, newest_record_pk
 from pilot.store.models import DatasetSnapshot, ExecutionRecordRow, utcnow
-from tools.knowledge import Embedder
+
+if TYPE_CHECKING:  # the knowledge base (Qdrant, fastembed, onnxruntime) loads only when it is used
+    from tools.knowledge import Embedder
 
 REFERENCE_SIZE = 20_000
 EMBED_SAMPLE = 256
