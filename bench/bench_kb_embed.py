@@ -32,7 +32,10 @@ TARGET = 0.9
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
-        "--model-path", type=Path, default=os.environ.get("LEARNING_PILOT_KNOWLEDGE__EMBEDDING_MODEL_PATH")
+        "--model-path",
+        type=Path,
+        default=os.environ.get("LEARNING_PILOT_KNOWLEDGE__EMBEDDING_MODEL_PATH")
+        or ("data/demo/models/minilm-onnx" if Path("data/demo/models/minilm-onnx/model.onnx").is_file() else None),
     )
     parser.add_argument("--texts", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=64)
