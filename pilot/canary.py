@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import Integer, cast, func, or_
@@ -38,7 +38,7 @@ from sqlmodel import Session, col, select
 
 from pilot.errors import ConfigError
 from pilot.settings import Settings
-from pilot.store.models import AliasHistory, ExecutionRecordRow, PilotState, utcnow
+from pilot.store.models import AliasHistory, ExecutionRecordRow, PilotState, as_utc, utcnow
 from pilot.store.writers import alias_target, record_event
 from subagents.monitoring import LiveStats, Verdict, compare_live
 from tools.serving.canary import bucket
@@ -77,8 +77,8 @@ class Rollout:
             version=str(data["version"]),
             baseline=None if data.get("baseline") is None else str(data["baseline"]),
             share=float(data["share"]),
-            started_at=_aware(datetime.fromisoformat(data["started_at"])),
-            stepped_at=_aware(datetime.fromisoformat(data["stepped_at"])),
+            started_at=as_utc(datetime.fromisoformat(data["started_at"])),
+            stepped_at=as_utc(datetime.fromisoformat(data["stepped_at"])),
         )
 
 
@@ -101,10 +101,6 @@ class Route:
             "canary": self.canary,
             "share": self.share,
         }
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def canary_steps(settings: Settings) -> tuple[float, ...]:
@@ -191,7 +187,7 @@ def promoted_at(session: Session, version: str) -> datetime | None:
         .where(AliasHistory.alias == CHAMPION, AliasHistory.new_version == version)
         .order_by(col(AliasHistory.id).desc())
     ).first()
-    return _aware(row.at) if row is not None else None
+    return as_utc(row.at) if row is not None else None
 
 
 def live_stats(

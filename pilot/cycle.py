@@ -87,8 +87,3 @@ def run_cycle(ctx: PilotContext, *, ingest: bool = True) -> list[CycleResult]:
         out = app.invoke({"cycle_id": cycle_id, "log": []}, {"configurable": {"thread_id": thread_id}})
         results.append(_result(thread_id, out, resumed=False))
     return results
-
-
-def pending_ids(ctx: PilotContext) -> list[str]:
-    with ctx.store.session() as session:
-        return [a.id for a in approvals.pending(session)]

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from sqlalchemy import Integer, cast, func
 from sqlmodel import col, select
 
 from pilot.context import PilotContext
 from pilot.guardrails import Facts
 from pilot.ledger import spend_summary
-from pilot.store.models import Approval, ExecutionRecordRow, TrainingRun, utcnow
+from pilot.store.models import Approval, ExecutionRecordRow, TrainingRun, as_utc, utcnow
 from pilot.store.status import ApprovalStatus, RunStatus
 from pilot.store.writers import is_paused
 from subagents.monitoring import LiveStats
@@ -32,17 +30,11 @@ def gather_facts(ctx: PilotContext, *, new_examples: int, per_domain_new: dict[s
             paused=is_paused(session),
             runs_in_flight=int(in_flight),
             pending_approvals=int(pending),
-            last_run_finished_at=_aware(last_finished),
+            last_run_finished_at=as_utc(last_finished) if last_finished is not None else None,
             new_examples=new_examples,
             spend=spend_summary(session),
             per_domain_new=per_domain_new or {},
         )
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if isinstance(value, datetime) and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)  # SQLite's max() returns the stored text without the type's conversion
-    return value
 
 
 def live_stats(ctx: PilotContext, version_id: str) -> LiveStats:

@@ -33,14 +33,14 @@ from pilot.data import make_snapshot, new_data
 from pilot.deploy import make_target, sync_champion
 from pilot.evaluate import EvaluationError, evaluate_version
 from pilot.facts import gather_facts
-from pilot.guardrails import TrainingProposal, Verdict, rule_training
+from pilot.guardrails import Ruling, TrainingProposal, Verdict, rule_training
 from pilot.render import gate_report_lines
 from pilot.runs import create_run, launch_run, training_params, version_for_run, watch_run
 from pilot.stats import task_drift
 from pilot.store.models import Approval, DatasetSnapshot, Decision, ModelVersion, TrainingRun, utcnow
 from pilot.store.status import ApprovalKind, ApprovalStatus, DecisionAction, ModelStatus, RunStatus
 from pilot.store.writers import record_event, switch_model_status
-from subagents.training import count_tokens, plan_training, requirements_for
+from subagents.training import TrainingPlan, count_tokens, plan_training, requirements_for
 from tools.errors import PilotError
 
 logger = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def _update_decision(ctx: PilotContext, decision_id: str, **fields: Any) -> None
             setattr(decision, key, value)
 
 
-def version_for_decision_run(ctx: PilotContext, decision_id: str) -> str | None:
+def run_for_decision(ctx: PilotContext, decision_id: str) -> str | None:
     """The run already created for this decision (a resumed node must not create a second one)."""
     with ctx.store.session() as session:
         run = session.exec(select(TrainingRun).where(TrainingRun.decision_id == decision_id)).first()
@@ -95,6 +95,23 @@ def version_for_decision_run(ctx: PilotContext, decision_id: str) -> str | None:
 
 def build_graph(ctx: PilotContext) -> StateGraph:
     settings = ctx.settings
+
+    def price_run(snapshot_id: str) -> tuple[DatasetSnapshot, TrainingPlan | None]:
+        """The training subagent prices the snapshot's run on the provider's offers as they are now."""
+        with ctx.store.session() as session:
+            snap = session.get(DatasetSnapshot, snapshot_id)
+        assert snap is not None
+        examples, tokens = count_tokens(Path(snap.path) / "train.jsonl")
+        params = training_params(ctx)
+        offers = ctx.gpu.search_offers(requirements_for(params, max_dph=settings.budget.max_dph))
+        remote = ctx.gpu.name != "local"
+        return snap, plan_training(params, offers, train_examples=examples, train_tokens=tokens, remote=remote)
+
+    def rule_on(training: TrainingPlan, state: CycleState) -> Ruling:
+        """Every guardrail, on the priced proposal and the facts as they are now."""
+        facts = gather_facts(ctx, new_examples=state["new_examples"], per_domain_new=state["per_domain_new"])
+        proposal = TrainingProposal(training.estimated_cost_usd, training.offer.dph_total, training.expected_hours)
+        return rule_training(proposal, facts, settings)
 
     def deploy_champion(why: str) -> str:
         """Make the serving target agree with the registry; a refused deploy rolls the promotion back."""
@@ -241,26 +258,13 @@ def build_graph(ctx: PilotContext) -> StateGraph:
 
     def plan(state: CycleState) -> dict[str, Any]:
         """Training subagent prices the run on real offers; every guardrail rules on the priced proposal."""
-        with ctx.store.session() as session:
-            snap = session.get(DatasetSnapshot, state["snapshot_id"])
-        assert snap is not None
-        examples, tokens = count_tokens(Path(snap.path) / "train.jsonl")
-        params = training_params(ctx)
-        offers = ctx.gpu.search_offers(requirements_for(params, max_dph=settings.budget.max_dph))
-        training = plan_training(
-            params, offers, train_examples=examples, train_tokens=tokens, remote=ctx.gpu.name != "local"
-        )
+        _, training = price_run(state["snapshot_id"])
         decision = _decision(ctx, state["decision_id"])
         if training is None:
             reason = f"no offer on {ctx.gpu.name} meets the job's requirements within ${settings.budget.max_dph}/h"
             _update_decision(ctx, decision.id, action=DecisionAction.WAIT, reason=reason)
             return {"action": DecisionAction.WAIT.value, "reason": reason, "log": _log(state, f"plan: {reason}")}
-        facts = gather_facts(ctx, new_examples=state["new_examples"], per_domain_new=state["per_domain_new"])
-        ruling = rule_training(
-            TrainingProposal(training.estimated_cost_usd, training.offer.dph_total, training.expected_hours),
-            facts,
-            settings,
-        )
+        ruling = rule_on(training, state)
         figures = {**decision.figures, "plan": training.figures, "ruling": ruling.rule, "verdict": ruling.verdict}
         if ruling.verdict in (Verdict.DENY, Verdict.WAIT):
             _update_decision(ctx, decision.id, action=DecisionAction.WAIT, reason=ruling.reason, figures=figures)
@@ -271,7 +275,8 @@ def build_graph(ctx: PilotContext) -> StateGraph:
             }
         _update_decision(ctx, decision.id, figures=figures)
         line = (
-            f"plan: {examples} examples (~{tokens} tokens) on {training.offer.gpu_name} at "
+            f"plan: {training.train_examples} examples (~{training.train_tokens} tokens) "
+            f"on {training.offer.gpu_name} at "
             f"${training.offer.dph_total:.3f}/h, ~{training.expected_hours:.3f} h, "
             f"est. ${training.estimated_cost_usd:.4f}; {ruling.reason}"
         )
@@ -316,15 +321,7 @@ def build_graph(ctx: PilotContext) -> StateGraph:
 
     def train(state: CycleState) -> dict[str, Any]:
         decision = _decision(ctx, state["decision_id"])
-        with ctx.store.session() as session:
-            snap = session.get(DatasetSnapshot, state["snapshot_id"])
-        assert snap is not None
-        params = training_params(ctx)
-        offers = ctx.gpu.search_offers(requirements_for(params, max_dph=settings.budget.max_dph))
-        examples, tokens = count_tokens(Path(snap.path) / "train.jsonl")
-        training = plan_training(
-            params, offers, train_examples=examples, train_tokens=tokens, remote=ctx.gpu.name != "local"
-        )
+        snap, training = price_run(state["snapshot_id"])  # again: prices move between the approval and the launch
         if training is None:
             why = "no offer available at launch time"
             return {"outcome": why, "log": _log(state, f"train: {why}")}
@@ -332,14 +329,9 @@ def build_graph(ctx: PilotContext) -> StateGraph:
         if state.get("approval_id") and ceiling is not None and training.estimated_cost_usd > float(ceiling) + 1e-9:
             why = f"price rose above the approved ceiling ${float(ceiling):.4f}: ask again next cycle"
             return {"outcome": why, "log": _log(state, f"train: {why}")}
-        if version_for_decision_run(ctx, decision.id) is None:
+        if run_for_decision(ctx, decision.id) is None:
             # An approval never bypasses the kill switch or a cap: every rule rules again at launch time.
-            facts = gather_facts(ctx, new_examples=state["new_examples"], per_domain_new=state["per_domain_new"])
-            ruling = rule_training(
-                TrainingProposal(training.estimated_cost_usd, training.offer.dph_total, training.expected_hours),
-                facts,
-                settings,
-            )
+            ruling = rule_on(training, state)
             if ruling.verdict in (Verdict.DENY, Verdict.WAIT):
                 return {"outcome": f"not launched: {ruling.reason}", "log": _log(state, f"train: {ruling.reason}")}
         try:

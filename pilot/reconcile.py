@@ -28,7 +28,7 @@ from sqlmodel import col, select
 from pilot.context import PilotContext
 from pilot.errors import ConflictError, TransitionError
 from pilot.ledger import settle
-from pilot.store.models import TrainingRun, utcnow
+from pilot.store.models import TrainingRun, as_utc, utcnow
 from pilot.store.status import RunStatus, RunTerminationReason
 from pilot.store.writers import record_event, switch_run_status
 from tools.errors import PilotError
@@ -59,10 +59,6 @@ class ReconcileReport:
         return asdict(self)
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=utcnow().tzinfo)
-
-
 def burn_exceeds_reservation(run: TrainingRun, now: datetime, *, horizon_s: float = 300.0) -> bool:
     """True when the run's spend ``horizon_s`` from now (elapsed time x $/h) would pass its reservation.
 
@@ -72,7 +68,7 @@ def burn_exceeds_reservation(run: TrainingRun, now: datetime, *, horizon_s: floa
     """
     if run.dph <= 0:
         return False
-    started = _aware(run.started_at or run.created_at)
+    started = as_utc(run.started_at or run.created_at)
     hours = (max((now - started).total_seconds(), 0.0) + horizon_s) / 3600
     reserved = float((run.config or {}).get("reserved_usd", run.estimated_cost_usd))
     return run.dph * hours > reserved + 1e-9
@@ -107,7 +103,7 @@ def _last_activity(run: TrainingRun) -> datetime:
         for k in ("launched_at", "ended_at")
         if a.get(k)
     ]
-    created = _aware(run.created_at)
+    created = as_utc(run.created_at)
     return max([created, *(datetime.fromtimestamp(t, tz=created.tzinfo) for t in stamps)])
 
 
@@ -226,7 +222,7 @@ def reconcile(
         if state is not None and run.id not in state.suspects:
             seen_now.add(run.id)
             continue
-        started = _aware(run.started_at or run.created_at)
+        started = as_utc(run.started_at or run.created_at)
         cost = round(run.dph * max((now - started).total_seconds(), 0.0) / 3600, 6)
         message = f"instance {run.instance_id} vanished from {ctx.gpu.name}"
         if _fail(ctx, run, RunTerminationReason.INSTANCE_VANISHED, message, cost):

@@ -33,7 +33,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,7 +45,7 @@ from pilot.errors import BudgetError
 from pilot.evaluate import EvaluationError, read_predictions
 from pilot.ledger import reserve, settle
 from pilot.settings import Settings
-from pilot.store.models import SpendEntry, utcnow
+from pilot.store.models import SpendEntry, as_utc, utcnow
 from pilot.store.writers import is_paused, record_event
 from subagents.training import requirements_for
 from tools.artifacts.base import sha256_file
@@ -417,7 +417,7 @@ def live_stage_labels(ctx: PilotContext, *, now: datetime | None = None) -> set[
     return {
         instance_label(ctx.settings.env, str(e.run_id))
         for e in _open_stages(ctx)
-        if now - _aware(e.created_at) < lifetime
+        if now - as_utc(e.created_at) < lifetime
     }
 
 
@@ -430,7 +430,7 @@ def reconcile_stages(ctx: PilotContext, *, now: datetime | None = None) -> list[
     lifetime = timedelta(seconds=_stage_lifetime_s(ctx.settings))
     settled: list[str] = []
     for entry in _open_stages(ctx):
-        if now - _aware(entry.created_at) < lifetime:
+        if now - as_utc(entry.created_at) < lifetime:
             continue
         stage_id = str(entry.run_id)
         label = instance_label(ctx.settings.env, stage_id)
@@ -442,7 +442,7 @@ def reconcile_stages(ctx: PilotContext, *, now: datetime | None = None) -> list[
         if not all([runs.destroy_and_verify(ctx, i) for i in found]):
             continue
         if isinstance(ctx.gpu, remote.ChargesProvider):
-            cost = remote.label_cost(ctx, label, since=_aware(entry.created_at).timestamp(), attempts=[])
+            cost = remote.label_cost(ctx, label, since=as_utc(entry.created_at).timestamp(), attempts=[])
         else:
             cost = float(entry.amount_usd)
         why = f"evaluation stage {stage_id} abandoned (its daemon stopped); "
@@ -459,7 +459,3 @@ def reconcile_stages(ctx: PilotContext, *, now: datetime | None = None) -> list[
             )
         settled.append(stage_id)
     return settled
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
