@@ -26,13 +26,13 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMe
 from langchain_core.messages.utils import convert_to_openai_messages
 from sqlalchemy import insert
 
-from pilot.agent import decide_with_agent
 from pilot.context import build_context
-from pilot.guardrails import Facts, TrainingProposal, Verdict, rule_training
-from pilot.ledger import SpendSummary
 from pilot.settings import load_settings
+from pilot.spend.guardrails import Facts, TrainingProposal, Verdict, rule_training
+from pilot.spend.ledger import SpendSummary
 from pilot.store import Store
 from pilot.store.models import ExecutionRecordRow
+from pilot.supervisor.agent import decide_with_agent
 from subagents.supervisor_agent import PROMPT_TOKEN_LIMIT, conversation_tokens
 from tools.llm import FunctionChatModel, _litellm
 

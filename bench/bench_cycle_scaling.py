@@ -1,8 +1,8 @@
 """A decision's new-data count must grow with new records, not with the store.
 
 Two stores, 10,000 and 1,000,000 records already trained on (the watermark: a succeeded run's snapshot), each
-with the same 1,000 new records after it; times pilot.data.new_data (read past the watermark, curate, count per
-domain) on each. Target: time(1M) / time(10k) <= 1.5.
+with the same 1,000 new records after it; times pilot.data.snapshots.new_data (read past the watermark, curate,
+count per domain) on each. Target: time(1M) / time(10k) <= 1.5.
 
 Old rows are bulk-inserted with executemany and carry a small payload: they must never be read, and the
 figure would expose it if they were (the 1M store would be ~100x slower).
@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from pilot.context import build_context  # noqa: E402
-from pilot.data import new_data  # noqa: E402
-from pilot.ingest import store_batch  # noqa: E402
+from pilot.data.ingest import store_batch  # noqa: E402
+from pilot.data.snapshots import new_data  # noqa: E402
 from pilot.settings import load_settings  # noqa: E402
 from pilot.store import Store  # noqa: E402
 from pilot.store.models import DatasetSnapshot, Decision, TrainingRun  # noqa: E402

@@ -1,8 +1,8 @@
 """Idle resident memory of the daemon process (target <= 200 MB; no torch or transformers loaded).
 
-The bench re-runs itself as a child that *is* the daemon: ``pilot.daemon.serve`` on a fresh data dir (SQLite, the
-fake GPU provider, Slack off), the same call ``learning-pilot run`` makes. Once uvicorn listens and the first
-cycle and reconcile have had time to run, a probe thread in the child reads VmRSS from /proc, checks
+The bench re-runs itself as a child that *is* the daemon: ``pilot.service.daemon.serve`` on a fresh data dir
+(SQLite, the fake GPU provider, Slack off), the same call ``learning-pilot run`` makes. Once uvicorn listens and the
+first cycle and reconcile have had time to run, a probe thread in the child reads VmRSS from /proc, checks
 ``sys.modules`` for torch/transformers, writes both to a file and sends the child SIGTERM; the parent prints the
 figures and asserts the targets.
 
@@ -37,7 +37,7 @@ def _rss_mb(pid: int | str = "self") -> float:
 
 def child(out: Path, idle_s: float) -> None:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    from pilot.daemon import serve
+    from pilot.service.daemon import serve
     from pilot.settings import load_settings
     from pilot.store import Store
 

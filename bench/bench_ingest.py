@@ -1,4 +1,4 @@
-"""Ingest throughput: validate + hash + store, batched, into SQLite, through pilot.ingest.store_batch.
+"""Ingest throughput: validate + hash + store, batched, into SQLite, through pilot.data.ingest.store_batch.
 
 Target: >= 20,000 records/s. Also prints parse+hash alone, so a shortfall can be placed (parsing or the store).
 
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from pilot.ingest import store_batch  # noqa: E402
+from pilot.data.ingest import store_batch  # noqa: E402
 from pilot.store import Store  # noqa: E402
 from subagents.data.samples import generate_demo_records  # noqa: E402
 from subagents.data.schema import content_hash, parse_jsonl_line  # noqa: E402

@@ -25,8 +25,8 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import httpx  # noqa: E402
 import uvicorn  # noqa: E402
 
-from pilot.api import create_app  # noqa: E402
 from pilot.context import build_context  # noqa: E402
+from pilot.service.api import create_app  # noqa: E402
 from pilot.settings import load_settings  # noqa: E402
 from pilot.store import Store  # noqa: E402
 from tools.gpu.base import LaunchSpec, OfferRequirements  # noqa: E402

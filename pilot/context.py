@@ -31,15 +31,7 @@ class PilotContext:
     def label_prefix(self) -> str:
         return f"learning-pilot/{self.settings.env}/"
 
-    _kb: Any = None
-
-    def knowledge_base(self) -> Any:
-        """The process's one knowledge base (local-mode Qdrant allows one client per folder), opened on first use."""
-        if self._kb is None:
-            from pilot.kb import open_knowledge_base
-
-            self._kb = open_knowledge_base(self.settings)
-        return self._kb
+    _kb: Any = None  # the process's one knowledge base, opened by pilot.data.knowledge.knowledge_base(ctx)
 
     def close(self) -> None:
         if self._kb is not None:

@@ -158,7 +158,7 @@ class VastSettings(_Section):
 
 
 class RemoteJobSettings(_Section):
-    """How a job runs on a rented host (any provider but ``local``): see pilot/remote.py."""
+    """How a job runs on a rented host (any provider but ``local``): see pilot/runs/remote.py."""
 
     python: str = Field(
         "python3", description="Interpreter on the host that runs the job (the image's python; a venv's in tests)."

@@ -14,7 +14,7 @@ Invariants:
   was not convinced); ``agreement`` is the share of the k samples that agree with that majority (1.0 unanimous).
 - Every call, failed ones included, is reported to ``on_call`` as soon as it returns, with its tokens and cost, so
   the caller can account for it before the next one; this module writes nothing itself (it imports no ``pilot``).
-- The judge is advice beside the deterministic scores: the gate does not read it (pilot/evaluate.py).
+- The judge is advice beside the deterministic scores: the gate does not read it (pilot/evaluation/evaluate.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The training subagent's judgement: what job to run, on which offer, what it should cost, how it ended.
 
-Pure functions over plain values (it never touches the store): ``pilot/runs.py`` turns these plans into rented
+Pure functions over plain values (it never touches the store): ``pilot/runs/lifecycle.py`` turns these plans into rented
 instances and status changes.
 """
 

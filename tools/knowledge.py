@@ -9,7 +9,7 @@ Invariants:
   once with a message that says how to build it (``learning-pilot kb export-embedder DIR``).
 - Qdrant local mode (``open_qdrant(path=...)``) takes an exclusive lock on its folder, across processes too: the
   daemon owns the one client; CLI commands and the HTTP route go through it (or use another folder).
-- The knowledge base stores text only after the caller scrubbed it (pilot/kb.py does); it does not scrub.
+- The knowledge base stores text only after the caller scrubbed it (pilot/data/knowledge.py does); it does not scrub.
 
 Errors (all under ``tools.errors.PilotError``)::
 

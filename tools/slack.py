@@ -5,7 +5,7 @@ network failure is translated at this boundary into ``tools.errors.NotificationE
 never take a decision down with it, so callers catch that one error and carry on (the CLI stays the fallback).
 
 The Approve / Reject buttons carry the approval id as their ``value`` (action ids ``approve`` / ``reject``);
-the interactivity endpoint (pilot/slack_actions.py) binds the click to that id and to its cost ceiling.
+the interactivity endpoint (pilot/service/slack_actions.py) binds the click to that id and to its cost ceiling.
 """
 
 from __future__ import annotations

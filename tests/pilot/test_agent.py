@@ -18,23 +18,21 @@ from hypothesis import strategies as st
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from sqlmodel import Session, select
 
-from pilot import registry
-from pilot.agent import (
-    LLM_EVENT,
-    combine,
-    decide_with_agent,
-    facts_for_prompt,
-    llm_usage_today,
-    recent_decisions,
-    screen,
-)
 from pilot.context import PilotContext, build_context
-from pilot.guardrails import Facts, TrainingProposal, Verdict, rule_training
-from pilot.ledger import SpendSummary, record_spend
+from pilot.serving import registry
 from pilot.settings import Settings, load_settings
+from pilot.spend.guardrails import Facts, TrainingProposal, Verdict, rule_training
+from pilot.spend.ledger import LLM_EVENT, SpendSummary, llm_usage_today, record_spend
 from pilot.store import Store
 from pilot.store.models import Decision, Event, ExecutionRecordRow, ModelVersion, SpendEntry
 from pilot.store.status import ModelStatus
+from pilot.supervisor.agent import (
+    combine,
+    decide_with_agent,
+    facts_for_prompt,
+    recent_decisions,
+    screen,
+)
 from subagents.supervisor_agent import AgentDecision
 from tools.agent_tools import FENCE_CLOSE, FENCE_OPEN
 from tools.gpu.fake import FakeGpuProvider

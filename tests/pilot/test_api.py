@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func
 from sqlmodel import select
 
-from pilot.api import create_app
 from pilot.context import PilotContext, build_context
+from pilot.service.api import create_app
 from pilot.settings import Settings
 from pilot.store import Store
 from pilot.store.models import DeadLetter, Event, ExecutionRecordRow

@@ -14,9 +14,9 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from pilot.errors import BudgetError
-from pilot.ledger import reserve
-from pilot.reconcile import burn_exceeds_reservation
 from pilot.settings import BudgetSettings
+from pilot.spend.costs import burn_exceeds_reservation
+from pilot.spend.ledger import reserve
 from pilot.store import Store
 from pilot.store.models import SpendEntry, TrainingRun, utcnow
 

@@ -11,15 +11,15 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlmodel import select
 
-from pilot import canary, registry
-from pilot.api_route import router
 from pilot.context import PilotContext, build_context
-from pilot.cycle import run_cycle
-from pilot.deploy import pointer_path
-from pilot.ingest import ingest_lines
+from pilot.data.ingest import ingest_lines
+from pilot.service.api_route import router
+from pilot.serving import canary, registry
+from pilot.serving.deploy import pointer_path
 from pilot.settings import Settings
 from pilot.store import Store
 from pilot.store.models import Event
+from pilot.supervisor.cycle import run_cycle
 from tests.pilot.test_efficacy_rollback import add_version, live_records, promote
 
 SESSIONS = [f"sess-{i}" for i in range(2000)]

@@ -44,7 +44,7 @@ def config(tmp_path: Path) -> Path:
 def _pending_approval(config: Path) -> str:
     settings = load_settings(config)
     store = Store(settings.database_url)
-    from pilot import approvals
+    from pilot.supervisor import approvals
 
     with store.session(write=True) as s:
         decision = factories.decision(s)

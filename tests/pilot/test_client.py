@@ -1,4 +1,4 @@
-"""PilotClient against a real HTTP server on loopback that stores through pilot.ingest.store_batch."""
+"""PilotClient against a real HTTP server on loopback that stores through pilot.data.ingest.store_batch."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from sqlmodel import func, select
 
 from pilot.client import IngestClientError, PilotClient
-from pilot.ingest import store_batch
+from pilot.data.ingest import store_batch
 from pilot.store import Store
 from pilot.store.models import DeadLetter, ExecutionRecordRow
 from subagents.data.schema import ExecutionRecord, RecordError, parse_record

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pilot.daemon import sd_notify, watchdog_interval_s
+from pilot.service.daemon import sd_notify, watchdog_interval_s
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,7 +5,7 @@ evaluation by generation on the golden set -> the gate -> registry and serving t
     bootstrap lower bound clears the margin), deploys it, and reports the gate to Slack.
 (b) A poisoned dataset (75% of the successful records carry a consistently wrong answer): the candidate is never
     promoted. The gate is judged on a trusted golden file (``evaluation.golden_path``): a golden split drawn from
-    the poisoned records would share their wrong labels and could not catch them (see pilot/evaluate.py).
+    the poisoned records would share their wrong labels and could not catch them (see pilot/evaluation/evaluate.py).
 
 Recipe (config/demo.toml, shortened to fit a unit-test budget): LoRA r16 on all projections plus
 embed_tokens/lm_head, lr 3e-3, batch 32, 60 steps.
@@ -23,15 +23,15 @@ from typing import Any
 import pytest
 from sqlmodel import select
 
-from pilot import registry
 from pilot.context import build_context
-from pilot.cycle import run_cycle
-from pilot.deploy import pointer_path
-from pilot.ingest import ingest_lines
+from pilot.data.ingest import ingest_lines
+from pilot.serving import registry
+from pilot.serving.deploy import pointer_path
 from pilot.settings import Settings
 from pilot.store import Store
 from pilot.store.models import ModelVersion
 from pilot.store.status import ModelStatus
+from pilot.supervisor.cycle import run_cycle
 from subagents.data.samples import STYLES, convert, generate_demo_records, split_words
 from tests.helpers.tiny_model import tiny_base_model
 from tools.slack_fake import FakeSlack

@@ -2,7 +2,7 @@
 window, with no human: alias moved, serving target reverted, a ROLLBACK decision and events written, Slack told.
 
 The versions carry small real safetensors adapters in the artifact store (the monitor does not need trained
-weights: it judges live records), and the cycle is the real ``pilot.cycle.run_cycle``.
+weights: it judges live records), and the cycle is the real ``pilot.supervisor.cycle.run_cycle``.
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ import pytest
 from safetensors.numpy import save_file
 from sqlmodel import col, select
 
-from pilot import registry
 from pilot.context import PilotContext, build_context
-from pilot.cycle import run_cycle
-from pilot.deploy import make_target, pointer_path, sync_champion
-from pilot.ingest import ingest_lines
+from pilot.data.ingest import ingest_lines
+from pilot.serving import registry
+from pilot.serving.deploy import make_target, pointer_path, sync_champion
 from pilot.settings import Settings
 from pilot.store import Store
 from pilot.store.models import Decision, Event, ModelVersion, utcnow
 from pilot.store.status import DecisionAction, ModelStatus
+from pilot.supervisor.cycle import run_cycle
 from subagents.data.samples import generate_demo_records
 from tools.slack_fake import FakeSlack
 

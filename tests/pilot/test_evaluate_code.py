@@ -20,7 +20,7 @@ import pytest
 
 from jobs.common import read_jsonl
 from pilot.context import PilotContext, build_context
-from pilot.evaluate import EvaluationError, evaluate_version, score_items
+from pilot.evaluation.evaluate import EvaluationError, evaluate_version, score_items
 from pilot.settings import Settings
 from pilot.store import Store
 from subagents.data.curate import CurationConfig, curate

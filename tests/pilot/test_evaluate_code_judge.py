@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from sqlmodel import select
 
-from pilot.agent import llm_usage_today
-from pilot.evaluate import evaluate_version
+from pilot.evaluation.evaluate import evaluate_version
 from pilot.settings import JudgeSettings, Settings
+from pilot.spend.ledger import llm_usage_today
 from pilot.store import Store
 from pilot.store.models import Event, SpendEntry
 from subagents.judge import RUBRIC_SHA256

@@ -3,7 +3,7 @@ another process, and the next cycle resumes and promotes; the report shows in ``
 tampered or pickled adapter is refused at evaluation (the candidate is rejected) and at deployment.
 
 The graph is entered at the step under test with ``update_state(..., as_node=...)`` on the real checkpointer,
-then driven by ``invoke`` and ``pilot.cycle.run_cycle`` as the daemon drives it.
+then driven by ``invoke`` and ``pilot.supervisor.cycle.run_cycle`` as the daemon drives it.
 """
 
 from __future__ import annotations
@@ -21,18 +21,18 @@ import pytest
 from rich.console import Console
 from sqlmodel import select
 
-from pilot import registry
+from pilot.cli.render import models_report, render_explain, render_models
 from pilot.context import PilotContext, build_context
-from pilot.cycle import run_cycle
-from pilot.deploy import make_target, pointer_path, sync_champion
-from pilot.evaluate import evaluate_version
-from pilot.explain import explain
-from pilot.graph import build_graph, open_checkpointer
-from pilot.render import models_report, render_explain, render_models
+from pilot.evaluation.evaluate import evaluate_version
+from pilot.service.explain import explain
+from pilot.serving import registry
+from pilot.serving.deploy import make_target, pointer_path, sync_champion
 from pilot.settings import Settings
 from pilot.store import Store
 from pilot.store.models import Approval, Decision, ModelVersion
 from pilot.store.status import ApprovalKind, ApprovalStatus, ModelStatus
+from pilot.supervisor.cycle import run_cycle
+from pilot.supervisor.graph import build_graph, open_checkpointer
 from subagents.evaluation import GateConfig, PairedItem, compare
 from tests.pilot.test_efficacy_rollback import add_version, promote
 from tools.artifacts.base import sha256_file

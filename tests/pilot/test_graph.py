@@ -7,14 +7,14 @@ from collections.abc import Callable
 
 from sqlmodel import select
 
-from pilot.approvals import answer
 from pilot.context import build_context
-from pilot.cycle import run_cycle
-from pilot.ingest import ingest_lines
+from pilot.data.ingest import ingest_lines
 from pilot.settings import Settings
 from pilot.store import Store
 from pilot.store.models import Decision, TrainingRun
 from pilot.store.status import ApprovalStatus
+from pilot.supervisor.approvals import answer
+from pilot.supervisor.cycle import run_cycle
 from subagents.data.samples import generate_demo_records
 
 

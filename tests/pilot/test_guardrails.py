@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from pilot.guardrails import Facts, TrainingProposal, Verdict, rule_training
-from pilot.ledger import SpendSummary
 from pilot.settings import Settings, load_settings
+from pilot.spend.guardrails import Facts, TrainingProposal, Verdict, rule_training
+from pilot.spend.ledger import SpendSummary
 
 NOW = datetime(2026, 11, 21, 12, tzinfo=UTC)
 

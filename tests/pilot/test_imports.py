@@ -14,7 +14,7 @@ HEAVY = ("torch", "transformers", "peft", "litellm", "qdrant_client", "fastembed
 def test_daemon_imports_nothing_heavy() -> None:
     code = (
         "import sys\n"
-        "import pilot.daemon, pilot.graph, pilot.cycle, pilot.api, pilot.cli\n"
+        "import pilot.service.daemon, pilot.supervisor.graph, pilot.supervisor.cycle, pilot.service.api, pilot.cli\n"
         f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 from sqlalchemy import func
 from sqlmodel import select
 
-from pilot.ingest import ingest_drop_dir, ingest_file, ingest_lines
+from pilot.data.ingest import ingest_drop_dir, ingest_file, ingest_lines
 from pilot.store import Store
 from pilot.store.models import DeadLetter, ExecutionRecordRow
 from tests import factories

@@ -12,8 +12,8 @@ from qdrant_client import QdrantClient
 from sqlmodel import select
 
 from pilot.context import PilotContext, build_context
-from pilot.ingest import ingest_lines
-from pilot.kb import KbReport, kb_search, kb_watermark, refresh_knowledge_base
+from pilot.data.ingest import ingest_lines
+from pilot.data.knowledge import KbReport, kb_search, kb_watermark, refresh_knowledge_base
 from pilot.settings import Settings
 from pilot.store import Store
 from pilot.store.models import Event

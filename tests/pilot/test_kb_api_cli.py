@@ -17,8 +17,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from pilot.api_kb import router
-from pilot.cli_kb import kb_app
+from pilot.cli.kb import kb_app
+from pilot.service.api_kb import router
 from pilot.settings import Settings
 from tools.knowledge import EmbedderUnavailable, HashingEmbedder, KnowledgeBase, Solution, open_qdrant
 

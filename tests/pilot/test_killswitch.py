@@ -10,15 +10,16 @@ from pathlib import Path
 import pytest
 from sqlmodel import col, select
 
-from pilot import approvals, killswitch
 from pilot.context import PilotContext, build_context
-from pilot.deploy import make_target
-from pilot.ledger import reserve
+from pilot.service import killswitch
+from pilot.serving.deploy import make_target
 from pilot.settings import Settings
+from pilot.spend.ledger import reserve
 from pilot.store import Store
 from pilot.store.models import Approval, Event, SpendEntry, TrainingRun, utcnow
 from pilot.store.status import ApprovalKind, ApprovalStatus, RunStatus
 from pilot.store.writers import is_paused
+from pilot.supervisor import approvals
 from tests import factories
 from tools.artifacts.base import sha256_file
 from tools.gpu.base import LaunchSpec

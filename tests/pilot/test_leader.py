@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from pilot.leader import LeaderElection
+from pilot.service.leader import LeaderElection
 from pilot.store import Store
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from pilot.errors import BudgetError
-from pilot.ledger import record_spend, reserve, settle, spend_summary
 from pilot.settings import BudgetSettings
+from pilot.spend.ledger import record_spend, reserve, settle, spend_summary
 from pilot.store import Store
 
 CAPS = BudgetSettings(per_run_usd=5, per_day_usd=8, per_month_usd=20, max_dph=2)

@@ -11,9 +11,9 @@ from pathlib import Path
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from pilot.ledger import reserve
-from pilot.metrics import METRIC_NAMES, PilotMetrics
+from pilot.service.metrics import METRIC_NAMES, PilotMetrics
 from pilot.settings import Settings
+from pilot.spend.ledger import reserve
 from pilot.store import Store
 from pilot.store.models import utcnow
 from pilot.store.status import RunStatus

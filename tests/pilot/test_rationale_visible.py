@@ -7,13 +7,13 @@ from pathlib import Path
 
 from rich.console import Console
 
-from pilot import approvals
-from pilot.notify import approval_request
-from pilot.render import render_status
+from pilot.cli.render import render_status
+from pilot.service.status import build_status
 from pilot.settings import load_settings
-from pilot.status import build_status
 from pilot.store import Store
 from pilot.store.status import ApprovalKind
+from pilot.supervisor import approvals
+from pilot.supervisor.notify import approval_request
 from tests import factories
 
 RATIONALE = "Train: 1,043 new curated examples (>= 200) and $0.00 of $10.00 spent today; cites new_examples=1043."

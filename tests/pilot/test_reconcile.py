@@ -8,9 +8,9 @@ from datetime import timedelta
 from sqlmodel import col, select
 
 from pilot.context import PilotContext, build_context
-from pilot.ledger import reserve
-from pilot.reconcile import ReconcileState, reconcile
+from pilot.service.reconcile import ReconcileState, reconcile
 from pilot.settings import Settings
+from pilot.spend.ledger import reserve
 from pilot.store import Store
 from pilot.store.models import Event, SpendEntry, TrainingRun, utcnow
 from pilot.store.status import RunStatus

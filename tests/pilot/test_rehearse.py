@@ -1,6 +1,6 @@
 """``learning-pilot rehearse``: one loop of the Vast path on a local Vast server and moto S3, through the command.
 
-The full test drives ``rehearse_command`` through typer (as pilot/cli.py registers it) with a user config whose base
+The full test drives ``rehearse_command`` through typer (as pilot/cli/app.py registers it) with a user config whose base
 model is the cached tiny model, and asserts the exit status, the printed ledger-vs-charges line, the approval by the
 rehearsal, and that nothing is left on the server or on disk. The fast tests pin what keeps a rehearsal from
 touching the user's world: the settings it derives, and the one-line exit when moto is missing.
@@ -19,8 +19,8 @@ import typer
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from pilot.cli_rehearse import rehearse_command
-from pilot.rehearse import MOTO_MISSING, RehearsalError, load_records, offer_book_path, rehearsal_settings
+from pilot.cli.rehearse import MOTO_MISSING, RehearsalError, load_records, offer_book_path, rehearsal_settings
+from pilot.cli.rehearse_command import rehearse_command
 from pilot.settings import Settings, load_settings
 from pilot.store import Store
 from subagents.data.samples import generate_demo_records
@@ -39,7 +39,7 @@ class _Obj:
 
 
 def _app(config: Path) -> typer.Typer:
-    """The command as pilot/cli.py registers it: ``app.command("rehearse")(rehearse_command)`` under a callback
+    """The command as pilot/cli/app.py registers it: ``app.command("rehearse")(rehearse_command)`` under a callback
     that puts the settings loader in ``ctx.obj``."""
     app = typer.Typer()
 

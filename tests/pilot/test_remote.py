@@ -14,8 +14,9 @@ import pytest
 from sqlmodel import select
 from test_remote_rig import AWS, VAST_KEY, Rig, make_rig, moto_endpoint
 
-from pilot.reconcile import reconcile
-from pilot.remote import onstart_script, remote_state
+from pilot.runs.host import onstart_script
+from pilot.runs.remote import remote_state
+from pilot.service.reconcile import reconcile
 from pilot.settings import Settings
 from pilot.store import Store
 from pilot.store.models import Event, ModelVersion, TrainingRun, utcnow
@@ -271,13 +272,13 @@ def test_unknown_labelled_instance_is_destroyed_as_orphan(rig_factory: Callable[
 
 
 def _launch(rig: Rig, run: TrainingRun) -> TrainingRun:
-    from pilot.runs import launch_run
+    from pilot.runs.driver import launch_run
 
     return launch_run(rig.ctx, run, rig.snapshot)
 
 
 def _watch(rig: Rig, run: TrainingRun) -> TrainingRun:
-    from pilot.runs import watch_run
+    from pilot.runs.driver import watch_run
 
     return watch_run(rig.ctx, run.id, poll_s=0.05)
 

@@ -1,4 +1,4 @@
-"""Evaluation as a stage on a rented host (pilot/remote_eval.py), through the local Vast server (real ``vastai``
+"""Evaluation as a stage on a rented host (pilot/evaluation/remote.py), through the local Vast server (real ``vastai``
 client, instances that run the onstart bootstrap and jobs.remote_entry as local processes) and moto S3.
 
 - The real stage: jobs.generate on the cached tiny model with two real LoRA adapters on the "host"; the daemon's
@@ -24,11 +24,11 @@ from sqlmodel import select
 from test_remote_rig import AWS, VAST_KEY, Rig, make_rig, moto_endpoint
 
 from jobs.common import quiet_peft_deprecations
-from pilot import registry
-from pilot.evaluate import EvaluationError, evaluate_version
-from pilot.ledger import reserve
-from pilot.remote_eval import evaluates_remotely, live_stage_labels, reconcile_stages
+from pilot.evaluation.evaluate import EvaluationError, evaluate_version
+from pilot.evaluation.remote import evaluates_remotely, live_stage_labels, reconcile_stages
+from pilot.serving import registry
 from pilot.settings import Settings
+from pilot.spend.ledger import reserve
 from pilot.store import Store
 from pilot.store.models import Event, ModelVersion, SpendEntry, utcnow
 from pilot.store.status import ModelStatus

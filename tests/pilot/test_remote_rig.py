@@ -19,7 +19,8 @@ from moto.server import ThreadedMotoServer
 from sqlmodel import select
 
 from pilot.context import PilotContext, build_context
-from pilot.runs import create_run, launch_run, training_params, watch_run
+from pilot.runs.driver import launch_run, watch_run
+from pilot.runs.lifecycle import create_run, training_params
 from pilot.settings import Settings
 from pilot.store import Store
 from pilot.store.models import DatasetSnapshot, Decision, SpendEntry, TrainingRun

@@ -83,10 +83,10 @@ def test_shipped_configs_load(name: str, monkeypatch: pytest.MonkeyPatch, tmp_pa
 
 
 def test_the_example_config_lists_every_key() -> None:
-    from pilot.config_doc import example_toml
+    from pilot.cli.config_doc import example_toml
 
     assert (REPO / "config" / "pilot.example.toml").read_text() == example_toml(), (
-        "config/pilot.example.toml is stale: run `python -m pilot.config_doc`"
+        "config/pilot.example.toml is stale: run `python -m pilot.cli.config_doc`"
     )
 
 

@@ -16,13 +16,13 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import col, select
 
-from pilot import approvals, notify
-from pilot.api import create_app
 from pilot.context import PilotContext, build_context
+from pilot.service.api import create_app
 from pilot.settings import Settings
 from pilot.store import Store
 from pilot.store.models import Approval, Decision, Event, utcnow
 from pilot.store.status import ApprovalKind, ApprovalStatus
+from pilot.supervisor import approvals, notify
 from tests import factories
 from tools.slack_fake import FakeSlack
 
@@ -251,9 +251,9 @@ def test_round_trip_post_click_resume_after_restart_message_updated(
 ) -> None:
     """The whole path: a cycle asks, Slack shows it, a signed click answers, a restarted daemon's cycle resumes
     the waiting LangGraph thread, and the message shows the outcome and who gave it."""
-    from pilot.cycle import run_cycle
-    from pilot.ingest import ingest_lines
+    from pilot.data.ingest import ingest_lines
     from pilot.store.models import TrainingRun
+    from pilot.supervisor.cycle import run_cycle
 
     settings = make_settings(
         gpu={"provider": "fake"},

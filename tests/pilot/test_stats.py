@@ -11,9 +11,9 @@ import pytest
 from sqlmodel import func, select
 
 from pilot.context import build_context
-from pilot.ingest import ingest_lines
+from pilot.data.ingest import ingest_lines
+from pilot.data.stats import decision_stats, js_divergence, success_rate_trend, task_drift
 from pilot.settings import Settings
-from pilot.stats import decision_stats, js_divergence, success_rate_trend, task_drift
 from pilot.store import Store
 from pilot.store.models import DatasetSnapshot, ExecutionRecordRow
 from tools.knowledge import HashingEmbedder

@@ -17,14 +17,14 @@ import pytest
 from sqlmodel import select
 from test_remote_rig import AWS, Rig, make_rig, moto_endpoint
 
-from pilot.cycle import run_cycle
-from pilot.ingest import ingest_lines
-from pilot.remote import remote_state
-from pilot.runs import launch_run, watch_run
+from pilot.data.ingest import ingest_lines
+from pilot.runs.driver import launch_run, watch_run
+from pilot.runs.remote import remote_state
 from pilot.settings import Settings
 from pilot.store import Store
 from pilot.store.models import ModelVersion, TrainingRun
 from pilot.store.status import RunStatus
+from pilot.supervisor.cycle import run_cycle
 from subagents.data.samples import generate_demo_records
 from tests.helpers.tiny_model import tiny_base_model
 

@@ -72,7 +72,7 @@ def test_the_chat_model_adapter_binds_tools_and_reports_usage() -> None:
 
 
 def test_importing_the_module_does_not_import_litellm() -> None:
-    code = "import sys, tools.llm, pilot.agent; print('litellm' in sys.modules)"
+    code = "import sys, tools.llm, pilot.supervisor.agent; print('litellm' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "False"
 

@@ -1,0 +1,3 @@
+from pilot.cli.app import main
+
+main()

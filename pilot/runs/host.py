@@ -1,0 +1,361 @@
+"""What a rented host gets and what it hands back: code archive, bootstrap, manifest of presigned URLs, uploads.
+
+The host is an untrusted third-party machine. It gets one presigned GET URL (the manifest, in the env as
+``LP_MANIFEST_URL``) and a short bootstrap script; the manifest lists presigned GETs for the code archive (the
+``jobs`` package + pinned requirements), the snapshot's train/eval files and the checkpoint to resume from, each
+with its sha256, and presigned PUTs for the heartbeat, checkpoints, adapter and result. See jobs/remote_entry.py.
+
+Invariants:
+- Nothing sent to the host (env, onstart, label, manifest) contains a credential: the Vast API key, the S3 secret,
+  or any secret setting. ``host_spec`` refuses otherwise (``check_no_credentials``).
+- What comes back is read as untrusted: small JSON objects only, checkpoints verified file by file against their
+  marker's sha256, adapters verified (sha256 from the result, safetensors only, no pickle) before being stored
+  under ``runs/<run_id>/adapter/``.
+
+Shared by training attempts (pilot/runs/remote.py) and evaluation stages (pilot/evaluation/remote.py).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import shlex
+import tarfile
+from collections.abc import Iterable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, SecretStr
+
+from pilot.context import PilotContext
+from pilot.runs import lifecycle as runs
+from pilot.store.models import DatasetSnapshot, TrainingRun
+from subagents.training import TrainingParams, job_config
+from tools.artifacts.base import PICKLE_SUFFIXES, SAFE_ADAPTER_SUFFIXES, refuse_pickled
+from tools.errors import ArtifactError, ArtifactNotFound, IntegrityError, LaunchFailed
+from tools.gpu.base import LaunchSpec
+
+logger = logging.getLogger(__name__)
+
+JOBS_DIR = Path(__file__).resolve().parents[2] / "jobs"
+MANIFEST_ENV = "LP_MANIFEST_URL"
+JOB_REQUIREMENTS = ("torch", "transformers", "peft", "safetensors", "tokenizers", "accelerate")
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+CHECKPOINT_FILES = (
+    "adapter_model.safetensors",
+    "adapter_config.json",
+    "optimizer.safetensors",
+    "rng_state.safetensors",
+    "trainer_state.json",
+)
+SLOTS = ("a", "b")
+
+
+# -- what goes to the host ---------------------------------------------------------------------------------
+def pinned_requirements() -> str:
+    """The job's dependencies pinned to the versions installed here (the ones the job is tested with)."""
+    lines = []
+    for name in JOB_REQUIREMENTS:
+        try:
+            lines.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            lines.append(name)
+    return "\n".join(lines) + "\n"
+
+
+def code_archive() -> bytes:
+    """A reproducible tar.gz of the ``jobs`` package (sources only) and ``requirements.txt``."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=6) as tar:
+
+        def add(name: str, data: bytes) -> None:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            tar.addfile(info, io.BytesIO(data))
+
+        for path in sorted(JOBS_DIR.glob("*.py")):
+            add(f"jobs/{path.name}", path.read_bytes())
+        add("requirements.txt", pinned_requirements().encode())
+    return buffer.getvalue()
+
+
+def onstart_script(python: str) -> str:
+    """The bootstrap: fetch the manifest and code (sha256-checked), install deps only if missing, run the entry."""
+    boot = (
+        "import hashlib,io,json,os,tarfile,time,urllib.request as u\n"
+        "def get(url):\n"
+        " for i in range(5):\n"
+        "  try:\n"
+        "   with u.urlopen(url,timeout=120) as r: return r.read()\n"
+        "  except OSError:\n"
+        "   if i==4: raise\n"
+        "   time.sleep(2**i)\n"
+        f"m=get(os.environ['{MANIFEST_ENV}']);open('manifest.json','wb').write(m);c=json.loads(m)['code']\n"
+        "b=get(c['url'])\n"
+        "if hashlib.sha256(b).hexdigest()!=c['sha256']: raise SystemExit('code archive sha256 mismatch')\n"
+        "t=tarfile.open(fileobj=io.BytesIO(b))\n"
+        "for n in t.getnames():\n"
+        " if n.startswith('/') or '..' in n.split('/'): raise SystemExit('unsafe path in code archive')\n"
+        "t.extractall('code')\n"
+    )
+    check = (
+        "import importlib.util as u,sys;"
+        f"sys.exit(any(u.find_spec(m) is None for m in {tuple(m for m in JOB_REQUIREMENTS if m != 'accelerate')!r}))"
+    )
+    py = shlex.quote(python)
+    return "\n".join(
+        [
+            "set -eu",
+            'W="$PWD/lp-job"; mkdir -p "$W"; cd "$W"',
+            f"{py} - <<'LP_BOOT'\n{boot}LP_BOOT",
+            f"{py} -c {shlex.quote(check)} || {py} -m pip install --no-cache-dir -q -r code/requirements.txt",
+            f"cd code && exec {py} -m jobs.remote_entry --manifest ../manifest.json",
+        ]
+    )
+
+
+def secrets_to_withhold(ctx: PilotContext) -> list[str]:
+    """Every credential this process holds that a rented host must never see."""
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, SecretStr):
+            found.append(value.get_secret_value())
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(getattr(value, name))
+
+    walk(ctx.settings)
+    for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        if os.environ.get(name):
+            found.append(os.environ[name])
+    try:
+        import boto3
+
+        credentials = boto3.session.Session().get_credentials()
+        if credentials is not None:
+            found.append(credentials.get_frozen_credentials().secret_key)
+    except Exception:  # no boto3 chain configured: nothing to withhold from it
+        logger.debug("no boto3 credentials found", exc_info=True)
+    return sorted({s for s in found if s and len(s) >= 8})
+
+
+def check_no_credentials(texts: Iterable[str], secrets: Iterable[str], *, label: str) -> None:
+    blob = "\n".join(texts)
+    if any(secret in blob for secret in secrets):
+        raise LaunchFailed(f"refusing to send a credential to a rented host (launch {label})")
+
+
+def upload_manifest(ctx: PilotContext, key: str, manifest: dict[str, Any], scratch_file: Path) -> str:
+    """Store the manifest under ``key``; returns the presigned GET the host's bootstrap reads (``MANIFEST_ENV``)."""
+    scratch_file.parent.mkdir(parents=True, exist_ok=True)
+    scratch_file.write_text(json.dumps(manifest))
+    ref = ctx.artifacts.put(key, scratch_file)
+    get_s, _ = url_lifetimes(ctx)
+    return ctx.artifacts.presign_get(ref.key, expires_s=get_s)
+
+
+def host_spec(
+    ctx: PilotContext,
+    *,
+    label: str,
+    offer_id: str,
+    bid: float | None,
+    manifest: dict[str, Any],
+    manifest_url: str,
+    secrets: Iterable[str],
+) -> LaunchSpec:
+    """The launch of a host that bootstraps from ``manifest_url``; refused (``LaunchFailed``) when anything sent
+    to the host, the manifest included, holds a credential."""
+    remote = ctx.settings.gpu.remote
+    env = {
+        **remote.job_env,
+        MANIFEST_ENV: manifest_url,
+        "PYTHONUNBUFFERED": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    spec = LaunchSpec(
+        label=label,
+        offer_id=offer_id,
+        image=ctx.settings.gpu.vast.image,
+        command=["/bin/bash", "-c", onstart_script(remote.python)],
+        env=env,
+        disk_gb=remote.disk_gb,
+        bid_price=bid,
+        onstart=onstart_script(remote.python),
+    )
+    check_no_credentials(
+        [spec.label, spec.image, spec.onstart or "", *spec.command, *env, *env.values(), json.dumps(manifest)],
+        secrets,
+        label=label,
+    )
+    return spec
+
+
+# -- keys -------------------------------------------------------------------------------------------------
+def attempt_prefix(run_id: str, n: int) -> str:
+    return f"runs/{run_id}/attempt-{n}"
+
+
+def read_json(ctx: PilotContext, key: str, scratch: Path) -> dict[str, Any] | None:
+    """A small JSON object the host uploaded; None when absent or unreadable (hosts are not trusted)."""
+    dest = scratch / key.replace("/", "__")
+    try:
+        ctx.artifacts.get(key, dest)
+        data = json.loads(dest.read_text())
+    except (ArtifactNotFound, ValueError, OSError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def scratch_dir(ctx: PilotContext, run_id: str) -> Path:
+    path = ctx.settings.work_dir / "runs" / run_id / "remote"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def stage_inputs(ctx: PilotContext, run: TrainingRun, snapshot: DatasetSnapshot) -> dict[str, Any]:
+    """Put the code archive and the snapshot's files in the artifact store once per run (key, sha256, path)."""
+    existing = (run.config.get("remote") or {}).get("inputs")
+    if existing:
+        return dict(existing)
+    scratch = scratch_dir(ctx, run.id)
+    archive = scratch / "code.tar.gz"
+    archive.write_bytes(code_archive())
+    files = {"code": (archive, "code.tar.gz")}
+    snap = Path(snapshot.path)
+    for name in ("train", "eval"):
+        if (snap / f"{name}.jsonl").is_file():
+            files[name] = (snap / f"{name}.jsonl", f"data/{name}.jsonl")
+    staged = {}
+    for name, (path, rel) in files.items():
+        ref = ctx.artifacts.put(f"runs/{run.id}/inputs/{path.name}", path)
+        staged[name] = {"key": ref.key, "sha256": ref.sha256, "path": rel}
+    return staged
+
+
+def url_lifetimes(ctx: PilotContext, *, run_s: float | None = None) -> tuple[int, int]:
+    """(GET, PUT) URL lifetimes: inputs are read once the host boots; outputs are written until the deadline
+    (``run_s`` after loading; by default the training run's ``max_duration_minutes``)."""
+    remote, training = ctx.settings.gpu.remote, ctx.settings.training
+    run_s = run_s if run_s is not None else training.max_duration_minutes * 60
+    get_s = int(remote.loading_timeout_s + ctx.settings.artifacts.presign_expiry_s)
+    put_s = int(remote.loading_timeout_s + run_s + 600)
+    ceiling = getattr(ctx.artifacts, "max_presign_s", None)
+    if isinstance(ceiling, int):
+        if put_s > ceiling:
+            logger.warning(
+                "Upload URLs capped at the store's %d s, shorter than the run's %d s deadline", ceiling, put_s
+            )
+        get_s, put_s = min(get_s, ceiling), min(put_s, ceiling)
+    return get_s, put_s
+
+
+def build_manifest(
+    ctx: PilotContext, run: TrainingRun, *, n: int, inputs: dict[str, Any], checkpoint: dict[str, Any] | None
+) -> dict[str, Any]:
+    get_s, put_s = url_lifetimes(ctx)
+    prefix = attempt_prefix(run.id, n)
+    remote = ctx.settings.gpu.remote
+    config = job_config(
+        _params(ctx),
+        train_file=Path(inputs["train"]["path"]),
+        eval_file=Path(inputs["eval"]["path"]) if "eval" in inputs else None,
+        output_dir=Path("output"),
+    )
+    config.update(save_steps=remote.save_steps, heartbeat_every_s=min(remote.heartbeat_every_s, 10.0))
+
+    def get(ref: dict[str, Any]) -> dict[str, Any]:
+        return {"url": ctx.artifacts.presign_get(ref["key"], expires_s=get_s), "sha256": ref["sha256"]}
+
+    def put(key: str) -> str:
+        return ctx.artifacts.presign_put(key, expires_s=put_s)
+
+    return {
+        "run_id": run.id,
+        "attempt": n,
+        "heartbeat_every_s": remote.heartbeat_every_s,
+        "job_module": remote.job_module,
+        "code": get(inputs["code"]),
+        "inputs": {name: {**get(ref), "path": ref["path"]} for name, ref in inputs.items() if name != "code"},
+        "config": config,
+        "checkpoint": None
+        if checkpoint is None
+        else {"step": checkpoint["step"], "files": {name: get(ref) for name, ref in checkpoint["files"].items()}},
+        "outputs": {
+            "heartbeat": put(f"{prefix}/heartbeat.json"),
+            "result": put(f"{prefix}/result.json"),
+            "adapter": {name: put(f"{prefix}/adapter/{name}") for name in ADAPTER_FILES},
+            "checkpoint_slots": [
+                {
+                    "files": {name: put(f"{prefix}/checkpoint-{slot}/{name}") for name in CHECKPOINT_FILES},
+                    "marker": put(f"{prefix}/checkpoint-{slot}/checkpoint.json"),
+                }
+                for slot in SLOTS
+            ],
+        },
+    }
+
+
+def _params(ctx: PilotContext) -> TrainingParams:
+    return runs.training_params(ctx)
+
+
+# -- what comes back --------------------------------------------------------------------------------------
+def read_heartbeat(ctx: PilotContext, run_id: str, n: int) -> dict[str, Any] | None:
+    return read_json(ctx, f"{attempt_prefix(run_id, n)}/heartbeat.json", scratch_dir(ctx, run_id))
+
+
+def read_result(ctx: PilotContext, run_id: str, n: int) -> dict[str, Any] | None:
+    return read_json(ctx, f"{attempt_prefix(run_id, n)}/result.json", scratch_dir(ctx, run_id))
+
+
+def latest_checkpoint(ctx: PilotContext, run_id: str, attempts: Iterable[int]) -> dict[str, Any] | None:
+    """The newest checkpoint whose every file matches its marker's sha256 (downloaded to verify)."""
+    scratch = scratch_dir(ctx, run_id)
+    found: list[tuple[int, str, dict[str, Any]]] = []
+    for n in attempts:
+        for slot in SLOTS:
+            prefix = f"{attempt_prefix(run_id, n)}/checkpoint-{slot}"
+            marker = read_json(ctx, f"{prefix}/checkpoint.json", scratch)
+            if marker and isinstance(marker.get("files"), dict) and "adapter_model.safetensors" in marker["files"]:
+                found.append((int(marker["step"]), prefix, marker))
+    for step, prefix, marker in sorted(found, key=lambda f: f[0], reverse=True):
+        files = {}
+        try:
+            for name, meta in marker["files"].items():
+                if name not in CHECKPOINT_FILES:
+                    raise IntegrityError(f"unexpected checkpoint file {name!r}")
+                key = f"{prefix}/{name}"
+                ctx.artifacts.get(key, scratch / "verify" / name, sha256=str(meta["sha256"]))
+                files[name] = {"key": key, "sha256": str(meta["sha256"])}
+        except (ArtifactError, KeyError) as exc:
+            logger.warning("Checkpoint %s (step %d) of run %s is incomplete: %s", prefix, step, run_id, exc)
+            continue
+        return {"step": step, "prefix": prefix, "files": files}
+    return None
+
+
+def collect_adapter(ctx: PilotContext, run_id: str, n: int, result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Verify the uploaded adapter (sha256, safetensors only) and store it under ``runs/<id>/adapter/``."""
+    claimed = result.get("adapter") or {}
+    if not isinstance(claimed, dict) or "adapter_model.safetensors" not in claimed:
+        raise IntegrityError("the result names no adapter_model.safetensors")
+    local = scratch_dir(ctx, run_id) / f"adapter-{n}"
+    verified: dict[str, Path] = {}
+    for name, meta in sorted(claimed.items()):
+        suffix = Path(name).suffix
+        if name not in ADAPTER_FILES or suffix in PICKLE_SUFFIXES or suffix not in SAFE_ADAPTER_SUFFIXES:
+            raise IntegrityError(f"refusing adapter file {name!r}")
+        key = f"{attempt_prefix(run_id, n)}/adapter/{name}"
+        verified[name] = ctx.artifacts.get(key, local / name, sha256=str(meta["sha256"]))
+        refuse_pickled(name, verified[name])
+    # Only once every file passed is anything stored where a candidate would point.
+    stored: dict[str, dict[str, Any]] = {}
+    for name, path in verified.items():
+        ref = ctx.artifacts.put(f"runs/{run_id}/adapter/{name}", path)
+        stored[name] = {"key": ref.key, "uri": ref.uri, "sha256": ref.sha256, "size": ref.size}
+    return stored

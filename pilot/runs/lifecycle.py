@@ -1,0 +1,210 @@
+"""The training run lifecycle — where money is spent.
+
+Order (intent before side effect): the run row and its budget reservation are committed (PENDING) before
+anything is rented; the instance is labelled ``learning-pilot/<env>/<run_id>`` so a crash at any point is
+recoverable by the reconciler; the instance is always destroyed at the end and verified gone; the actual cost
+replaces the reservation. Only ``pilot.store.writers`` changes the run's status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func
+from sqlmodel import Session, select
+
+from pilot.context import PilotContext
+from pilot.spend.ledger import reserve, settle
+from pilot.store.models import DatasetSnapshot, ModelVersion, TrainingRun, utcnow
+from pilot.store.status import ModelStatus, RunStatus, RunTerminationReason
+from pilot.store.writers import record_event, switch_run_status
+from subagents.training import TrainingParams, TrainingPlan
+from tools.artifacts.base import PICKLE_SUFFIXES
+from tools.errors import PilotError
+from tools.gpu.base import InstanceState, instance_label
+
+logger = logging.getLogger(__name__)
+
+
+def is_remote(provider_name: str) -> bool:
+    """Every provider but ``local`` boots a host that fetches its inputs (see ``pilot.runs.remote``)."""
+    return provider_name != "local"
+
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+RESERVATION_HEADROOM = 1.5
+SERVED_SUFFIXES = (".safetensors", ".json")
+
+
+def training_params(ctx: PilotContext) -> TrainingParams:
+    t = ctx.settings.training
+    fields = TrainingParams.__dataclass_fields__
+    return TrainingParams(**{name: getattr(t, name) for name in fields})
+
+
+def create_run(
+    ctx: PilotContext, *, decision_id: str, approval_id: str | None, snapshot: DatasetSnapshot, plan: TrainingPlan
+) -> TrainingRun:
+    """Commit the run row and its reservation. Idempotent per decision (a re-run graph node finds its run)."""
+    with ctx.store.session(write=True) as session:
+        existing = session.exec(select(TrainingRun).where(TrainingRun.decision_id == decision_id)).first()
+        if existing is not None:
+            return existing
+        run_id = f"run-{uuid.uuid4().hex[:10]}"
+        # Reserve the estimate plus headroom (capped at the per-run cap): a run is stopped when its live burn
+        # would pass the reservation, and an estimate is only an estimate.
+        reserved = round(min(plan.estimated_cost_usd * RESERVATION_HEADROOM, ctx.settings.budget.per_run_usd), 4)
+        reserved = max(reserved, plan.estimated_cost_usd)
+        reserve(
+            ctx.store,
+            session,
+            amount_usd=reserved,
+            caps=ctx.settings.budget,
+            run_id=run_id,
+            note=f"{plan.offer.gpu_name} at ${plan.offer.dph_total:.3f}/h for ~{plan.expected_hours:.2f} h",
+        )
+        run = TrainingRun(
+            id=run_id,
+            decision_id=decision_id,
+            approval_id=approval_id,
+            snapshot_id=snapshot.id,
+            status=RunStatus.PENDING,
+            provider=ctx.gpu.name,
+            label=instance_label(ctx.settings.env, run_id),
+            offer_id=plan.offer.id,
+            dph=plan.offer.dph_total,
+            estimated_cost_usd=plan.estimated_cost_usd,
+            config={"plan": plan.figures, "params": asdict(training_params(ctx)), "reserved_usd": reserved},
+        )
+        session.add(run)
+        session.flush()
+        record_event(
+            session,
+            entity_type="training_run",
+            entity_id=run_id,
+            actor="supervisor",
+            reason=f"run created for decision {decision_id}; estimated ${plan.estimated_cost_usd:.4f}, "
+            f"${reserved:.4f} reserved",
+            new=RunStatus.PENDING,
+        )
+    return run
+
+
+def run_dir(ctx: PilotContext, run_id: str) -> Path:
+    return ctx.settings.work_dir / "runs" / run_id
+
+
+def fail_run(
+    ctx: PilotContext, run_id: str, termination: RunTerminationReason, message: str, *, cost: float
+) -> TrainingRun:
+    with ctx.store.session(write=True) as session:
+        run = switch_run_status(
+            session,
+            run_id,
+            termination.to_status(),
+            actor="system",
+            reason=message,
+            termination_reason=termination,
+            status_message=message,
+            actual_cost_usd=cost,
+        )
+        settle(session, run_id, cost, note=message[:200])
+    return run
+
+
+def destroy_and_verify(ctx: PilotContext, instance_id: str, *, attempts: int = 5) -> bool:
+    """Terminate and confirm with the provider that the instance is gone. Logs loudly if it is not."""
+    for attempt in range(attempts):
+        try:
+            ctx.gpu.terminate(instance_id)
+            if ctx.gpu.poll(instance_id).state is InstanceState.GONE:
+                return True
+        except PilotError as exc:
+            logger.warning("Terminating instance %s (attempt %d) failed: %s", instance_id, attempt + 1, exc)
+        time.sleep(min(2**attempt, 10) * 0.1)
+    logger.error("Failed to terminate instance %s. Terminate it manually to avoid accumulating charges.", instance_id)
+    return False
+
+
+def _elapsed_cost(run: TrainingRun) -> float:
+    started = run.started_at or run.created_at
+    hours = max((utcnow() - started).total_seconds(), 0.0) / 3600
+    return round(run.dph * hours, 6)
+
+
+def collect_run(ctx: PilotContext, run: TrainingRun, *, cost: float) -> TrainingRun:
+    """Verify and store the adapter (safetensors only), record metrics, register the candidate version."""
+    output_dir = run_dir(ctx, run.id) / "output"
+    adapter_dir = output_dir / "adapter"
+    present = sorted(p for p in adapter_dir.glob("*") if p.is_file()) if adapter_dir.is_dir() else []
+    unsafe = [p.name for p in present if p.suffix in PICKLE_SUFFIXES]
+    # Only weights and their config are kept; what a trainer writes beside them (README.md) is not an artifact.
+    files = [p for p in present if p.suffix in SERVED_SUFFIXES]
+    if not files or not (adapter_dir / ADAPTER_WEIGHTS).is_file() or unsafe:
+        why = f"refused unsafe files {unsafe}" if unsafe else f"no {ADAPTER_WEIGHTS} in the job's output"
+        return fail_run(ctx, run.id, RunTerminationReason.INVALID_OUTPUT, why, cost=cost)
+    stored: dict[str, dict[str, Any]] = {}
+    for path in files:
+        ref = ctx.artifacts.put(f"runs/{run.id}/adapter/{path.name}", path)
+        stored[path.name] = {"key": ref.key, "uri": ref.uri, "sha256": ref.sha256, "size": ref.size}
+    metrics_file = output_dir / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    return register_candidate(ctx, run, stored, metrics, cost=cost)
+
+
+def register_candidate(
+    ctx: PilotContext, run: TrainingRun, stored: dict[str, dict[str, Any]], metrics: dict[str, Any], *, cost: float
+) -> TrainingRun:
+    """Record the verified adapter as a candidate version, settle the ledger, and end the run SUCCEEDED."""
+    with ctx.store.session(write=True) as session:
+        snapshot = session.get(DatasetSnapshot, run.snapshot_id)
+        version_id = _next_version_id(session)
+        weights = stored[ADAPTER_WEIGHTS]
+        session.add(
+            ModelVersion(
+                id=version_id,
+                status=ModelStatus.CANDIDATE,
+                run_id=run.id,
+                snapshot_id=run.snapshot_id,
+                snapshot_hash=snapshot.content_hash if snapshot else None,
+                base_model=ctx.settings.training.base_model,
+                adapter_uri=str(weights["uri"]).rsplit("/", 1)[0],
+                adapter_sha256=str(weights["sha256"]),
+                adapter_files=stored,
+            )
+        )
+        record_event(
+            session,
+            entity_type="model_version",
+            entity_id=version_id,
+            actor="system",
+            reason=f"candidate from run {run.id}, adapter sha256 {weights['sha256'][:12]}",
+            new=ModelStatus.CANDIDATE,
+        )
+        settle(session, run.id, cost, note="actual")
+        run = switch_run_status(
+            session,
+            run.id,
+            RunStatus.SUCCEEDED,
+            actor="system",
+            reason=f"adapter stored as {version_id}",
+            metrics=metrics,
+            actual_cost_usd=cost,
+        )
+    return run
+
+
+def version_for_run(ctx: PilotContext, run_id: str) -> ModelVersion | None:
+    with ctx.store.session() as session:
+        return session.exec(select(ModelVersion).where(ModelVersion.run_id == run_id)).first()
+
+
+def _next_version_id(session: Session) -> str:
+    count = session.exec(select(func.count()).select_from(ModelVersion)).one()
+    return f"v{int(count) + 1}"

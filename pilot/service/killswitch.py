@@ -1,0 +1,319 @@
+"""The kill switch: stop spending now, verify it stopped, and stay stopped until a human resumes.
+
+Order (each step runs even when an earlier one partly failed; what could not be done goes into the report):
+
+1. persist ``paused`` (committed before anything else, so no new launch can start, in any process, and the
+   flag survives restarts until ``resume``);
+2. cancel every pending approval (so an approval clicked later cannot start a run);
+3. destroy every owned instance (``gpu.list_owned(label_prefix)``) in parallel and **verify with the provider**
+   that each is gone (terminate, poll until ``GONE``, retry with backoff);
+4. cancel the runs still in flight (``RunTerminationReason.KILL_SWITCH``) and settle their spend (elapsed
+   time x $/h; zero for runs that never got an instance);
+5. re-assert the last stable champion on the serving target (``pilot.serving.deploy.revert_to_stable``);
+6. notify Slack (when configured); 7. write an ``incident`` event holding the report.
+
+It shares no lock with the scheduler: it uses its own sessions and threads, so it works while a cycle is
+running or stuck. It is idempotent: a second call finds nothing left to do and says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+from sqlmodel import col, select
+
+from pilot.context import PilotContext
+from pilot.errors import ConflictError, TransitionError
+from pilot.spend.ledger import settle
+from pilot.store.models import TrainingRun, utcnow
+from pilot.store.status import ApprovalStatus, RunStatus, RunTerminationReason
+from pilot.store.writers import is_paused, record_event, set_paused, switch_approval_status, switch_run_status
+from pilot.supervisor import approvals
+from tools.errors import PilotError
+from tools.gpu.base import GpuProvider, InstanceState
+
+logger = logging.getLogger(__name__)
+
+IN_FLIGHT = (RunStatus.PENDING, RunStatus.PROVISIONING, RunStatus.RUNNING, RunStatus.COLLECTING)
+
+
+@dataclass(frozen=True)
+class InstanceOutcome:
+    instance_id: str
+    label: str
+    gone: bool
+    attempts: int
+    error: str | None = None
+
+
+@dataclass
+class KillReport:
+    actor: str
+    reason: str
+    started_at: str
+    was_paused: bool = False
+    paused: bool = False
+    approvals_cancelled: list[str] = field(default_factory=list)
+    instances: list[InstanceOutcome] = field(default_factory=list)
+    runs_cancelled: list[dict[str, Any]] = field(default_factory=list)
+    deployment: dict[str, Any] | None = None
+    slack_notified: bool = False
+    problems: list[str] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.paused and not self.problems and all(i.gone for i in self.instances)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ok"] = self.ok
+        data["instances_destroyed"] = [i.instance_id for i in self.instances if i.gone]
+        data["instances_not_verified"] = [i.instance_id for i in self.instances if not i.gone]
+        return data
+
+
+def destroy_verified(
+    gpu: GpuProvider, instance_id: str, *, attempts: int = 6, base_delay_s: float = 0.05
+) -> tuple[bool, int, str | None]:
+    """Terminate and poll until the provider says GONE. Returns (gone, attempts used, last error)."""
+    error: str | None = None
+    for attempt in range(1, attempts + 1):
+        try:
+            gpu.terminate(instance_id)
+            if gpu.poll(instance_id).state is InstanceState.GONE:
+                return True, attempt, None
+            error = "still listed after terminate"
+        except PilotError as exc:
+            error = f"{exc.__class__.__name__}: {exc}"
+            logger.warning("Kill switch: terminating instance %s (attempt %d) failed: %s", instance_id, attempt, exc)
+        time.sleep(min(base_delay_s * 2 ** (attempt - 1), 2.0))
+    logger.error(
+        "Kill switch: failed to terminate instance %s. Terminate it manually to avoid accumulating charges.",
+        instance_id,
+    )
+    return False, attempts, error
+
+
+def _elapsed_cost(run: TrainingRun, now: datetime) -> float:
+    if run.instance_id is None:
+        return 0.0
+    started = run.started_at or run.created_at
+    return round(run.dph * max((now - started).total_seconds(), 0.0) / 3600, 6)
+
+
+def engage(ctx: PilotContext, *, actor: str, reason: str, destroy_attempts: int = 6) -> KillReport:
+    """Pull the kill switch. Never raises for a step that fails: the report says what could not be done."""
+    t0 = time.monotonic()
+    report = KillReport(actor=actor, reason=reason, started_at=utcnow().isoformat(timespec="seconds"))
+    why = f"kill switch: {reason}"
+
+    # 1. paused first, in its own committed transaction.
+    try:
+        with ctx.store.session(write=True) as session:
+            report.was_paused = set_paused(session, True, actor=actor, reason=why)
+        report.paused = True
+    except Exception as exc:  # the store itself failing is the one thing we cannot work around; keep going
+        logger.exception("Kill switch: could not persist the pause flag")
+        report.problems.append(f"pause flag not persisted: {exc.__class__.__name__}: {exc}")
+
+    # 2. pending approvals.
+    try:
+        with ctx.store.session() as session:
+            pending_ids = [a.id for a in approvals.pending(session)]
+        for approval_id in pending_ids:
+            try:
+                with ctx.store.session(write=True) as session:
+                    switch_approval_status(
+                        session, approval_id, ApprovalStatus.CANCELLED, actor=actor, reason=why, note=why[:500]
+                    )
+                report.approvals_cancelled.append(approval_id)
+            except (ConflictError, TransitionError):
+                pass  # answered or expired meanwhile: nothing to cancel
+    except Exception as exc:
+        logger.exception("Kill switch: cancelling approvals failed")
+        report.problems.append(f"approvals: {exc.__class__.__name__}: {exc}")
+
+    # 3. every owned instance, in parallel, verified gone.
+    try:
+        owned = ctx.gpu.list_owned(ctx.label_prefix)
+    except PilotError as exc:
+        owned = []
+        report.problems.append(f"could not list owned instances on {ctx.gpu.name}: {exc}")
+    with ctx.store.session() as session:
+        in_flight = session.exec(
+            select(TrainingRun).where(col(TrainingRun.status).in_([s.value for s in IN_FLIGHT]))
+        ).all()
+    known = {i.id for i in owned}
+    targets = [(i.id, i.label) for i in owned] + [
+        (r.instance_id, r.label) for r in in_flight if r.instance_id and r.instance_id not in known
+    ]
+    if targets:
+        with ThreadPoolExecutor(max_workers=min(32, len(targets)), thread_name_prefix="kill") as pool:
+            results = list(pool.map(lambda t: destroy_verified(ctx.gpu, t[0], attempts=destroy_attempts), targets))
+        for (instance_id, label), (gone, attempts, error) in zip(targets, results, strict=True):
+            report.instances.append(InstanceOutcome(instance_id, label, gone, attempts, error))
+            if not gone:
+                report.problems.append(f"instance {instance_id} ({label}) not verified gone: {error}")
+    gone_ids = {i.instance_id for i in report.instances if i.gone}
+
+    # 4. runs in flight: cancelled, spend settled.
+    now = utcnow()
+    for run in in_flight:
+        cost = _elapsed_cost(run, now)
+        still_alive = (
+            run.instance_id is not None
+            and run.instance_id not in gone_ids
+            and run.instance_id in {i.instance_id for i in report.instances}
+        )
+        message = why + ("; instance NOT verified destroyed, the reconciler keeps trying" if still_alive else "")
+        try:
+            with ctx.store.session(write=True) as session:
+                switch_run_status(
+                    session,
+                    run.id,
+                    RunTerminationReason.KILL_SWITCH.to_status(),
+                    actor=actor,
+                    reason=message,
+                    termination_reason=RunTerminationReason.KILL_SWITCH,
+                    status_message=message[:1000],
+                    actual_cost_usd=cost,
+                )
+                settle(session, run.id, cost, note="kill switch")
+            report.runs_cancelled.append({"run_id": run.id, "instance_id": run.instance_id, "cost_usd": cost})
+        except (ConflictError, TransitionError):
+            pass  # finished on its own meanwhile
+        except Exception as exc:
+            logger.exception("Kill switch: cancelling run %s failed", run.id)
+            report.problems.append(f"run {run.id}: {exc.__class__.__name__}: {exc}")
+
+    # 5. serving: the last stable champion.
+    try:
+        from pilot.serving.deploy import revert_to_stable
+
+        report.deployment = revert_to_stable(ctx.settings, ctx.store, ctx.artifacts).to_dict()
+    except Exception as exc:
+        logger.exception("Kill switch: reverting the deployment failed")
+        report.problems.append(f"deployment not reverted: {exc.__class__.__name__}: {exc}")
+
+    # 6. Slack.
+    try:
+        from pilot.supervisor import notify
+
+        for approval_id in report.approvals_cancelled:
+            notify.notify_outcome(ctx, approval_id)
+        destroyed = sum(1 for i in report.instances if i.gone)
+        report.slack_notified = notify.notify_incident(
+            ctx,
+            f":rotating_light: Kill switch engaged by {actor}: {reason}. Paused; {destroyed}/{len(report.instances)} "
+            f"instances confirmed gone; {len(report.runs_cancelled)} runs cancelled; "
+            f"{len(report.approvals_cancelled)} approvals cancelled. Resume with `learning-pilot resume`.",
+        )
+    except Exception as exc:
+        logger.exception("Kill switch: Slack notification failed")
+        report.problems.append(f"slack: {exc.__class__.__name__}: {exc}")
+
+    # 7. the incident event.
+    report.duration_s = round(time.monotonic() - t0, 3)
+    try:
+        with ctx.store.session(write=True) as session:
+            record_event(
+                session,
+                entity_type="incident",
+                entity_id="kill_switch",
+                actor=actor,
+                reason=why,
+                new="paused",
+                data=report.to_dict(),
+            )
+    except Exception as exc:
+        logger.exception("Kill switch: writing the incident event failed")
+        report.problems.append(f"incident event: {exc.__class__.__name__}: {exc}")
+    logger.warning(
+        "Kill switch engaged by %s in %.2f s: %d instances destroyed, %d runs cancelled, problems: %s",
+        actor,
+        report.duration_s,
+        len(gone_ids),
+        len(report.runs_cancelled),
+        report.problems or "none",
+    )
+    return report
+
+
+def resume(ctx: PilotContext, *, actor: str, reason: str) -> dict[str, Any]:
+    """Lift the pause. Returns ``{"was_paused", "paused"}``; an event records who and why."""
+    with ctx.store.session(write=True) as session:
+        was_paused = set_paused(session, False, actor=actor, reason=f"resumed: {reason}")
+        record_event(
+            session,
+            entity_type="incident",
+            entity_id="kill_switch",
+            actor=actor,
+            reason=f"resumed: {reason}",
+            old="paused" if was_paused else "active",
+            new="active",
+        )
+    if was_paused:
+        from pilot.supervisor import notify
+
+        notify.notify_incident(ctx, f":arrow_forward: Learning Pilot resumed by {actor}: {reason}")
+    return {"was_paused": was_paused, "paused": False}
+
+
+def paused(ctx: PilotContext) -> bool:
+    with ctx.store.session() as session:
+        return is_paused(session)
+
+
+# -- CLI commands (registered by pilot/cli/app.py: app.command("kill")(kill_command), app.command("resume")(...)) --
+
+
+def _cli_context(typer_ctx: typer.Context) -> PilotContext:
+    from pilot.context import build_context
+    from pilot.store import Store
+
+    settings = typer_ctx.obj.settings()
+    store = Store(settings.database_url)
+    store.check_ready()
+    return build_context(settings, store=store)
+
+
+def kill_command(
+    ctx: typer.Context,
+    reason: Annotated[str, typer.Option("--reason", "-r", help="Why (goes to the incident event and Slack).")] = "",
+    by: Annotated[str | None, typer.Option("--by", help="Who pulls it (default: your user name).")] = None,
+) -> None:
+    """Pull the kill switch: pause, cancel approvals, destroy and verify every owned instance, revert serving."""
+    import getpass
+    import json
+
+    pilot_ctx = _cli_context(ctx)
+    try:
+        report = engage(pilot_ctx, actor=f"human:{by or getpass.getuser()}", reason=reason or "kill from the CLI")
+    finally:
+        pilot_ctx.close()
+    typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def resume_command(
+    ctx: typer.Context,
+    reason: Annotated[str, typer.Option("--reason", "-r", help="Why it is safe to spend again.")] = "",
+    by: Annotated[str | None, typer.Option("--by", help="Who resumes (default: your user name).")] = None,
+) -> None:
+    """Lift the kill switch's pause; the next cycle may spend again (every cap and approval still applies)."""
+    import getpass
+
+    pilot_ctx = _cli_context(ctx)
+    try:
+        result = resume(pilot_ctx, actor=f"human:{by or getpass.getuser()}", reason=reason or "resume from the CLI")
+    finally:
+        pilot_ctx.close()
+    typer.echo("resumed" if result["was_paused"] else "was not paused; nothing to do")
