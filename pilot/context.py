@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pilot.settings import Settings
 from pilot.store import Store
+from pilot.store.leases import process_owner
 from tools.artifacts.base import ArtifactStore
 from tools.artifacts.local import LocalArtifactStore
 from tools.gpu.base import GpuProvider
@@ -19,6 +20,15 @@ from tools.gpu.local import LocalGpuProvider
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class HostModules:
+    """The modules a rented host runs (``python -m <module> --config ...``): the jobs package's own. Tests and the
+    rehearsal inject stubs here; they are not settings."""
+
+    train: str = "jobs.finetune_lora"
+    generate: str = "jobs.generate"
+
+
 @dataclass
 class PilotContext:
     settings: Settings
@@ -26,6 +36,8 @@ class PilotContext:
     gpu: GpuProvider
     artifacts: ArtifactStore
     local: LocalGpuProvider  # always present: evaluation of small models runs here
+    owner: str = field(default_factory=process_owner)  # this process as a lease owner (see pilot/store/leases.py)
+    host_modules: HostModules = field(default_factory=HostModules)
 
     @property
     def label_prefix(self) -> str:

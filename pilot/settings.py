@@ -16,7 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from pilot.errors import ConfigError
@@ -30,6 +30,21 @@ DEFAULT_SEARCH_PATH = (
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+REMOVED_SEAM = (
+    "it was a test seam, not a setting: the host always runs the jobs package's own module "
+    "(tests inject a stub through PilotContext.host_modules)"
+)
+
+
+def _refuse_removed(data: Any, section: str, removed: dict[str, str]) -> Any:
+    """Keys that left the settings fail with a message that says why (or names the new key)."""
+    if isinstance(data, dict):
+        for key, why in removed.items():
+            if key in data:
+                raise ValueError(f"{section}.{key} is no longer read: {why}")
+    return data
 
 
 class StoreSettings(_Section):
@@ -140,9 +155,11 @@ class EvaluationSettings(_Section):
         description="A remote evaluation stage still running after this long (after loading) is destroyed and the "
         "candidate rejected; its reservation is $/h x (this + gpu.remote.loading_timeout_s).",
     )
-    remote_generate_module: str = Field(
-        "jobs.generate", description="Module the evaluation host runs per side with --config (a stub only in tests)."
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def refuse_removed_keys(cls, data: Any) -> Any:
+        return _refuse_removed(data, "evaluation", {"remote_generate_module": REMOVED_SEAM})
 
 
 class LocalGpuSettings(_Section):
@@ -177,14 +194,19 @@ class RemoteJobSettings(_Section):
     bid_markup: float = Field(1.2, ge=1.0, le=5.0, description="Bid = the offer's minimum bid x this.")
     heartbeat_every_s: float = Field(30.0, gt=0, description="How often the host uploads its heartbeat.")
     save_steps: int = Field(100, ge=1, description="Steps between checkpoints uploaded from the host.")
-    disk_gb: float = Field(30.0, gt=0, description="Disk asked for each instance (billed as storage).")
-    job_module: str = Field(
-        "jobs.finetune_lora", description="Module the host runs with --config (a stub only in rehearsals and tests)."
+    _gone = model_validator(mode="before")(
+        lambda data: _refuse_removed(data, "gpu.remote", {"job_module": REMOVED_SEAM})
     )
+    disk_gb: float = Field(30.0, gt=0, description="Disk asked for each instance (billed as storage).")
     job_env: dict[str, str] = Field(
         default_factory=dict,
         description="Extra environment for the job (e.g. HF_HUB_OFFLINE). Never put credentials here: it is refused.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def refuse_removed_keys(cls, data: Any) -> Any:
+        return _refuse_removed(data, "gpu.remote", {"job_module": REMOVED_SEAM})
 
 
 class GpuSettings(_Section):
@@ -192,6 +214,13 @@ class GpuSettings(_Section):
     local: LocalGpuSettings = LocalGpuSettings()
     vast: VastSettings = VastSettings()
     remote: RemoteJobSettings = RemoteJobSettings()
+    teardown_deadline_s: float = Field(
+        60.0,
+        gt=0,
+        description="How long destroying an instance is retried (with backoff) before it is reported not verified "
+        "gone; the reconciler keeps trying after that and the run's reservation stays until it succeeds.",
+    )
+    teardown_backoff_s: float = Field(1.0, gt=0, description="First wait between destroy retries (doubles, max 10 s).")
 
 
 class ArtifactSettings(_Section):
@@ -207,6 +236,15 @@ class ArtifactSettings(_Section):
 class SchedulerSettings(_Section):
     cycle_interval_s: float = Field(300.0, gt=0, description="How often the supervisor runs a cycle.")
     reconcile_interval_s: float = Field(60.0, gt=0, description="How often owned instances are reconciled.")
+    lease_ttl_s: float = Field(
+        60.0,
+        ge=1,
+        description="How long a job's or a supervisor thread's lease lasts without renewal (renewed every third of "
+        "it while the holder works). A crashed process's runs and threads are taken over after this.",
+    )
+    jobs_interval_s: float = Field(
+        10.0, gt=0, description="How often the daemon's workers advance the jobs on rented hosts (runs, stages)."
+    )
 
 
 class ApiSettings(_Section):

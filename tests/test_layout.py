@@ -4,6 +4,7 @@ remove it."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -60,7 +61,13 @@ def test_no_import_cycles_between_pilot_modules() -> None:
 def test_import_contracts_hold() -> None:
     lint = Path(sys.executable).with_name("lint-imports")
     result = subprocess.run(
-        [str(lint), "--no-cache"], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+        [str(lint), "--no-cache"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
 

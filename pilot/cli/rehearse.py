@@ -366,9 +366,12 @@ class RunWatcher:
             change = f"{event.old or '-'} -> {event.new}: " if event.new else ""
             self.say(f"  run {event.entity_id}: {change}{event.reason}")
         if run is not None and run.instance_id is not None:
-            attempts = ((run.config or {}).get("remote") or {}).get("attempts") or []
+            from pilot.runs.attempts import attempts_of
+
+            with self.store.session() as session:
+                attempts = attempts_of(session, run.id)
             if attempts:
-                self._heartbeat(run.id, int(attempts[-1]["n"]), run.instance_id)
+                self._heartbeat(run.id, attempts[-1].n, run.instance_id)
 
     def _heartbeat(self, run_id: str, n: int, instance_id: str) -> None:
         import json
@@ -519,8 +522,11 @@ def _check(ctx: Any, server: Any, report: RehearsalReport, results: list[Any], s
     report.run_id = run.id
     if run.status != RunStatus.SUCCEEDED:
         report.problems.append(f"run {run.id} ended {run.status}: {run.status_message or run.termination_reason}")
-    attempts = ((run.config or {}).get("remote") or {}).get("attempts") or []
-    instances = [str(a["instance_id"]) for a in attempts if a.get("instance_id")]
+    from pilot.runs.attempts import attempts_of
+
+    with ctx.store.session() as session:
+        attempts = attempts_of(session, run.id)
+    instances = [str(a.instance_id) for a in attempts if a.instance_id]
     say(f"run {run.id}: {run.status} after {len(attempts)} attempt(s) on instance(s) {', '.join(instances) or '-'}")
 
     weights = (version.adapter_files if version is not None else {}).get("adapter_model.safetensors")

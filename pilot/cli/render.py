@@ -12,6 +12,7 @@ from pilot.evaluation.report import fmt_score, fmt_signed, gate_report_lines
 from pilot.serving.registry import history
 from pilot.store import Store
 from pilot.store.models import ModelVersion
+from pilot.store.status import Alias
 from pilot.store.writers import alias_target
 
 
@@ -77,7 +78,7 @@ def models_report(store: Store) -> dict[str, Any]:
     with store.session() as session:
         versions = session.exec(select(ModelVersion).order_by(col(ModelVersion.created_at))).all()
         return {
-            "aliases": {name: alias_target(session, name) for name in ("champion", "previous", "candidate")},
+            "aliases": {name: alias_target(session, name) for name in Alias},
             "versions": [
                 {
                     "id": v.id,

@@ -31,6 +31,7 @@ from pilot.data.snapshots import curation_config, iter_records, newest_record_pk
 from pilot.settings import Settings
 from pilot.store.models import ExecutionRecordRow, PilotState, utcnow
 from pilot.store.writers import record_event
+from pilot.store.status import EntityType
 from subagents.data.curate import curate
 from subagents.data.injection import screen
 from subagents.data.schema import ExecutionRecord, content_hash
@@ -204,7 +205,7 @@ def refresh_knowledge_base(ctx: PilotContext, *, kb: KnowledgeBase | None = None
         with ctx.store.session(write=True) as session:
             record_event(
                 session,
-                entity_type="knowledge_base",
+                entity_type=EntityType.KNOWLEDGE_BASE,
                 entity_id=ctx.settings.knowledge.collection,
                 actor="supervisor",
                 reason=f"refreshed from {report.records_read} records: {report.upserted} solutions upserted, "

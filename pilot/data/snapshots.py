@@ -18,7 +18,7 @@ from sqlmodel import Session, col, select
 
 from pilot.context import PilotContext
 from pilot.store.models import DatasetSnapshot, ExecutionRecordRow, TrainingRun
-from pilot.store.status import RunStatus
+from pilot.store.status import EntityType, RunStatus
 from pilot.store.writers import record_event
 from subagents.data.curate import CurationConfig, CurationResult, curate
 from subagents.data.schema import ExecutionRecord
@@ -134,7 +134,7 @@ def make_snapshot(ctx: PilotContext, *, actor: str = "supervisor") -> tuple[Data
         session.flush()
         record_event(
             session,
-            entity_type="dataset_snapshot",
+            entity_type=EntityType.DATASET_SNAPSHOT,
             entity_id=snapshot_id,
             actor=actor,
             reason=f"snapshot of {len(records)} records: {snapshot.train_count} train, {snapshot.eval_count} eval, "

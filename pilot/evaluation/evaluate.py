@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pilot.context import PilotContext
 from pilot.evaluation.predictions import EvaluationError, read_predictions
 from pilot.serving.registry import CHAMPION, get_version
-from pilot.spend.ledger import record_spend
+from pilot.spend.ledger import LLM_EVENT, record_spend
 from pilot.store.models import DatasetSnapshot, ModelVersion
 from pilot.store.writers import alias_target, record_event
 from subagents.data.split import split_key
@@ -67,7 +67,7 @@ logger = logging.getLogger(__name__)
 
 # Each side's code answer gets at most this; a golden set of n code items costs at most 2 * n * wall_seconds.
 SANDBOX_LIMITS = SandboxLimits(cpu_seconds=5, wall_seconds=10, memory_mb=512, file_size_mb=16, max_processes=64)
-JUDGE_EVENT = "llm_call"  # the entity type pilot/supervisor/agent.py counts toward the daily LLM token budget
+JUDGE_EVENT = LLM_EVENT  # counted toward the daily LLM token budget (pilot/spend/ledger.py)
 
 Mode = Literal["code", "exact"]
 
@@ -429,8 +429,11 @@ def evaluate_version(
     *,
     sandbox_limits: SandboxLimits = SANDBOX_LIMITS,
     judge_client: Completer | None = None,
+    lease: str | None = None,
 ) -> tuple[GateReport, dict[str, Any]]:
     """Run both sides on the golden split, score, gate. Returns the report and the stored evaluation record.
+
+    ``lease``: the supervisor thread's lease, which the effect gate checks before an evaluation host is rented.
 
     ``judge_client`` replaces the judge's model built from the settings (tests: litellm's ``mock_response``); the
     judge runs only when ``evaluation.judge.enabled``."""
@@ -463,6 +466,7 @@ def evaluate_version(
             golden=golden,
             golden_ids=golden_ids,
             adapters={"candidate": version.adapter_files, "champion": champion.adapter_files if champion else None},
+            lease=lease,
         )
         cand, champ, stage = generated["candidate"], generated["champion"], generated["stage"]
     else:

@@ -39,15 +39,19 @@ from typing import Any, Literal
 
 from sqlmodel import col, select
 
+from pilot import testpoints
 from pilot.context import PilotContext
-from pilot.errors import BudgetError
+from pilot.errors import BudgetError, ConflictError, TransitionError
 from pilot.evaluation.predictions import EvaluationError, read_predictions
-from pilot.runs import host, remote
+from pilot.runs import attempts, host, remote
 from pilot.runs import lifecycle as runs
+from pilot.runs.teardown import destroy_all, teardown_policy
 from pilot.settings import Settings
+from pilot.spend.effects import Effect, EffectRefused, authorize
 from pilot.spend.ledger import reserve, settle
-from pilot.store.models import SpendEntry, as_utc, utcnow
-from pilot.store.writers import is_paused, record_event
+from pilot.store.models import EvalStage, SpendEntry, as_utc, utcnow
+from pilot.store.status import EntityType, StageStatus
+from pilot.store.writers import record_event, switch_stage_status
 from subagents.training import requirements_for
 from tools.artifacts.base import sha256_file
 from tools.errors import ArtifactError, PilotError
@@ -57,7 +61,7 @@ logger = logging.getLogger(__name__)
 
 Side = Literal["candidate", "champion"]
 SIDES: tuple[Side, ...] = ("candidate", "champion")
-EVENT = "evaluation"  # entity type of the stage's events (entity id: the stage id)
+EVENT = EntityType.EVALUATION  # entity type of the stage's events (entity id: the stage id)
 STAGE_PREFIX = "eval-"  # stage ids (and so ledger run ids and instance labels) start with this
 _GRACE_S = 300.0  # after its deadline, a stage still holding its reservation is one whose daemon died
 
@@ -90,21 +94,31 @@ class _Stage:
     launched_at: float | None = None
     ended_at: float | None = None
 
-    def attempts(self) -> list[dict[str, Any]]:
-        """In pilot.runs.remote's attempt shape, for ``label_cost``'s elapsed-time fallback."""
-        return [
-            {
-                "launched_at": self.launched_at,
-                "ended_at": self.ended_at,
-                "instance_id": self.instance_id,
-                "dph": self.dph,
-            }
-        ]
+    def elapsed_cost(self) -> float:
+        """Elapsed time x $/h, for ``label_cost``'s fallback."""
+        if self.launched_at is None or self.instance_id is None:
+            return 0.0
+        return round(self.dph * max((self.ended_at or time.time()) - self.launched_at, 0.0) / 3600, 6)
 
 
-def _event(ctx: PilotContext, stage_id: str, reason: str, **data: Any) -> None:
+def _row(ctx: PilotContext, stage_id: str) -> EvalStage:
+    with ctx.store.session() as session:
+        row = session.get(EvalStage, stage_id, populate_existing=True)
+    assert row is not None, stage_id
+    return row
+
+
+def _switch(
+    ctx: PilotContext,
+    stage_id: str,
+    new: StageStatus,
+    reason: str,
+    *,
+    expected: StageStatus | None = None,
+    **fields: Any,
+) -> None:
     with ctx.store.session(write=True) as session:
-        record_event(session, entity_type=EVENT, entity_id=stage_id, actor="system", reason=reason[:1000], data=data)
+        switch_stage_status(session, stage_id, new, actor="system", reason=reason, expected=expected, **fields)
 
 
 def _choose_offer(ctx: PilotContext) -> Offer:
@@ -122,13 +136,11 @@ def _choose_offer(ctx: PilotContext) -> Offer:
 
 def _reserve(ctx: PilotContext, stage_id: str, label: str, version_id: str) -> _Stage:
     offer = _choose_offer(ctx)
-    dph = remote.offer_dph(offer, None, ctx.settings.gpu.remote.disk_gb)
+    dph = attempts.offer_dph(offer, None, ctx.settings.gpu.remote.disk_gb)
     hours = (ctx.settings.evaluation.remote_max_minutes * 60 + ctx.settings.gpu.remote.loading_timeout_s) / 3600
     amount = round(dph * hours, 6)
     try:
         with ctx.store.session(write=True) as session:
-            if is_paused(session):  # the kill switch stops every new rental, this one included
-                raise EvaluationError("paused by the kill switch: no instance is rented for the evaluation")
             reserve(
                 ctx.store,
                 session,
@@ -145,6 +157,18 @@ def _reserve(ctx: PilotContext, stage_id: str, label: str, version_id: str) -> _
                 reason=f"evaluation of {version_id} on a rented host: ${amount:.4f} reserved for offer {offer.id} "
                 f"({offer.gpu_name}, ${dph:.4f}/h)",
                 data={"version": version_id, "label": label, "offer_id": offer.id, "dph": dph, "reserved_usd": amount},
+            )
+            session.add(
+                EvalStage(
+                    id=stage_id,
+                    version_id=version_id,
+                    status=StageStatus.PENDING,
+                    label=label,
+                    offer_id=offer.id,
+                    gpu=offer.gpu_name,
+                    dph=dph,
+                    reserved_usd=amount,
+                )
             )
     except BudgetError as exc:
         raise EvaluationError(f"no budget for the evaluation stage: {exc}") from exc
@@ -205,7 +229,7 @@ def _manifest(
         "run_id": stage.id,
         "attempt": 1,
         "heartbeat_every_s": ctx.settings.gpu.remote.heartbeat_every_s,
-        "job_module": e.remote_generate_module,
+        "job_module": ctx.host_modules.generate,
         "code": get(inputs["code"]),
         "inputs": {name: {**get(ref), "path": ref["path"]} for name, ref in inputs.items() if name != "code"},
         "sides": sides,
@@ -229,6 +253,9 @@ def _watch(
     live = remote.Liveness()
     for _ in range(10_000_000):  # bounded: every branch sleeps or ends, and the deadline ends the stage
         now = time.time()
+        row = _row(ctx, stage.id)
+        if StageStatus(row.status).is_terminal:
+            return None, f"the stage was {row.status} ({row.end_reason or 'no reason'})"
         if now - stage.launched_at > deadline:
             return None, f"still running after {deadline / 60:.1f} min"
         try:
@@ -242,6 +269,9 @@ def _watch(
                 if now - stage.launched_at > remote_settings.loading_timeout_s:
                     return None, f"instance {instance.id} still loading after {now - stage.launched_at:.0f} s"
             case InstanceState.RUNNING:
+                if row.status == StageStatus.LAUNCHED:
+                    _switch(ctx, stage.id, StageStatus.RUNNING, f"the evaluation runs on {instance.id}")
+                testpoints.reached("stage_running")
                 live.running_since = live.running_since or now
                 beat = host.read_json(ctx, f"evals/{stage.id}/heartbeat.json", scratch)
                 if beat is not None and beat.get("seq") != live.seq:
@@ -264,7 +294,7 @@ def _watch(
     raise AssertionError("unreachable: the deadline ends every stage")
 
 
-def _end(ctx: PilotContext, stage: _Stage, why: str) -> tuple[bool, float]:
+def _end(ctx: PilotContext, stage: _Stage, why: str, *, ok: bool) -> tuple[bool, float]:
     """Destroy every instance with the stage's label and verify it gone; settle the reservation with the
     provider's charges. Returns (all verified gone, cost)."""
     ids = {stage.instance_id} if stage.instance_id else set()
@@ -272,9 +302,9 @@ def _end(ctx: PilotContext, stage: _Stage, why: str) -> tuple[bool, float]:
         ids |= {i.id for i in ctx.gpu.list_owned(stage.label) if i.label == stage.label}
     except PilotError as exc:
         logger.warning("Evaluation %s: cannot list instances of %s: %s", stage.id, stage.label, exc)
-    gone = all([runs.destroy_and_verify(ctx, i) for i in sorted(ids)])
+    gone = all(t.gone for t in destroy_all(ctx.gpu, sorted(ids), teardown_policy(ctx.settings)))
     stage.ended_at = time.time()
-    cost = remote.label_cost(ctx, stage.label, since=stage.started, attempts=stage.attempts())
+    cost = attempts.label_cost(ctx, stage.label, since=stage.started, fallback_usd=stage.elapsed_cost())
     verdict = "destroyed and verified gone" if gone else "NOT verified gone (the reconciler will retry)"
     with ctx.store.session(write=True) as session:
         settle(session, stage.id, cost, note=f"evaluation stage: {why}"[:200])
@@ -287,6 +317,14 @@ def _end(ctx: PilotContext, stage: _Stage, why: str) -> tuple[bool, float]:
             f"${cost:.4f} settled",
             data={"instances": sorted(ids), "gone": gone, "cost_usd": cost},
         )
+        row = session.get(EvalStage, stage.id, populate_existing=True)
+        assert row is not None
+        row.actual_cost_usd = cost
+        if gone:
+            row.instance_id = None
+        if not StageStatus(row.status).is_terminal:
+            status = StageStatus.COLLECTING if ok else StageStatus.FAILED
+            switch_stage_status(session, stage.id, status, actor="system", reason=f"stage ended: {why}"[:1000])
     if not gone:
         logger.error(
             "Failed to terminate evaluation instance(s) %s. Terminate them manually to avoid accumulating charges.",
@@ -322,8 +360,10 @@ def generate_remote(
     adapters: Mapping[Side, Mapping[str, Any] | None],
     sleep: Callable[[float], None] = time.sleep,
     poll_s: float | None = None,
+    lease: str | None = None,
 ) -> dict[str, Any]:
-    """Run the generation stage for both sides on a rented host.
+    """Run the generation stage for both sides on a rented host (``lease``: the supervisor thread's, checked by
+    the effect gate right before the host is rented).
 
     ``adapters``: each side's stored adapter files (``ModelVersion.adapter_files``; None for the base model), already
     verified by the caller. Returns ``{"candidate": {...}, "champion": {...}, "stage": {...}}``: each side's
@@ -355,6 +395,20 @@ def generate_remote(
             manifest_url=manifest_url,
             secrets=host.secrets_to_withhold(ctx),
         )
+        testpoints.reached("stage_inputs")
+        try:
+            authorize(
+                ctx.store,
+                Effect.START_STAGE,
+                ctx.settings,
+                owner=ctx.owner,
+                lease=lease,
+                stage_id=stage_id,
+                price_usd=stage.reserved_usd,
+            )
+        except EffectRefused as exc:
+            why = f"not rented: {exc.reason}"
+            raise EvaluationError(f"the evaluation stage was not started: {exc.reason}") from exc
         stage.launched_at = time.time()
         try:
             instance = ctx.gpu.launch(spec)
@@ -363,17 +417,31 @@ def generate_remote(
             raise EvaluationError(f"the evaluation stage could not start: {why}") from exc
         stage.instance_id = instance.id
         why = "the daemon stopped watching (an error)"
-        _event(
-            ctx, stage_id, f"evaluation instance {instance.id} accepted on offer {stage.offer.id}", instance=instance.id
-        )
+        try:
+            _switch(
+                ctx,
+                stage_id,
+                StageStatus.LAUNCHED,
+                f"evaluation instance {instance.id} accepted on offer {stage.offer.id}",
+                expected=StageStatus.PENDING,
+                instance_id=instance.id,
+            )
+        except (ConflictError, TransitionError) as exc:
+            why = f"the stage ended while the provider answered ({exc})"
+            raise EvaluationError(f"the evaluation stage was stopped: {why}") from exc
         result, failure = _watch(ctx, stage, sleep=sleep, poll_s=poll_s)
         why = failure or "the host exited 0"
         if failure is not None:
             raise EvaluationError(f"the evaluation stage failed: {failure}")
     finally:
-        gone, cost = _end(ctx, stage, why)
+        gone, cost = _end(ctx, stage, why, ok=result is not None)
     assert result is not None
-    sides = _download(ctx, stage, result, golden_ids)
+    try:
+        sides = _download(ctx, stage, result, golden_ids)
+    except EvaluationError as exc:
+        _switch(ctx, stage_id, StageStatus.FAILED, f"predictions refused: {exc}"[:1000])
+        raise
+    _switch(ctx, stage_id, StageStatus.SUCCEEDED, "predictions downloaded and verified")
     sides["stage"] = {
         "id": stage_id,
         "label": label,
@@ -397,17 +465,21 @@ def _stage_lifetime_s(settings: Settings) -> float:
     return settings.evaluation.remote_max_minutes * 60 + settings.gpu.remote.loading_timeout_s + _GRACE_S
 
 
-def _open_stages(ctx: PilotContext) -> list[SpendEntry]:
+def _open_stages(ctx: PilotContext) -> list[EvalStage]:
+    """Stages not ended, and ended stages whose instance was not verified gone or whose money is not settled."""
     with ctx.store.session() as session:
-        return list(
-            session.exec(
-                select(SpendEntry).where(
+        rows = session.exec(select(EvalStage)).all()
+        active = {
+            str(r)
+            for r in session.exec(
+                select(SpendEntry.run_id).where(
                     SpendEntry.kind == "reservation",
                     SpendEntry.active == True,  # noqa: E712
                     col(SpendEntry.run_id).startswith(STAGE_PREFIX),
                 )
             ).all()
-        )
+        }
+    return [s for s in rows if not StageStatus(s.status).is_terminal or s.instance_id or s.id in active]
 
 
 def live_stage_labels(ctx: PilotContext, *, now: datetime | None = None) -> set[str]:
@@ -416,9 +488,9 @@ def live_stage_labels(ctx: PilotContext, *, now: datetime | None = None) -> set[
     now = now or utcnow()
     lifetime = timedelta(seconds=_stage_lifetime_s(ctx.settings))
     return {
-        instance_label(ctx.settings.env, str(e.run_id))
-        for e in _open_stages(ctx)
-        if now - as_utc(e.created_at) < lifetime
+        s.label
+        for s in _open_stages(ctx)
+        if not StageStatus(s.status).is_terminal and now - as_utc(s.created_at) < lifetime
     }
 
 
@@ -431,21 +503,20 @@ def reconcile_stages(ctx: PilotContext, *, now: datetime | None = None) -> list[
     lifetime = timedelta(seconds=_stage_lifetime_s(ctx.settings))
     settled: list[str] = []
     for entry in _open_stages(ctx):
-        if now - as_utc(entry.created_at) < lifetime:
+        if not StageStatus(entry.status).is_terminal and now - as_utc(entry.created_at) < lifetime:
             continue
-        stage_id = str(entry.run_id)
-        label = instance_label(ctx.settings.env, stage_id)
+        stage_id, label = entry.id, entry.label
         try:
             found = [i.id for i in ctx.gpu.list_owned(label) if i.label == label]
         except PilotError as exc:
             logger.warning("Reconciler: cannot list instances of evaluation stage %s: %s", stage_id, exc)
             continue
-        if not all([runs.destroy_and_verify(ctx, i) for i in found]):
+        if not all(t.gone for t in destroy_all(ctx.gpu, found, teardown_policy(ctx.settings))):
             continue
-        if isinstance(ctx.gpu, remote.ChargesProvider):
-            cost = remote.label_cost(ctx, label, since=as_utc(entry.created_at).timestamp(), attempts=[])
+        if isinstance(ctx.gpu, attempts.ChargesProvider):
+            cost = attempts.label_cost(ctx, label, since=as_utc(entry.created_at).timestamp(), fallback_usd=0.0)
         else:
-            cost = float(entry.amount_usd)
+            cost = float(entry.reserved_usd)
         why = f"evaluation stage {stage_id} abandoned (its daemon stopped); "
         why += f"instance(s) {', '.join(found)} destroyed and verified gone; " if found else "no instance left; "
         with ctx.store.session(write=True) as session:
@@ -458,5 +529,10 @@ def reconcile_stages(ctx: PilotContext, *, now: datetime | None = None) -> list[
                 reason=f"reconciler: {why}${cost:.4f} settled",
                 data={"instances": found, "cost_usd": cost},
             )
+            row = session.get(EvalStage, stage_id, populate_existing=True)
+            assert row is not None
+            row.instance_id, row.actual_cost_usd = None, cost
+            if not StageStatus(row.status).is_terminal:
+                switch_stage_status(session, stage_id, StageStatus.FAILED, actor="system", reason=f"reconciler: {why}")
         settled.append(stage_id)
     return settled

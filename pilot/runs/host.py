@@ -219,7 +219,7 @@ def scratch_dir(ctx: PilotContext, run_id: str) -> Path:
 
 def stage_inputs(ctx: PilotContext, run: TrainingRun, snapshot: DatasetSnapshot) -> dict[str, Any]:
     """Put the code archive and the snapshot's files in the artifact store once per run (key, sha256, path)."""
-    existing = (run.config.get("remote") or {}).get("inputs")
+    existing = (run.config or {}).get("inputs")
     if existing:
         return dict(existing)
     scratch = scratch_dir(ctx, run.id)
@@ -278,7 +278,7 @@ def build_manifest(
         "run_id": run.id,
         "attempt": n,
         "heartbeat_every_s": remote.heartbeat_every_s,
-        "job_module": remote.job_module,
+        "job_module": ctx.host_modules.train,
         "code": get(inputs["code"]),
         "inputs": {name: {**get(ref), "path": ref["path"]} for name, ref in inputs.items() if name != "code"},
         "config": config,

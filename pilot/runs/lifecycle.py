@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import uuid
 from dataclasses import asdict
 from pathlib import Path
@@ -19,15 +18,16 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import Session, select
 
+from pilot import testpoints
 from pilot.context import PilotContext
+from pilot.spend.costs import reservation_for
 from pilot.spend.ledger import reserve, settle
-from pilot.store.models import DatasetSnapshot, ModelVersion, TrainingRun, utcnow
-from pilot.store.status import ModelStatus, RunStatus, RunTerminationReason
+from pilot.store.models import DatasetSnapshot, ModelVersion, TrainingRun
+from pilot.store.status import EntityType, ModelStatus, RunStatus, RunTerminationReason
 from pilot.store.writers import record_event, switch_run_status
 from subagents.training import TrainingParams, TrainingPlan
 from tools.artifacts.base import PICKLE_SUFFIXES
-from tools.errors import PilotError
-from tools.gpu.base import InstanceState, instance_label
+from tools.gpu.base import instance_label
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,6 @@ def is_remote(provider_name: str) -> bool:
 
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-RESERVATION_HEADROOM = 1.5
 SERVED_SUFFIXES = (".safetensors", ".json")
 
 
@@ -57,10 +56,9 @@ def create_run(
         if existing is not None:
             return existing
         run_id = f"run-{uuid.uuid4().hex[:10]}"
-        # Reserve the estimate plus headroom (capped at the per-run cap): a run is stopped when its live burn
-        # would pass the reservation, and an estimate is only an estimate.
-        reserved = round(min(plan.estimated_cost_usd * RESERVATION_HEADROOM, ctx.settings.budget.per_run_usd), 4)
-        reserved = max(reserved, plan.estimated_cost_usd)
+        # The estimate plus headroom: a run is stopped when its live burn would pass the reservation, and the
+        # approver is shown this maximum (an estimate is only an estimate).
+        reserved = reservation_for(plan.estimated_cost_usd, ctx.settings.budget)
         reserve(
             ctx.store,
             session,
@@ -86,13 +84,14 @@ def create_run(
         session.flush()
         record_event(
             session,
-            entity_type="training_run",
+            entity_type=EntityType.TRAINING_RUN,
             entity_id=run_id,
             actor="supervisor",
             reason=f"run created for decision {decision_id}; estimated ${plan.estimated_cost_usd:.4f}, "
             f"${reserved:.4f} reserved",
             new=RunStatus.PENDING,
         )
+    testpoints.reached("run_created")
     return run
 
 
@@ -116,26 +115,6 @@ def fail_run(
         )
         settle(session, run_id, cost, note=message[:200])
     return run
-
-
-def destroy_and_verify(ctx: PilotContext, instance_id: str, *, attempts: int = 5) -> bool:
-    """Terminate and confirm with the provider that the instance is gone. Logs loudly if it is not."""
-    for attempt in range(attempts):
-        try:
-            ctx.gpu.terminate(instance_id)
-            if ctx.gpu.poll(instance_id).state is InstanceState.GONE:
-                return True
-        except PilotError as exc:
-            logger.warning("Terminating instance %s (attempt %d) failed: %s", instance_id, attempt + 1, exc)
-        time.sleep(min(2**attempt, 10) * 0.1)
-    logger.error("Failed to terminate instance %s. Terminate it manually to avoid accumulating charges.", instance_id)
-    return False
-
-
-def _elapsed_cost(run: TrainingRun) -> float:
-    started = run.started_at or run.created_at
-    hours = max((utcnow() - started).total_seconds(), 0.0) / 3600
-    return round(run.dph * hours, 6)
 
 
 def collect_run(ctx: PilotContext, run: TrainingRun, *, cost: float) -> TrainingRun:
@@ -162,6 +141,7 @@ def register_candidate(
     ctx: PilotContext, run: TrainingRun, stored: dict[str, dict[str, Any]], metrics: dict[str, Any], *, cost: float
 ) -> TrainingRun:
     """Record the verified adapter as a candidate version, settle the ledger, and end the run SUCCEEDED."""
+    testpoints.reached("settling")
     with ctx.store.session(write=True) as session:
         snapshot = session.get(DatasetSnapshot, run.snapshot_id)
         version_id = _next_version_id(session)
@@ -181,7 +161,7 @@ def register_candidate(
         )
         record_event(
             session,
-            entity_type="model_version",
+            entity_type=EntityType.MODEL_VERSION,
             entity_id=version_id,
             actor="system",
             reason=f"candidate from run {run.id}, adapter sha256 {weights['sha256'][:12]}",

@@ -26,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pilot.context import PilotContext
 from pilot.service.metrics import CONTENT_TYPE, PilotMetrics
+from pilot.store.status import EntityType
 from pilot.store.writers import record_event
 
 logger = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def create_app(ctx: PilotContext, *, scheduler_hooks: SchedulerHooks | None = No
         with ctx.store.session(write=True) as session:
             record_event(
                 session,
-                entity_type="api",
+                entity_type=EntityType.API,
                 entity_id=route,
                 actor=f"remote:{client}",
                 reason=f"refused: {why}",

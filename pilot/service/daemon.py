@@ -1,18 +1,20 @@
 """The service: settings -> store -> context -> start-up reconcile -> scheduler -> HTTP; SIGTERM drains.
 
 Start-up order: migrate the store, build the context, reconcile once (if leader: orphans destroyed, vanished runs
-failed), start an APScheduler 3.x ``BackgroundScheduler`` (jobs: cycle, reconciler, approvals = reminders +
-expiry, monitoring; each ``max_instances=1, coalesce=True`` so a slow job is never run twice at once and missed
-runs collapse into one), then serve ``pilot.service.api.create_app`` with uvicorn on ``api.host:api.port`` and tell
-systemd ``READY=1`` (with ``STATUS=`` naming the URL).
+failed), start an APScheduler 3.x ``BackgroundScheduler`` (jobs, one concern each: cycle = the supervisor's pass;
+runs = the jobs worker that advances runs on their hosts, ``scheduler.jobs_interval_s``; reconciler; approvals =
+reminders + expiry; monitoring = live quality every ``monitoring.interval_s`` + the daily report; each
+``max_instances=1, coalesce=True`` so a slow job is never run twice at once and missed runs collapse into one),
+then serve ``pilot.service.api.create_app`` with uvicorn on ``api.host:api.port`` and tell systemd ``READY=1``
+(with ``STATUS=`` naming the URL).
 
 Only the leader (pilot/service/leader.py) runs the cycle, reconciler and approval jobs; a standby keeps answering HTTP
 (kill switch included, which works from any daemon) and checks leadership on every tick.
 
 Shutdown (SIGTERM or SIGINT): ``STOPPING=1``, the HTTP server stops accepting and finishes in-flight requests,
-the scheduler stops starting jobs and waits for the running one, the leader lock is released, exit 0. A cycle
-blocked on a long training run delays the exit (systemd's ``TimeoutStopSec``); if it is killed, the instance is
-labelled with its run id and the next start-up reconcile picks it up.
+the scheduler stops starting jobs and waits for the running one, the leader lock is released, exit 0. No job
+blocks on a host (a run is advanced one step per pass), so a drain takes seconds; a killed daemon's leases expire
+after ``scheduler.lease_ttl_s`` and the next daemon (or this one, restarted) takes the runs and threads over.
 
 systemd notify protocol: datagrams to ``$NOTIFY_SOCKET`` (path, or ``@name`` for the abstract namespace) written
 with the socket module; ``WATCHDOG=1`` every half ``$WATCHDOG_USEC`` while the scheduler is alive.
@@ -81,6 +83,7 @@ class Jobs:
         self.leader = leader
         self.reconcile_state = ReconcileState()
         self.report_day: str | None = None
+        self.wake_cycle: Any = None  # set by build_scheduler: run the cycle job now
 
     def _leading(self, job: str) -> bool:
         leading = self.leader.is_leader()
@@ -103,7 +106,7 @@ class Jobs:
 
         started = time.monotonic()
         try:
-            for result in run_cycle(self.ctx):
+            for result in run_cycle(self.ctx, drive=False):
                 logger.info("[%s] %s", result.thread_id, result.outcome)
             self.metrics.cycles.labels("ok").inc()
         except Exception:
@@ -136,10 +139,33 @@ class Jobs:
         except Exception:
             logger.exception("Approval reminders/expiry failed")
 
+    def runs(self) -> None:
+        """Advance every run in flight by one step, each under its lease (a run another process drives is left to
+        it). When one ends, the cycle job runs at once so its thread resumes without waiting for the next pass."""
+        if not self._leading("runs"):
+            return
+        from pilot.service.workers import advance_runs
+
+        try:
+            ended = advance_runs(self.ctx)
+        except Exception:
+            logger.exception("Jobs worker pass failed")
+            return
+        if ended and self.wake_cycle is not None:
+            self.wake_cycle()
+
     def monitoring(self) -> None:
-        """Once per UTC day, the report to Slack (no-op when Slack is off)."""
+        """Live quality on its own schedule (a run in flight never delays a rollback); once per UTC day, the
+        report to Slack (no-op when Slack is off)."""
         if not self._leading("monitoring"):
             return
+        from pilot.supervisor.monitor import watch_live_quality
+
+        try:
+            outcome = watch_live_quality(self.ctx)
+            logger.info("%s", outcome.line)
+        except Exception:
+            logger.exception("Live-quality check failed")
         day = datetime.now(UTC).strftime("%Y-%m-%d")
         if self.report_day == day:
             return
@@ -164,6 +190,8 @@ def build_scheduler(ctx: PilotContext, jobs: Jobs) -> Any:
     scheduler.add_job(jobs.reconcile, "interval", seconds=sched.reconcile_interval_s, id="reconcile")
     scheduler.add_job(jobs.approvals, "interval", seconds=APPROVALS_INTERVAL_S, id="approvals", next_run_time=now)
     scheduler.add_job(jobs.monitoring, "interval", seconds=ctx.settings.monitoring.interval_s, id="monitoring")
+    scheduler.add_job(jobs.runs, "interval", seconds=sched.jobs_interval_s, id="runs")
+    jobs.wake_cycle = lambda: scheduler.modify_job("cycle", next_run_time=datetime.now(UTC))
     return scheduler
 
 

@@ -7,20 +7,23 @@ Order (each step runs even when an earlier one partly failed; what could not be 
 2. cancel every pending approval (so an approval clicked later cannot start a run);
 3. destroy every owned instance (``gpu.list_owned(label_prefix)``) in parallel and **verify with the provider**
    that each is gone (terminate, poll until ``GONE``, retry with backoff);
-4. cancel the runs still in flight (``RunTerminationReason.KILL_SWITCH``) and settle their spend (elapsed
-   time x $/h; zero for runs that never got an instance);
+4. cancel the runs still in flight (``RunTerminationReason.KILL_SWITCH``) and settle their spend (what the provider
+   charged for the run's label over all its attempts, else elapsed time x $/h; zero for runs that never rented);
+   end their attempts (``ending`` when the instance is not confirmed gone) and cancel evaluation stages;
 5. re-assert the last stable champion on the serving target (``pilot.serving.deploy.revert_to_stable``);
 6. notify Slack (when configured); 7. write an ``incident`` event holding the report.
 
 It shares no lock with the scheduler: it uses its own sessions and threads, so it works while a cycle is
-running or stuck. It is idempotent: a second call finds nothing left to do and says so.
+running or stuck. It does not need to stop any actor: every actor asks the effect gate (``pilot/spend/effects.py``)
+right before renting, promoting or deploying, and the gate refuses while paused. It is idempotent: a second call
+finds nothing left to do and says so.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Annotated, Any
@@ -30,13 +33,24 @@ from sqlmodel import col, select
 
 from pilot.context import PilotContext
 from pilot.errors import ConflictError, TransitionError
+from pilot.runs.attempts import label_cost, provider_cost
+from pilot.runs.lifecycle import is_remote
+from pilot.runs.teardown import TeardownPolicy, destroy_all, teardown_policy
+from pilot.spend.costs import elapsed_cost
 from pilot.spend.ledger import settle
-from pilot.store.models import TrainingRun, utcnow
-from pilot.store.status import ApprovalStatus, RunStatus, RunTerminationReason
-from pilot.store.writers import is_paused, record_event, set_paused, switch_approval_status, switch_run_status
+from pilot.store.models import EvalStage, RunAttempt, TrainingRun, utcnow
+from pilot.store.status import ApprovalStatus, AttemptStatus, EntityType, RunStatus, RunTerminationReason, StageStatus
+from pilot.store.writers import (
+    is_paused,
+    record_event,
+    set_paused,
+    switch_approval_status,
+    switch_attempt_status,
+    switch_run_status,
+    switch_stage_status,
+)
 from pilot.supervisor import approvals
 from tools.errors import PilotError
-from tools.gpu.base import GpuProvider, InstanceState
 
 logger = logging.getLogger(__name__)
 
@@ -79,36 +93,15 @@ class KillReport:
         return data
 
 
-def destroy_verified(
-    gpu: GpuProvider, instance_id: str, *, attempts: int = 6, base_delay_s: float = 0.05
-) -> tuple[bool, int, str | None]:
-    """Terminate and poll until the provider says GONE. Returns (gone, attempts used, last error)."""
-    error: str | None = None
-    for attempt in range(1, attempts + 1):
-        try:
-            gpu.terminate(instance_id)
-            if gpu.poll(instance_id).state is InstanceState.GONE:
-                return True, attempt, None
-            error = "still listed after terminate"
-        except PilotError as exc:
-            error = f"{exc.__class__.__name__}: {exc}"
-            logger.warning("Kill switch: terminating instance %s (attempt %d) failed: %s", instance_id, attempt, exc)
-        time.sleep(min(base_delay_s * 2 ** (attempt - 1), 2.0))
-    logger.error(
-        "Kill switch: failed to terminate instance %s. Terminate it manually to avoid accumulating charges.",
-        instance_id,
-    )
-    return False, attempts, error
+def _run_cost(ctx: PilotContext, run: TrainingRun, now: datetime) -> float:
+    """What the run spent: the provider's charges for its label (every attempt, also one caught between two
+    hosts), else elapsed time x $/h; zero for a run that never rented."""
+    if is_remote(run.provider):
+        return provider_cost(ctx, run)
+    return elapsed_cost(run.dph, run.started_at or run.created_at, now) if run.instance_id else 0.0
 
 
-def _elapsed_cost(run: TrainingRun, now: datetime) -> float:
-    if run.instance_id is None:
-        return 0.0
-    started = run.started_at or run.created_at
-    return round(run.dph * max((now - started).total_seconds(), 0.0) / 3600, 6)
-
-
-def engage(ctx: PilotContext, *, actor: str, reason: str, destroy_attempts: int = 6) -> KillReport:
+def engage(ctx: PilotContext, *, actor: str, reason: str, policy: TeardownPolicy | None = None) -> KillReport:
     """Pull the kill switch. Never raises for a step that fails: the report says what could not be done."""
     t0 = time.monotonic()
     report = KillReport(actor=actor, reason=reason, started_at=utcnow().isoformat(timespec="seconds"))
@@ -154,19 +147,29 @@ def engage(ctx: PilotContext, *, actor: str, reason: str, destroy_attempts: int 
     targets = [(i.id, i.label) for i in owned] + [
         (r.instance_id, r.label) for r in in_flight if r.instance_id and r.instance_id not in known
     ]
-    if targets:
-        with ThreadPoolExecutor(max_workers=min(32, len(targets)), thread_name_prefix="kill") as pool:
-            results = list(pool.map(lambda t: destroy_verified(ctx.gpu, t[0], attempts=destroy_attempts), targets))
-        for (instance_id, label), (gone, attempts, error) in zip(targets, results, strict=True):
-            report.instances.append(InstanceOutcome(instance_id, label, gone, attempts, error))
-            if not gone:
-                report.problems.append(f"instance {instance_id} ({label}) not verified gone: {error}")
+    with ctx.store.session() as session:
+        live_attempts = session.exec(
+            select(RunAttempt).where(col(RunAttempt.status).in_([s.value for s in AttemptStatus if s.may_bill]))
+        ).all()
+        live_stages = session.exec(
+            select(EvalStage).where(col(EvalStage.status).in_([s.value for s in StageStatus if not s.is_terminal]))
+        ).all()
+    known |= {t[0] for t in targets}
+    targets += [(a.instance_id, a.run_id) for a in live_attempts if a.instance_id and a.instance_id not in known]
+    known |= {t[0] for t in targets}
+    targets += [(s.instance_id, s.label) for s in live_stages if s.instance_id and s.instance_id not in known]
+    results = destroy_all(ctx.gpu, [t[0] for t in targets], policy or teardown_policy(ctx.settings))
+    for (instance_id, label), outcome in zip(targets, results, strict=True):
+        report.instances.append(InstanceOutcome(instance_id, label, outcome.gone, outcome.tries, outcome.error))
+        if not outcome.gone:
+            report.problems.append(f"instance {instance_id} ({label}) not verified gone: {outcome.error}")
     gone_ids = {i.instance_id for i in report.instances if i.gone}
+    _end_attempts_and_stages(ctx, live_attempts, live_stages, gone_ids, why, report)
 
     # 4. runs in flight: cancelled, spend settled.
     now = utcnow()
     for run in in_flight:
-        cost = _elapsed_cost(run, now)
+        cost = _run_cost(ctx, run, now)
         still_alive = (
             run.instance_id is not None
             and run.instance_id not in gone_ids
@@ -225,7 +228,7 @@ def engage(ctx: PilotContext, *, actor: str, reason: str, destroy_attempts: int 
         with ctx.store.session(write=True) as session:
             record_event(
                 session,
-                entity_type="incident",
+                entity_type=EntityType.INCIDENT,
                 entity_id="kill_switch",
                 actor=actor,
                 reason=why,
@@ -246,13 +249,52 @@ def engage(ctx: PilotContext, *, actor: str, reason: str, destroy_attempts: int 
     return report
 
 
+def _end_attempts_and_stages(
+    ctx: PilotContext,
+    attempts: Sequence[RunAttempt],
+    stages: Sequence[EvalStage],
+    gone_ids: set[str],
+    why: str,
+    report: KillReport,
+) -> None:
+    """Attempts confirmed gone end; the others wait in ``ending`` for the reconciler. Stages are cancelled and
+    their reservation settled with what the provider charged for their label."""
+    for attempt in attempts:
+        gone = attempt.instance_id in gone_ids
+        new = AttemptStatus.ENDED if gone else AttemptStatus.ENDING
+        if attempt.status == new:
+            continue
+        try:
+            with ctx.store.session(write=True) as session:
+                switch_attempt_status(session, attempt.id, new, actor="system", reason=why)
+        except (ConflictError, TransitionError):
+            pass  # its driver ended it meanwhile
+    for stage in stages:
+        try:
+            gone = stage.instance_id is None or stage.instance_id in gone_ids
+            cost = label_cost(ctx, stage.label, since=stage.created_at.timestamp(), fallback_usd=stage.reserved_usd)
+            with ctx.store.session(write=True) as session:
+                switch_stage_status(session, stage.id, StageStatus.CANCELLED, actor="system", reason=why)
+                row = session.get(EvalStage, stage.id)
+                assert row is not None
+                row.actual_cost_usd = cost
+                if gone:
+                    row.instance_id = None
+                    settle(session, stage.id, cost, note="kill switch")
+        except (ConflictError, TransitionError):
+            pass  # ended meanwhile: its own teardown settled it
+        except Exception as exc:
+            logger.exception("Kill switch: cancelling evaluation stage %s failed", stage.id)
+            report.problems.append(f"stage {stage.id}: {exc.__class__.__name__}: {exc}")
+
+
 def resume(ctx: PilotContext, *, actor: str, reason: str) -> dict[str, Any]:
     """Lift the pause. Returns ``{"was_paused", "paused"}``; an event records who and why."""
     with ctx.store.session(write=True) as session:
         was_paused = set_paused(session, False, actor=actor, reason=f"resumed: {reason}")
         record_event(
             session,
-            entity_type="incident",
+            entity_type=EntityType.INCIDENT,
             entity_id="kill_switch",
             actor=actor,
             reason=f"resumed: {reason}",

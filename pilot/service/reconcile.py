@@ -27,10 +27,16 @@ from sqlmodel import col, select
 
 from pilot.context import PilotContext
 from pilot.errors import ConflictError, TransitionError
+from pilot.evaluation.remote import live_stage_labels, reconcile_stages
+from pilot.runs.attempts import attempts_of, provider_cost
+from pilot.runs.lifecycle import is_remote
+from pilot.runs.teardown import destroy_all, destroy_verified, teardown_policy
+from pilot.spend.costs import elapsed_cost
 from pilot.spend.ledger import settle
-from pilot.store.models import TrainingRun, as_utc, utcnow
-from pilot.store.status import RunStatus, RunTerminationReason
-from pilot.store.writers import record_event, switch_run_status
+from pilot.store.leases import holder, run_lease
+from pilot.store.models import RunAttempt, TrainingRun, as_utc, utcnow
+from pilot.store.status import AttemptStatus, EntityType, RunStatus, RunTerminationReason
+from pilot.store.writers import record_event, switch_attempt_status, switch_run_status
 from tools.errors import PilotError
 from tools.gpu.base import InstanceState
 
@@ -80,26 +86,46 @@ def _fail(ctx: PilotContext, run: TrainingRun, reason: RunTerminationReason, mes
     return True
 
 
-def _last_activity(run: TrainingRun) -> datetime:
-    """The newest of the run's creation and its remote attempts' launches and ends (``pilot.runs.remote``)."""
-    stamps = [
-        float(a[k])
-        for a in ((run.config or {}).get("remote") or {}).get("attempts", [])
-        for k in ("launched_at", "ended_at")
-        if a.get(k)
-    ]
-    created = as_utc(run.created_at)
-    return max([created, *(datetime.fromtimestamp(t, tz=created.tzinfo) for t in stamps)])
+def _last_activity(ctx: PilotContext, run: TrainingRun) -> datetime:
+    """The newest of the run's creation and its attempts' launches, heartbeats and ends."""
+    with ctx.store.session() as session:
+        tried = attempts_of(session, run.id)
+    stamps = [as_utc(s) for a in tried for s in (a.created_at, a.launched_at, a.last_beat_at, a.ended_at) if s]
+    return max([as_utc(run.created_at), *stamps])
 
 
 def _lost_cost(ctx: PilotContext, run: TrainingRun) -> float:
     """0 for a run that never rented; else what the provider billed under its label (``pilot.runs.remote``)."""
-    from pilot.runs.remote import (
-        provider_cost,  # pilot.runs.remote imports pilot.runs.lifecycle, which imports this module
-    )
+    with ctx.store.session() as session:
+        rented = any(a.launched_at is not None for a in attempts_of(session, run.id))
+    return provider_cost(ctx, run) if rented else 0.0
 
-    attempts = ((run.config or {}).get("remote") or {}).get("attempts", [])
-    return provider_cost(ctx, run, attempts) if attempts else 0.0
+
+def _driven_elsewhere(ctx: PilotContext, run: TrainingRun, now: datetime) -> bool:
+    """A live process holds the run's lease (or its thread's): it handles breaches and retries itself."""
+    with ctx.store.session() as session:
+        return holder(session, run_lease(run.id), now=now) is not None
+
+
+def _finish_ending(ctx: PilotContext, report: ReconcileReport) -> None:
+    """Attempts whose destroy was never confirmed: try again; ``ended`` once the provider says gone."""
+    with ctx.store.session() as session:
+        ending = session.exec(select(RunAttempt).where(RunAttempt.status == AttemptStatus.ENDING)).all()
+    for attempt in ending:
+        if attempt.instance_id is None:
+            continue
+        outcome = destroy_verified(ctx.gpu, attempt.instance_id, teardown_policy(ctx.settings))
+        if not outcome.gone:
+            report.orphans_not_verified.append(attempt.instance_id)
+            continue
+        with ctx.store.session(write=True) as session:
+            switch_attempt_status(
+                session,
+                attempt.id,
+                AttemptStatus.ENDED,
+                actor="system",
+                reason=f"reconciler: instance {attempt.instance_id} destroyed and verified gone",
+            )
 
 
 def _reload(ctx: PilotContext, run_id: str) -> TrainingRun | None:
@@ -113,19 +139,13 @@ def reconcile(
     state: ReconcileState | None = None,
     now: datetime | None = None,
     pending_grace_s: float = 600.0,
-    destroy_attempts: int = 5,
 ) -> ReconcileReport:
     """One pass. ``state`` None means start-up: a vanished instance fails its run at once."""
-    from pilot.service.killswitch import destroy_verified
-
     now = now or utcnow()
     report = ReconcileReport()
     prefix = ctx.label_prefix
-    from pilot.evaluation.remote import (  # imports pilot.runs.lifecycle: a cycle at top level
-        live_stage_labels,
-        reconcile_stages,
-    )
-
+    policy = teardown_policy(ctx.settings)
+    _finish_ending(ctx, report)
     try:
         # Evaluation stages have no run row: reap those a dead daemon left open, protect the live ones.
         reconcile_stages(ctx, now=now)
@@ -149,11 +169,11 @@ def reconcile(
 
     # Runs with no instance the daemon lost track of; first, so that their labelled instances are orphans below.
     for lost in pending:
-        if (now - _last_activity(lost)) < timedelta(seconds=pending_grace_s):
+        if (now - _last_activity(ctx, lost)) < timedelta(seconds=pending_grace_s) or _driven_elsewhere(ctx, lost, now):
             continue
         # Its instances rented but never recorded are destroyed first, so the settled cost includes all they billed.
         unrecorded = [i for i in owned if i.label == lost.label]
-        verified = [destroy_verified(ctx.gpu, i.id, attempts=destroy_attempts)[0] for i in unrecorded]
+        verified = [t.gone for t in destroy_all(ctx.gpu, [i.id for i in unrecorded], policy)]
         if not all(verified):
             continue  # the orphan check below reports it; the run is failed on a later pass
         owned = [i for i in owned if i.label != lost.label]
@@ -177,12 +197,13 @@ def reconcile(
             if RunStatus(run.status).is_terminal
             else f"run {run.id} uses instance {run.instance_id}"
         )
-        gone, _attempts, error = destroy_verified(ctx.gpu, instance.id, attempts=destroy_attempts)
+        outcome = destroy_verified(ctx.gpu, instance.id, policy)
+        gone, error = outcome.gone, outcome.error
         (report.orphans_destroyed if gone else report.orphans_not_verified).append(instance.id)
         with ctx.store.session(write=True) as session:
             record_event(
                 session,
-                entity_type="instance",
+                entity_type=EntityType.INSTANCE,
                 entity_id=instance.id,
                 actor="system",
                 reason=f"orphan ({why}): " + ("destroyed and verified gone" if gone else f"NOT verified gone: {error}"),
@@ -202,6 +223,8 @@ def reconcile(
     for run in runs.values():
         if run.status not in LIVE or run.instance_id is None or run.instance_id in owned_ids:
             continue
+        if is_remote(run.provider) and _driven_elsewhere(ctx, run, now):
+            continue  # its driver retries on another host; the run is not lost
         try:
             vanished = ctx.gpu.poll(run.instance_id).state is InstanceState.GONE
         except PilotError as exc:
@@ -212,8 +235,11 @@ def reconcile(
         if state is not None and run.id not in state.suspects:
             seen_now.add(run.id)
             continue
-        started = as_utc(run.started_at or run.created_at)
-        cost = round(run.dph * max((now - started).total_seconds(), 0.0) / 3600, 6)
+        cost = (
+            provider_cost(ctx, run)
+            if is_remote(run.provider)
+            else elapsed_cost(run.dph, run.started_at or run.created_at, now)
+        )
         message = f"instance {run.instance_id} vanished from {ctx.gpu.name}"
         if _fail(ctx, run, RunTerminationReason.INSTANCE_VANISHED, message, cost):
             report.runs_failed.append({"run_id": run.id, "reason": RunTerminationReason.INSTANCE_VANISHED.value})

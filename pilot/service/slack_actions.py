@@ -40,7 +40,7 @@ from sqlmodel import col
 from pilot.context import PilotContext
 from pilot.errors import ConflictError, NotFound
 from pilot.store.models import Approval, PilotState, utcnow
-from pilot.store.status import ApprovalStatus
+from pilot.store.status import ApprovalStatus, EntityType
 from pilot.store.writers import record_event
 from pilot.supervisor import approvals
 from tools.slack import APPROVE_ACTION, REJECT_ACTION
@@ -78,7 +78,7 @@ def _refuse(
     with ctx.store.session(write=True) as session:
         record_event(
             session,
-            entity_type="slack_action",
+            entity_type=EntityType.SLACK_ACTION,
             entity_id=approval_id or "unknown",
             actor=f"slack:{user}" if user else "anonymous",
             reason=f"refused: {why}",

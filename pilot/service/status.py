@@ -15,7 +15,7 @@ from pilot.settings import Settings
 from pilot.spend.ledger import spend_summary
 from pilot.store import Store
 from pilot.store.models import Approval, DeadLetter, Decision, ExecutionRecordRow, ModelVersion, TrainingRun
-from pilot.store.status import ApprovalStatus
+from pilot.store.status import Alias, ApprovalStatus
 from pilot.store.writers import alias_target, is_paused
 
 
@@ -25,7 +25,7 @@ def _iso(value: Any) -> str | None:
 
 def build_status(settings: Settings, store: Store, *, limit: int = 5) -> dict[str, Any]:
     with store.session() as session:
-        champion_id = alias_target(session, "champion")
+        champion_id = alias_target(session, Alias.CHAMPION)
         champion = session.get(ModelVersion, champion_id) if champion_id else None
         runs = session.exec(select(TrainingRun).order_by(col(TrainingRun.created_at).desc()).limit(limit)).all()
         pending = session.exec(

@@ -39,6 +39,7 @@ from sqlmodel import Session, col, select
 from pilot.errors import ConfigError
 from pilot.settings import Settings
 from pilot.store.models import AliasHistory, ExecutionRecordRow, PilotState, as_utc, utcnow
+from pilot.store.status import EntityType
 from pilot.store.writers import alias_target, record_event
 from subagents.monitoring import LiveStats, Verdict, compare_live
 from tools.serving.canary import bucket
@@ -132,7 +133,7 @@ def _write(session: Session, rollout: Rollout | None, *, actor: str, reason: str
     subject = rollout if rollout is not None else old
     record_event(
         session,
-        entity_type="canary",
+        entity_type=EntityType.CANARY,
         entity_id=subject.version if subject is not None else "-",
         actor=actor,
         reason=reason,
@@ -228,10 +229,11 @@ class WatchResult:
     figures: dict[str, Any] | None = None
 
 
-def watch(session: Session, settings: Settings, *, now: datetime | None = None) -> WatchResult:
+def watch(session: Session, settings: Settings, *, now: datetime | None = None, may_step: bool = True) -> WatchResult:
     """Compare the champion with its baseline over the monitoring window; step a healthy canary up.
 
     Writes only the canary share (and its event); a regression is returned for the caller to roll back.
+    ``may_step`` False (the effect gate refused ``CANARY_STEP``: paused) holds the canary where it is.
     """
     now = now or utcnow()
     champion = alias_target(session, CHAMPION)
@@ -269,6 +271,9 @@ def watch(session: Session, settings: Settings, *, now: datetime | None = None) 
     if not enough:
         return WatchResult("hold", f"canary at {rollout.share:.0%}: {verdict.reason}", champion, baseline, verdict,
                            rollout.share, figures)  # fmt: skip
+    if not may_step:
+        return WatchResult("hold", f"canary held at {rollout.share:.0%} (paused): {verdict.reason}", champion,
+                           baseline, verdict, rollout.share, figures)  # fmt: skip
     higher = [s for s in canary_steps(settings) if s > rollout.share]
     if not higher or higher[0] >= 1.0:
         end_rollout(session, actor="supervisor", reason=f"canary of {champion} complete: {verdict.reason}")

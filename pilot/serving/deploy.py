@@ -11,6 +11,7 @@ stable champion on the target, undoing a half-finished canary or a manual edit.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
@@ -18,13 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pilot.context import PilotContext
+from pilot.serving import registry
 from pilot.settings import Settings
+from pilot.spend.effects import Effect, EffectRefused, authorize
 from pilot.store import Store
 from pilot.store.models import ModelVersion
-from pilot.store.status import ModelStatus
-from pilot.store.writers import alias_target
+from pilot.store.status import Alias, EntityType, ModelStatus
+from pilot.store.writers import alias_target, record_event
 from tools.artifacts.base import ArtifactStore
-from tools.errors import DeployError
+from tools.errors import DeployError, PilotError
 from tools.serving.base import DeployTarget
 from tools.serving.ollama import OllamaTarget
 from tools.serving.pointer import PointerFileTarget
@@ -32,7 +36,7 @@ from tools.serving.vllm import VllmTarget
 
 logger = logging.getLogger(__name__)
 
-CHAMPION = "champion"
+CHAMPION = Alias.CHAMPION
 
 
 @dataclass(frozen=True)
@@ -140,3 +144,36 @@ def revert_to_stable(settings: Settings, store: Store, artifacts: ArtifactStore)
         close = getattr(target, "close", None)
         if callable(close):
             close()
+
+
+def apply_champion(
+    ctx: PilotContext, why: str, *, effect: Effect = Effect.DEPLOY, lease: str | None = None, actor: str = "system"
+) -> str:
+    """Make the serving target agree with the registry, if the effect gate allows it now; a refused deploy rolls
+    the promotion back. Returns the line for the cycle's log. ``effect`` is ``ROLLBACK`` after a rollback (allowed
+    while paused), else ``DEPLOY``."""
+    settings = ctx.settings
+    try:
+        authorize(ctx.store, effect, settings, owner=ctx.owner, lease=lease, actor=actor)
+    except EffectRefused as exc:
+        return f"; not deployed: {exc.reason}"
+    try:
+        outcome = sync_champion(settings, ctx.store, ctx.artifacts, make_target(settings))
+    except PilotError as exc:
+        logger.error("Deploy after %s failed: %s", why, exc)
+        with ctx.store.session(write=True) as session:
+            registry.rollback(session, to_version=None, actor="system", reason=f"deploy failed: {exc}")
+        with contextlib.suppress(PilotError):
+            sync_champion(settings, ctx.store, ctx.artifacts, make_target(settings))
+        return f"; deploy FAILED ({exc}), promotion rolled back"
+    with ctx.store.session(write=True) as session:
+        record_event(
+            session,
+            entity_type=EntityType.DEPLOYMENT,
+            entity_id=settings.deploy.target,
+            actor=actor,
+            reason=f"{why}: {outcome.action}",
+            old=outcome.before,
+            new=outcome.after,
+        )
+    return f"; serving {outcome.after or 'the base model'} on {outcome.target} ({outcome.action})"

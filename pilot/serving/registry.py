@@ -13,10 +13,10 @@ from sqlmodel import Session, col, select
 
 from pilot.errors import NotFound, TransitionError
 from pilot.store.models import AliasHistory, ModelVersion
-from pilot.store.status import ModelStatus
+from pilot.store.status import Alias, ModelStatus
 from pilot.store.writers import alias_target, move_alias, switch_model_status
 
-CHAMPION, PREVIOUS, CANDIDATE = "champion", "previous", "candidate"
+CHAMPION, PREVIOUS, CANDIDATE = Alias.CHAMPION, Alias.PREVIOUS, Alias.CANDIDATE
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,11 @@ class TrainingProposal:
     estimated_cost_usd: float
     dph: float
     expected_hours: float
+    max_spend_usd: float | None = None  # the reservation: the most the run may spend (defaults to the estimate)
+
+    @property
+    def ceiling_usd(self) -> float:
+        return self.estimated_cost_usd if self.max_spend_usd is None else max(self.max_spend_usd, 0.0)
 
 
 Rule = Callable[[TrainingProposal, Facts, Settings], Ruling | None]
@@ -100,18 +105,18 @@ def max_dph(p: TrainingProposal, f: Facts, s: Settings) -> Ruling | None:
 
 
 def budget(p: TrainingProposal, f: Facts, s: Settings) -> Ruling | None:
-    problem = check_caps(f.spend, p.estimated_cost_usd, s.budget)
+    problem = check_caps(f.spend, p.ceiling_usd, s.budget)
     return Ruling(Verdict.DENY, "budget", problem) if problem else None
 
 
 def approval_threshold(p: TrainingProposal, f: Facts, s: Settings) -> Ruling | None:
     threshold = s.policy.approval_required_above_usd
-    if threshold == 0 or p.estimated_cost_usd > threshold:
-        why = "every training run" if threshold == 0 else f"training above ${threshold:.2f}"
+    if threshold == 0 or p.ceiling_usd > threshold:
+        why = "every training run" if threshold == 0 else f"training that may spend more than ${threshold:.2f}"
         return Ruling(
             Verdict.NEEDS_APPROVAL,
             "approval_threshold",
-            f"a human approves {why} (estimated ${p.estimated_cost_usd:.2f})",
+            f"a human approves {why} (estimated ${p.estimated_cost_usd:.2f}, at most ${p.ceiling_usd:.2f})",
         )
     return None
 

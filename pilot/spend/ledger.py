@@ -18,6 +18,7 @@ from pilot.errors import BudgetError
 from pilot.settings import BudgetSettings
 from pilot.store import Store
 from pilot.store.models import Event, SpendEntry, utcnow
+from pilot.store.status import EntityType
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +123,9 @@ def reserve(
 
 
 def settle(session: Session, run_id: str, actual_usd: float, *, category: str = "gpu", note: str = "") -> None:
-    """Release the run's reservations and record what it actually cost."""
+    """Release the run's reservations and record what it actually cost. Idempotent per run: settling again (the
+    kill switch, then the run's own teardown; or charges the provider published late) corrects the one actual
+    entry to the larger figure instead of counting the run twice — spend is never under-counted."""
     for entry in session.exec(
         select(SpendEntry).where(
             SpendEntry.run_id == run_id,
@@ -131,6 +134,18 @@ def settle(session: Session, run_id: str, actual_usd: float, *, category: str = 
         )
     ).all():
         entry.active = False
+    previous = session.exec(
+        select(SpendEntry).where(
+            SpendEntry.run_id == run_id, SpendEntry.kind == "actual", SpendEntry.category == category
+        )
+    ).first()
+    if previous is not None:
+        if actual_usd > previous.amount_usd:
+            logger.info("Run %s: settled cost corrected $%.6f -> $%.6f", run_id, previous.amount_usd, actual_usd)
+            previous.amount_usd = actual_usd
+            previous.note = (note or previous.note)[:500]
+        session.flush()
+        return
     session.add(SpendEntry(kind="actual", category=category, run_id=run_id, amount_usd=actual_usd, note=note))
     session.flush()
     logger.info("Run %s cost $%.4f", run_id, actual_usd)
@@ -141,7 +156,7 @@ def record_spend(session: Session, *, amount_usd: float, category: str, note: st
     session.add(SpendEntry(kind="actual", category=category, amount_usd=amount_usd, note=note))
 
 
-LLM_EVENT = "llm_call"  # the event row each LLM call writes (tokens, model); its dollars are ledger rows
+LLM_EVENT = EntityType.LLM_CALL  # the event row each LLM call writes (tokens, model); its dollars are ledger rows
 
 
 def day_window(now: datetime) -> tuple[datetime, datetime]:

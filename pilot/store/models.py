@@ -202,3 +202,70 @@ class PilotState(SQLModel, table=True):
     key: str = Field(primary_key=True, max_length=60)
     value: str = Field(sa_column=Column(Text, nullable=False))
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Lease(SQLModel, table=True):
+    """Who may advance a job or a supervisor thread right now (``pilot/store/leases.py`` is the only writer).
+
+    ``name`` is ``<kind>:<id>`` (``thread:cycle-…``, ``run:run-…``, ``stage:eval-…``). A lease is taken or renewed
+    by compare-and-set; ``epoch`` grows on every change of owner, so a holder that lost its lease can tell."""
+
+    __tablename__ = "lease"
+
+    name: str = Field(primary_key=True, max_length=120)
+    owner: str = Field(max_length=200)
+    epoch: int = 0
+    acquired_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime = Field(index=True)
+
+
+class RunAttempt(SQLModel, table=True):
+    """One try of a training run on one rented host: the unit the provider bills. Status in ``AttemptStatus``.
+
+    The row is committed (``pending``) before the provider is asked for an instance; the instance id is recorded
+    when the provider accepts (``launched``); ``ended`` only once the provider confirmed the instance gone."""
+
+    __tablename__ = "run_attempt"
+    __table_args__ = (UniqueConstraint("run_id", "n"),)
+
+    id: str = Field(primary_key=True, max_length=60)  # <run_id>-a<n>
+    run_id: str = Field(foreign_key="training_run.id", max_length=40, index=True)
+    n: int
+    status: str = Field(max_length=20, index=True)
+    offer_id: str = Field(max_length=80)
+    host: str = Field(default="", max_length=120)  # machine-<id>: a host is never tried twice for one run
+    gpu: str = Field(default="", max_length=80)
+    dph: float = 0.0
+    bid: float | None = None
+    resume_step: int | None = None
+    instance_id: str | None = Field(default=None, max_length=80, index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    launched_at: datetime | None = None
+    running_since: datetime | None = None  # first seen running, by this side's clock (hosts' clocks are not trusted)
+    last_seq: str | None = Field(default=None, max_length=80)  # the last heartbeat's sequence number seen
+    last_beat_at: datetime | None = None  # when it was first seen, by this side's clock
+    ended_at: datetime | None = None
+    end_reason: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class EvalStage(SQLModel, table=True):
+    """A candidate's evaluation generation on its own rented host (``evaluation.where = "remote"``). Status in
+    ``StageStatus``; its money is the ledger reservation under the stage id, settled from the provider's charges."""
+
+    __tablename__ = "eval_stage"
+
+    id: str = Field(primary_key=True, max_length=60)
+    version_id: str = Field(max_length=40, index=True)
+    status: str = Field(max_length=20, index=True)
+    label: str = Field(max_length=200, index=True)
+    offer_id: str | None = Field(default=None, max_length=80)
+    gpu: str = Field(default="", max_length=80)
+    dph: float = 0.0
+    instance_id: str | None = Field(default=None, max_length=80)
+    reserved_usd: float = 0.0
+    actual_cost_usd: float | None = None
+    attempts: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    launched_at: datetime | None = None
+    ended_at: datetime | None = None
+    end_reason: str | None = Field(default=None, sa_column=Column(Text))

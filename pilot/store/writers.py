@@ -18,17 +18,28 @@ from pilot.errors import ConflictError, NotFound, TransitionError
 from pilot.store.models import (
     AliasHistory,
     Approval,
+    EvalStage,
     Event,
     ModelAlias,
     ModelVersion,
     PilotState,
+    RunAttempt,
     TrainingRun,
     utcnow,
 )
-from pilot.store.status import ApprovalStatus, ModelStatus, RunStatus, RunTerminationReason, is_allowed
+from pilot.store.status import (
+    ApprovalStatus,
+    AttemptStatus,
+    EntityType,
+    ModelStatus,
+    RunStatus,
+    RunTerminationReason,
+    StageStatus,
+    is_allowed,
+)
 
 E = TypeVar("E", bound=enum.StrEnum)
-Row = TypeVar("Row", TrainingRun, Approval, ModelVersion)
+Row = TypeVar("Row", TrainingRun, Approval, ModelVersion, RunAttempt, EvalStage)
 
 
 def record_event(
@@ -106,6 +117,54 @@ def switch_run_status(
     )
 
 
+def switch_attempt_status(
+    session: Session,
+    attempt_id: str,
+    new: AttemptStatus,
+    *,
+    actor: str,
+    reason: str,
+    expected: AttemptStatus | None = None,
+    **fields: Any,
+) -> RunAttempt:
+    if new.is_terminal:
+        fields.setdefault("ended_at", utcnow())
+        fields.setdefault("end_reason", reason[:1000])
+    if new is AttemptStatus.LAUNCHED:
+        fields.setdefault("launched_at", utcnow())
+    return _switch(
+        session,
+        RunAttempt,
+        AttemptStatus,
+        attempt_id,
+        new,
+        actor=actor,
+        reason=reason,
+        expected=expected,
+        fields=fields,
+    )
+
+
+def switch_stage_status(
+    session: Session,
+    stage_id: str,
+    new: StageStatus,
+    *,
+    actor: str,
+    reason: str,
+    expected: StageStatus | None = None,
+    **fields: Any,
+) -> EvalStage:
+    if new.is_terminal:
+        fields.setdefault("ended_at", utcnow())
+        fields.setdefault("end_reason", reason[:1000])
+    if new is StageStatus.LAUNCHED:
+        fields.setdefault("launched_at", utcnow())
+    return _switch(
+        session, EvalStage, StageStatus, stage_id, new, actor=actor, reason=reason, expected=expected, fields=fields
+    )
+
+
 def switch_approval_status(
     session: Session,
     approval_id: str,
@@ -155,7 +214,13 @@ def move_alias(session: Session, alias: str, version_id: str | None, *, actor: s
         row.updated_at = utcnow()
     session.add(AliasHistory(alias=alias, old_version=old, new_version=version_id, actor=actor, reason=reason))
     record_event(
-        session, entity_type="model_alias", entity_id=alias, actor=actor, reason=reason, old=old, new=version_id
+        session,
+        entity_type=EntityType.MODEL_ALIAS,
+        entity_id=alias,
+        actor=actor,
+        reason=reason,
+        old=old,
+        new=version_id,
     )
     session.flush()
     return old
@@ -187,7 +252,7 @@ def set_paused(session: Session, paused: bool, *, actor: str, reason: str) -> bo
     if previous != paused:
         record_event(
             session,
-            entity_type="pilot",
+            entity_type=EntityType.PILOT,
             entity_id="pilot",
             actor=actor,
             reason=reason,

@@ -15,7 +15,7 @@ from sqlmodel import Session, col, select
 
 from pilot.errors import ConflictError, NotFound
 from pilot.store.models import Approval, Decision, utcnow
-from pilot.store.status import ApprovalKind, ApprovalStatus
+from pilot.store.status import ApprovalKind, ApprovalStatus, EntityType
 from pilot.store.writers import record_event, switch_approval_status
 
 
@@ -32,9 +32,14 @@ def request_approval(
     cost_ceiling_usd: float,
     expiry_minutes: float,
 ) -> Approval:
-    """Create the pending approval for ``decision`` (idempotent: the same decision and kind reuse it)."""
+    """Create the pending approval for ``decision`` (idempotent: a pending one of the same decision and kind is
+    reused; once answered, asking again — a price that rose past the approved ceiling — makes a new one)."""
     existing = session.exec(
-        select(Approval).where(Approval.decision_id == decision.id, Approval.kind == kind.value)
+        select(Approval).where(
+            Approval.decision_id == decision.id,
+            Approval.kind == kind.value,
+            Approval.status == ApprovalStatus.PENDING,
+        )
     ).first()
     if existing is not None:
         return existing
@@ -52,7 +57,7 @@ def request_approval(
     session.flush()
     record_event(
         session,
-        entity_type="approval",
+        entity_type=EntityType.APPROVAL,
         entity_id=approval.id,
         actor="supervisor",
         reason=f"{kind} approval requested for decision {decision.id}",

@@ -1,5 +1,14 @@
-"""One supervisor cycle: expire approvals, resume the threads whose approvals were answered, continue threads a
-crash interrupted, then start a new cycle thread. Used by ``run --once``, the scheduler and the demo."""
+"""One supervisor pass: expire approvals, resume the threads whose approval was answered or whose run ended,
+continue threads a crash interrupted, then start a new cycle thread. Used by ``run --once``, the daemon and the
+demo.
+
+Every thread is advanced under its lease (``thread:<thread_id>``, pilot/store/leases.py): a thread another live
+process is advancing — ``run --once`` next to the daemon, or two daemons around a leader change — is skipped, and
+the effect gate refuses the effects of a process that lost the lease. ``drive=True`` (``run --once``, the demo)
+drives a thread's run to its end in this process (under the run's lease) and resumes the thread; the daemon passes
+``drive=False``: its jobs worker advances runs and the next pass resumes the thread, so a pass never blocks on a
+host.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +22,10 @@ from sqlmodel import col, select
 
 from pilot.context import PilotContext
 from pilot.data.ingest import ingest_drop_dir
-from pilot.store.models import Approval, Decision
-from pilot.store.status import ApprovalStatus
+from pilot.runs.driver import watch_run
+from pilot.store.leases import LeaseKeeper, thread_lease
+from pilot.store.models import Approval, Decision, TrainingRun
+from pilot.store.status import ApprovalStatus, RunStatus
 from pilot.supervisor import approvals
 from pilot.supervisor.graph import build_graph, open_checkpointer
 
@@ -26,16 +37,27 @@ class CycleResult:
     thread_id: str
     resumed: bool
     outcome: str
-    waiting_on: str | None = None  # the approval id the thread is interrupted on
+    waiting_on: str | None = None  # the approval id (or run id) the thread is interrupted on
     log: list[str] = field(default_factory=list)
+
+
+def _waiting(out: dict[str, Any]) -> dict[str, Any] | None:
+    interrupts = out.get("__interrupt__") or []
+    return dict(interrupts[0].value) if interrupts else None
 
 
 def _result(thread_id: str, out: dict[str, Any], *, resumed: bool, seen: int = 0) -> CycleResult:
     """``seen``: how many log lines the thread had before this invocation (a resumed thread reports only new ones)."""
-    interrupts = out.get("__interrupt__") or []
-    waiting = str(interrupts[0].value.get("approval_id")) if interrupts else None
-    outcome = out.get("outcome") or (f"waiting for approval {waiting}" if waiting else out.get("reason", ""))
-    return CycleResult(thread_id, resumed, str(outcome), waiting, list(out.get("log", []))[seen:])
+    waiting = _waiting(out)
+    waiting_on = None
+    outcome = out.get("outcome") or out.get("reason", "")
+    if waiting is not None and waiting.get("approval_id"):
+        waiting_on = str(waiting["approval_id"])
+        outcome = out.get("outcome") or f"waiting for approval {waiting_on}"
+    elif waiting is not None and waiting.get("run_id"):
+        waiting_on = str(waiting["run_id"])
+        outcome = out.get("outcome") or f"waiting for run {waiting_on}"
+    return CycleResult(thread_id, resumed, str(outcome), waiting_on, list(out.get("log", []))[seen:])
 
 
 def _threads_to_resume(ctx: PilotContext) -> list[tuple[str, str]]:
@@ -56,34 +78,82 @@ def _unfinished_threads(ctx: PilotContext) -> list[str]:
     return [str(r) for r in rows]
 
 
-def run_cycle(ctx: PilotContext, *, ingest: bool = True) -> list[CycleResult]:
+def _run_status(ctx: PilotContext, run_id: str) -> RunStatus | None:
+    with ctx.store.session() as session:
+        run = session.get(TrainingRun, run_id)
+    return RunStatus(run.status) if run is not None else None
+
+
+class _Pass:
+    """One pass over the threads, with the compiled graph."""
+
+    def __init__(self, ctx: PilotContext, app: Any, *, drive: bool) -> None:
+        self.ctx, self.app, self.drive = ctx, app, drive
+        self.results: list[CycleResult] = []
+        self.done: set[str] = set()
+
+    def advance(self, thread_id: str, value: Any, *, resumed: bool) -> None:
+        """Invoke the thread under its lease; while it waits on a run and ``drive`` is on, drive the run here and
+        resume the thread with the run's end."""
+        ttl = self.ctx.settings.scheduler.lease_ttl_s
+        with LeaseKeeper(self.ctx.store, thread_lease(thread_id), self.ctx.owner, ttl_s=ttl) as lease:
+            if not lease.held:
+                logger.info("Thread %s is advanced by another process; skipping it", thread_id)
+                self.done.add(thread_id)
+                return
+            config: Any = {"configurable": {"thread_id": thread_id}}
+            seen = len(self.app.get_state(config).values.get("log", [])) if resumed else 0
+            out = self.app.invoke(value, config)
+            while self.drive and not lease.lost.is_set():
+                waiting = _waiting(out)
+                if waiting is None or not waiting.get("run_id"):
+                    break
+                run = watch_run(self.ctx, str(waiting["run_id"]))
+                if not RunStatus(run.status).is_terminal:
+                    break  # another process drives it (its lease): resume later
+                out = self.app.invoke(Command(resume={"run_id": run.id}), config)
+            self.results.append(_result(thread_id, out, resumed=resumed, seen=seen))
+            self.done.add(thread_id)
+
+    def pending_state(self, thread_id: str) -> Any:
+        return self.app.get_state({"configurable": {"thread_id": thread_id}})
+
+
+def run_cycle(ctx: PilotContext, *, ingest: bool = True, drive: bool = True) -> list[CycleResult]:
     if ingest and ctx.settings.drop_dir.is_dir():
         ingest_drop_dir(ctx.store, ctx.settings.drop_dir, batch_size=ctx.settings.ingest.batch_size)
     with ctx.store.session(write=True) as session:
         for approval in approvals.expire_due(session):
             logger.info("Approval %s expired: denied by default", approval.id)
-    results: list[CycleResult] = []
     with open_checkpointer(ctx) as saver:
-        app = build_graph(ctx).compile(checkpointer=saver)
-        resumed_threads = set()
+        work = _Pass(ctx, build_graph(ctx).compile(checkpointer=saver), drive=drive)
         for thread_id, approval_id in _threads_to_resume(ctx):
-            config: Any = {"configurable": {"thread_id": thread_id}}
-            before = app.get_state(config)
-            if not before.next:
+            state = work.pending_state(thread_id)
+            waiting = [i.value for i in state.interrupts]
+            if (
+                thread_id in work.done
+                or not state.next
+                or not any(w.get("approval_id") == approval_id for w in waiting)
+            ):
                 continue
-            out = app.invoke(Command(resume={"approval_id": approval_id}), config)
-            results.append(_result(thread_id, out, resumed=True, seen=len(before.values.get("log", []))))
-            resumed_threads.add(thread_id)
+            work.advance(thread_id, Command(resume={"approval_id": approval_id}), resumed=True)
         for thread_id in _unfinished_threads(ctx):
-            config = {"configurable": {"thread_id": thread_id}}
-            state = app.get_state(config)
-            if thread_id in resumed_threads or not state.next or state.interrupts:
+            if thread_id in work.done:
                 continue
+            state = work.pending_state(thread_id)
+            if not state.next:
+                continue
+            waiting = [i.value for i in state.interrupts]
+            run_ids = [str(w["run_id"]) for w in waiting if w.get("run_id")]
+            if run_ids:
+                status = _run_status(ctx, run_ids[0])
+                if status is not None and (status.is_terminal or drive):
+                    work.advance(thread_id, Command(resume={"run_id": run_ids[0]}), resumed=True)
+                continue
+            if waiting:
+                continue  # waits for a human
             logger.warning("Continuing thread %s, interrupted at %s by a restart", thread_id, state.next)
-            out = app.invoke(None, config)
-            results.append(_result(thread_id, out, resumed=True, seen=len(state.values.get("log", []))))
+            work.advance(thread_id, None, resumed=True)
         cycle_id = uuid.uuid4().hex[:10]
-        thread_id = f"cycle-{cycle_id}"
-        out = app.invoke({"cycle_id": cycle_id, "log": []}, {"configurable": {"thread_id": thread_id}})
-        results.append(_result(thread_id, out, resumed=False))
-    return results
+        work.advance(f"cycle-{cycle_id}", {"cycle_id": cycle_id, "log": []}, resumed=False)
+    return work.results

@@ -25,7 +25,7 @@ from pilot.context import PilotContext
 from pilot.settings import Settings
 from pilot.spend.ledger import spend_summary
 from pilot.store.models import Approval, DatasetSnapshot, Decision, Event, TrainingRun, utcnow
-from pilot.store.status import ApprovalStatus
+from pilot.store.status import ApprovalStatus, EntityType
 from pilot.store.writers import record_event
 from pilot.supervisor import approvals
 from tools.errors import NotificationError
@@ -227,7 +227,7 @@ def remind_due(ctx: PilotContext, *, now: datetime | None = None) -> list[str]:
         with ctx.store.session(write=True) as session:
             record_event(
                 session,
-                entity_type="approval",
+                entity_type=EntityType.APPROVAL,
                 entity_id=approval.id,
                 actor="system",
                 reason=f"reminder: expires in {minutes:.0f} min, then denied by default",

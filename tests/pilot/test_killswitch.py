@@ -11,6 +11,7 @@ import pytest
 from sqlmodel import col, select
 
 from pilot.context import PilotContext, build_context
+from pilot.runs.teardown import TeardownPolicy
 from pilot.service import killswitch
 from pilot.serving.deploy import make_target
 from pilot.settings import Settings
@@ -178,7 +179,9 @@ def test_an_instance_that_will_not_die_is_reported_not_hidden(
     ids = _world(ctx, gpu)
     gpu.stuck.add(ids["a"])
 
-    report = killswitch.engage(ctx, actor="human:alice", reason="test", destroy_attempts=2)
+    report = killswitch.engage(
+        ctx, actor="human:alice", reason="test", policy=TeardownPolicy(deadline_s=0.5, base_delay_s=0.05)
+    )
 
     assert not report.ok
     assert report.to_dict()["instances_not_verified"] == [ids["a"]]

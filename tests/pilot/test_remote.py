@@ -14,13 +14,13 @@ import pytest
 from sqlmodel import select
 from test_remote_rig import AWS, VAST_KEY, Rig, make_rig, moto_endpoint
 
+from pilot.runs.attempts import attempts_of
 from pilot.runs.host import onstart_script
-from pilot.runs.remote import remote_state
 from pilot.service.reconcile import reconcile
 from pilot.settings import Settings
 from pilot.store import Store
-from pilot.store.models import Event, ModelVersion, TrainingRun, utcnow
-from pilot.store.status import RunStatus, RunTerminationReason
+from pilot.store.models import Event, ModelVersion, RunAttempt, TrainingRun, utcnow
+from pilot.store.status import AttemptStatus, RunStatus, RunTerminationReason
 from tools.gpu.base import InstanceState, LaunchSpec, OfferRequirements
 
 
@@ -73,8 +73,13 @@ def assert_settled(rig: Rig, run: TrainingRun) -> None:
     assert run.actual_cost_usd == pytest.approx(actual, abs=1e-12)
 
 
-def instance_ids(run: TrainingRun) -> list[str]:
-    return [str(a["instance_id"]) for a in remote_state(run)["attempts"] if a.get("instance_id")]
+def attempts_for(rig: Rig, run: TrainingRun) -> list[RunAttempt]:
+    with rig.store.session() as session:
+        return attempts_of(session, run.id)
+
+
+def instance_ids(rig: Rig, run: TrainingRun) -> list[str]:
+    return [str(a.instance_id) for a in attempts_for(rig, run) if a.instance_id]
 
 
 def test_happy_path_nothing_secret_reaches_the_host(rig_factory: Callable[..., Rig]) -> None:
@@ -128,9 +133,9 @@ def test_stuck_loading_is_replaced_on_another_host(rig_factory: Callable[..., Ri
     rig.server.stuck_loading = False  # the next host boots
     run = _watch(rig, run)
     assert run.status == RunStatus.SUCCEEDED, run.status_message
-    attempts = remote_state(run)["attempts"]
-    assert len(attempts) == 2 and attempts[0]["host"] != attempts[1]["host"]
-    assert "still loading" in attempts[0]["end_reason"]
+    attempts = attempts_for(rig, run)
+    assert len(attempts) == 2 and attempts[0].host != attempts[1].host
+    assert "still loading" in attempts[0].end_reason
     assert_settled(rig, run)
 
 
@@ -141,7 +146,7 @@ def test_stuck_everywhere_fails_after_max_attempts(rig_factory: Callable[..., Ri
     assert run.status == RunStatus.FAILED
     assert run.termination_reason == RunTerminationReason.LAUNCH_FAILED
     assert "still loading" in (run.status_message or "") and "2 host(s)" in (run.status_message or "")
-    assert len(instance_ids(run)) == 2
+    assert len(instance_ids(rig, run)) == 2
     assert_settled(rig, run)
 
 
@@ -150,7 +155,7 @@ def test_oci_failure_retries_elsewhere(rig_factory: Callable[..., Rig]) -> None:
     rig.server.oci_fail_next(1)
     run = rig.launch_and_watch()
     assert run.status == RunStatus.SUCCEEDED, run.status_message
-    assert "OCI runtime create failed" in remote_state(run)["attempts"][0]["end_reason"]
+    assert "OCI runtime create failed" in attempts_for(rig, run)[0].end_reason
     assert_settled(rig, run)
 
 
@@ -162,8 +167,8 @@ def test_host_offline_mid_run_resumes_elsewhere(rig_factory: Callable[..., Rig])
     rig.server.host_offline(first)
     run = _watch(rig, run)
     assert run.status == RunStatus.SUCCEEDED, run.status_message
-    attempts = remote_state(run)["attempts"]
-    assert "offline" in attempts[0]["end_reason"] and len(attempts) == 2
+    attempts = attempts_for(rig, run)
+    assert "offline" in attempts[0].end_reason and len(attempts) == 2
     assert_settled(rig, run)
 
 
@@ -183,7 +188,7 @@ def test_job_failure_is_not_retried(rig_factory: Callable[..., Rig]) -> None:
     run = rig.launch_and_watch()
     assert run.status == RunStatus.FAILED and run.termination_reason == RunTerminationReason.JOB_FAILED
     assert "stub: boom" in (run.status_message or "")
-    assert len(instance_ids(run)) == 1  # a bug in the job repeats on any host
+    assert len(instance_ids(rig, run)) == 1  # a bug in the job repeats on any host
     assert_settled(rig, run)
 
 
@@ -200,24 +205,39 @@ def test_create_false_with_instance_then_success(rig_factory: Callable[..., Rig]
     rig = rig_factory()
     rig.server.create_false_next(include_contract=True)
     rig.server.create_false_next(include_contract=False)
-    run = rig.launch_and_watch()
+    run = rig.launch_and_watch(rig.new_run(estimate_usd=0.05))  # approved enough for the pricier hosts after
     assert run.status == RunStatus.SUCCEEDED, run.status_message
-    attempts = remote_state(run)["attempts"]
-    assert [a["state"] for a in attempts] == ["launch_failed", "launch_failed", "ended"]
+    attempts = attempts_for(rig, run)
+    assert [a.status for a in attempts] == ["launch_failed", "launch_failed", "ended"]
     assert len(rig.server.create_bodies) == 3
     assert_settled(rig, run)  # the two refused-but-created instances are billed and in the ledger
 
 
 def test_offer_taken_between_search_and_rent(rig_factory: Callable[..., Rig]) -> None:
     rig = rig_factory()
-    run = rig.new_run()
+    run = rig.new_run(estimate_usd=0.05)  # approved enough for the next cheapest host
     assert run.offer_id is not None
     rig.server.take_offer(run.offer_id)
     run = rig.launch_and_watch(run)
     assert run.status == RunStatus.SUCCEEDED, run.status_message
-    attempts = remote_state(run)["attempts"]
-    assert len(attempts) == 1 and attempts[0]["offer_id"] != run.config["plan"]["offer"]
+    attempts = attempts_for(rig, run)
+    assert len(attempts) == 1 and attempts[0].offer_id != run.config["plan"]["offer"]
     assert_settled(rig, run)
+
+
+def test_offer_taken_and_the_next_costs_more_than_approved_is_not_rented(rig_factory: Callable[..., Rig]) -> None:
+    """The planned offer is gone and the next one would cost more than the reservation a human approved: nothing is
+    rented, the run ends saying why, and nothing is billed."""
+    rig = rig_factory()
+    run = rig.new_run()
+    assert run.offer_id is not None
+    rig.server.take_offer(run.offer_id)
+    run = rig.launch_and_watch(run)
+    assert run.status == RunStatus.FAILED and "reservation" in (run.status_message or "")
+    assert rig.server.create_bodies == []
+    assert [a.status for a in attempts_for(rig, run)] == [AttemptStatus.REFUSED]
+    assert_settled(rig, run)
+    assert rig.charged() == 0
 
 
 def test_destroy_answering_429_is_retried_until_gone(rig_factory: Callable[..., Rig]) -> None:
@@ -245,13 +265,11 @@ def test_crash_between_rented_and_recorded_is_adopted(rig_factory: Callable[...,
     """The daemon recorded the attempt, rented, and died before recording the instance: the restart adopts it."""
     rig = rig_factory()
     run = _launch(rig, rig.new_run())
-    state = remote_state(run)
-    instance_id = state["attempts"][-1]["instance_id"]
-    state["attempts"][-1].update(state="launching", instance_id=None)
-    _forget_instance(rig, run.id, state)
+    instance_id = attempts_for(rig, run)[-1].instance_id
+    _forget_instance(rig, run.id)
     run = _watch(rig, run)
     assert run.status == RunStatus.SUCCEEDED, run.status_message
-    assert instance_ids(run) == [instance_id] and len(rig.server.create_bodies) == 1
+    assert instance_ids(rig, run) == [instance_id] and len(rig.server.create_bodies) == 1
     with rig.store.session() as session:
         events = session.exec(select(Event).where(Event.entity_id == run.id)).all()
     assert any("adopted instance" in e.reason for e in events)
@@ -290,21 +308,21 @@ def _wait_running(rig: Rig, instance_id: str, timeout_s: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def _forget_instance(rig: Rig, run_id: str, state: dict[str, object]) -> None:
+def _forget_instance(rig: Rig, run_id: str) -> None:
+    """What a crash between "the provider accepted" and "recorded" leaves: the attempt still pending, no instance."""
     with rig.store.session(write=True) as session:
         row = session.get(TrainingRun, run_id)
         assert row is not None
         row.instance_id = None
-        row.config = {**row.config, "remote": state}
+        last = attempts_of(session, run_id)[-1]
+        last.status, last.instance_id = AttemptStatus.PENDING.value, None
 
 
 def test_crash_between_rented_and_recorded_without_restart_is_reconciled(rig_factory: Callable[..., Rig]) -> None:
     """Nobody resumes the run: the start-up reconcile destroys the unrecorded instance, fails the run, settles."""
     rig = rig_factory(stub_env={"STUB_STEP_S": "5"})
     run = _launch(rig, rig.new_run())
-    state = remote_state(run)
-    state["attempts"][-1].update(state="launching", instance_id=None)
-    _forget_instance(rig, run.id, state)
+    _forget_instance(rig, run.id)
     later = utcnow() + timedelta(minutes=11)
     report = reconcile(rig.ctx, state=None, now=later)
     assert report.runs_failed == [{"run_id": run.id, "reason": "daemon_lost_track"}]

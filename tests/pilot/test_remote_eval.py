@@ -24,6 +24,7 @@ from sqlmodel import select
 from test_remote_rig import AWS, VAST_KEY, Rig, make_rig, moto_endpoint
 
 from jobs.common import quiet_peft_deprecations
+from pilot.context import HostModules
 from pilot.evaluation.evaluate import EvaluationError, evaluate_version
 from pilot.evaluation.remote import evaluates_remotely, live_stage_labels, reconcile_stages
 from pilot.serving import registry
@@ -103,11 +104,12 @@ def rig_factory(
                 "batch_size": 8,
                 "bootstrap_samples": 200,
                 "remote_max_minutes": 5.0,
-                "remote_generate_module": "stub_generate" if stub is not None else "jobs.generate",
                 **(evaluation or {}),
             }
         )
         built.ctx.settings = built.ctx.settings.model_copy(update={"evaluation": e})
+        generate = "stub_generate" if stub is not None else "jobs.generate"
+        built.ctx.host_modules = HostModules(train=built.ctx.host_modules.train, generate=generate)
         made.append(built)
         return built
 

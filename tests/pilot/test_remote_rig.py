@@ -4,6 +4,7 @@ jobs.finetune_lora at the file level (heartbeat.json, adapter/, metrics.json) in
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import sys
@@ -18,12 +19,15 @@ import boto3
 from moto.server import ThreadedMotoServer
 from sqlmodel import select
 
-from pilot.context import PilotContext, build_context
+from pilot.context import HostModules, PilotContext, build_context
 from pilot.runs.driver import launch_run, watch_run
 from pilot.runs.lifecycle import create_run, training_params
 from pilot.settings import Settings
+from pilot.spend.costs import reservation_for
 from pilot.store import Store
 from pilot.store.models import DatasetSnapshot, Decision, SpendEntry, TrainingRun
+from pilot.store.status import ApprovalKind
+from pilot.supervisor import approvals
 from subagents.training import count_tokens, plan_training, requirements_for
 from tests.helpers.tiny_model import demo_task_examples
 from tools.artifacts.s3 import S3ArtifactStore
@@ -83,7 +87,9 @@ class Rig:
     tmp: Path
     sleeps: list[float] = field(default_factory=list)
 
-    def new_run(self) -> TrainingRun:
+    def new_run(self, *, estimate_usd: float | None = None) -> TrainingRun:
+        """A run as the graph creates it, approved up to its reservation. ``estimate_usd`` prices it higher (a
+        larger reservation and approval), for tests that need room to move to a pricier host."""
         with self.store.session(write=True) as session:
             decision = Decision(id=f"dec-{uuid.uuid4().hex[:8]}", thread_id="t", action="finetune", reason="test")
             session.add(decision)
@@ -92,7 +98,21 @@ class Rig:
         examples, tokens = count_tokens(Path(self.snapshot.path) / "train.jsonl")
         plan = plan_training(params, offers, train_examples=examples, train_tokens=tokens, remote=True)
         assert plan is not None
-        return create_run(self.ctx, decision_id=decision.id, approval_id=None, snapshot=self.snapshot, plan=plan)
+        if estimate_usd is not None:
+            plan = dataclasses.replace(plan, estimated_cost_usd=estimate_usd)
+        # As the graph does: a human approved what the run may spend at most (its reservation).
+        ceiling = reservation_for(plan.estimated_cost_usd, self.ctx.settings.budget)
+        with self.store.session(write=True) as session:
+            approval = approvals.request_approval(
+                session,
+                decision=decision,
+                kind=ApprovalKind.TRAINING,
+                summary={"what": "test run"},
+                cost_ceiling_usd=ceiling,
+                expiry_minutes=60,
+            )
+            approvals.answer(session, approval.id, approve=True, actor="human:test")
+        return create_run(self.ctx, decision_id=decision.id, approval_id=approval.id, snapshot=self.snapshot, plan=plan)
 
     def launch_and_watch(self, run: TrainingRun | None = None) -> TrainingRun:
         run = run or self.new_run()
@@ -141,7 +161,7 @@ def make_rig(
         "job_env": {"HF_HUB_OFFLINE": "1"},
     }
     if stub:
-        remote_settings.update(job_module="stub_job", job_env={"PYTHONPATH": str(stub_dir), **(stub_env or {})})
+        remote_settings.update(job_env={"PYTHONPATH": str(stub_dir), **(stub_env or {})})
     remote_settings.update(remote or {})
     training_settings: dict[str, Any] = {
         "base_model": base_model or "tiny-test-model",
@@ -163,6 +183,8 @@ def make_rig(
         training=training_settings,
     )
     ctx = build_context(settings, store=store)
+    if stub:  # the host runs the stub instead of the real fine-tune (injected, not a setting)
+        ctx.host_modules = HostModules(train="stub_job", generate=ctx.host_modules.generate)
     sleeps: list[float] = []
     ctx.gpu = VastGpuProvider(
         VAST_KEY,

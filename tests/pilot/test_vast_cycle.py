@@ -18,8 +18,8 @@ from sqlmodel import select
 from test_remote_rig import AWS, Rig, make_rig, moto_endpoint
 
 from pilot.data.ingest import ingest_lines
+from pilot.runs.attempts import attempts_of
 from pilot.runs.driver import launch_run, watch_run
-from pilot.runs.remote import remote_state
 from pilot.settings import Settings
 from pilot.store import Store
 from pilot.store.models import ModelVersion, TrainingRun
@@ -104,10 +104,11 @@ def test_outbid_resumes_from_the_last_complete_checkpoint_on_another_host(rig_fa
     rig.server.outbid(first)
     run = watch_run(rig.ctx, run.id, poll_s=0.05)
     assert run.status == RunStatus.SUCCEEDED, run.status_message
-    attempts = remote_state(run)["attempts"]
-    assert len(attempts) == 2 and attempts[0]["host"] != attempts[1]["host"]
-    assert "outbid" in attempts[0]["end_reason"]
-    resumed = attempts[1]["resume_step"]
+    with rig.store.session() as session:
+        attempts = attempts_of(session, run.id)
+    assert len(attempts) == 2 and attempts[0].host != attempts[1].host
+    assert "outbid" in attempts[0].end_reason
+    resumed = attempts[1].resume_step
     assert resumed is not None and resumed >= marker["step"]
     assert run.metrics["resumed_from_step"] == resumed  # the job itself says it resumed there
     assert run.metrics["steps"] == 30

@@ -1,0 +1,79 @@
+"""Two processes on one store (here: two contexts with their own engines and lease owners, on SQLite and on
+PostgreSQL) drive the same run through a host loss — ``run --once`` next to the daemon's jobs worker, or two
+daemons around a leader change. Exactly one of them advances it: one instance per attempt, one relaunch."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from test_remote_rig import AWS, Rig, make_rig, moto_endpoint
+
+from pilot.context import build_context
+from pilot.runs.attempts import attempts_of
+from pilot.runs.driver import watch_run
+from pilot.service.workers import advance_runs
+from pilot.settings import Settings
+from pilot.store import Store
+from pilot.store.models import TrainingRun
+from pilot.store.status import RunStatus
+from tools.gpu.base import InstanceState
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[str]:
+    server, url = moto_endpoint()
+    yield url
+    server.stop()
+
+
+@pytest.fixture
+def rig(
+    tmp_path: Path, store: Store, make_settings: Callable[..., Settings], endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Rig]:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", AWS["aws_access_key_id"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", AWS["aws_secret_access_key"])
+    built, _ = make_rig(tmp_path, store, make_settings, endpoint, stub_env={"STUB_STEP_S": "0.5"})
+    yield built
+    for instance_id in built.server.live_instances():
+        built.ctx.gpu.terminate(str(instance_id))
+    built.server.stop()
+
+
+def test_once_and_the_daemon_worker_never_double_a_rental(rig: Rig) -> None:
+    # The second process: its own engine on the same database, its own lease owner, the same provider.
+    other = build_context(rig.ctx.settings, store=Store(rig.store.url))
+    other.gpu, other.host_modules = rig.ctx.gpu, rig.ctx.host_modules
+    run = rig.new_run()
+    results: dict[str, TrainingRun] = {}
+    once = threading.Thread(target=lambda: results.setdefault("once", watch_run(rig.ctx, run.id, poll_s=0.05)))
+    once.start()
+
+    worker_steps = 0
+    lost_host = False
+    deadline = time.monotonic() + 120
+    while once.is_alive():  # the daemon's jobs worker runs beside it, pass after pass
+        assert time.monotonic() < deadline
+        advance_runs(other)
+        worker_steps += 1
+        with rig.store.session() as s:
+            live = s.get(TrainingRun, run.id, populate_existing=True)
+        instance = live.instance_id if live is not None else None
+        if not lost_host and instance is not None and rig.ctx.gpu.poll(instance).state is InstanceState.RUNNING:
+            rig.server.host_offline(instance)  # a host loss while both are watching
+            lost_host = True
+        time.sleep(0.05)
+    once.join()
+    other.store.close()
+
+    assert lost_host and worker_steps > 5
+    assert results["once"].status == RunStatus.SUCCEEDED, results["once"].status_message
+    with rig.store.session() as s:
+        attempts = attempts_of(s, run.id)
+    assert len(attempts) == 2  # the first host and exactly one relaunch
+    assert len(rig.server.create_bodies) == 2  # one instance per attempt, nothing doubled
+    assert len({a.instance_id for a in attempts}) == 2
+    assert rig.server.live_instances() == []
