@@ -59,7 +59,10 @@ class PolicySettings(_Section):
     min_new_examples: int = Field(200, ge=1, description="Curated examples since the last training before a run.")
     cooldown_minutes: float = Field(60.0, ge=0, description="Minimum time between the ends of two training runs.")
     approval_required_above_usd: float = Field(
-        0.0, ge=0, description="Training whose estimated cost exceeds this needs a human approval (0: always)."
+        0.0,
+        ge=0,
+        description="Training that may spend more than this needs a human approval (0: always). What it may spend is "
+        "its reservation: the estimate x 1.5 within budget.per_run_usd, the figure the approver is shown.",
     )
     approval_expiry_minutes: float = Field(24 * 60, gt=0, description="An unanswered approval is denied after this.")
 

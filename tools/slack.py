@@ -61,7 +61,7 @@ def approval_blocks(req: ApprovalRequest, *, outcome: str | None = None) -> list
     """Block Kit for the request; with ``outcome`` the buttons are replaced by the answer (no second click)."""
     fields = [
         ("Why", req.why),
-        ("Cost ceiling", f"${req.cost_ceiling_usd:.2f}"),
+        ("Cost ceiling (the most it may spend)", f"${req.cost_ceiling_usd:.2f}"),
         ("Dataset", req.dataset),
         ("Offer", req.offer),
         ("Evaluation plan", req.eval_plan),

@@ -256,9 +256,18 @@ def kill(
     by: str | None = typer.Option(None, "--by", help="Who pulls it (default: your user name)."),
 ) -> None:
     """Pull the kill switch: pause, cancel approvals, destroy and verify every owned instance, revert serving."""
-    from pilot.service.killswitch import kill_command  # imported here: the kill switch's stack stays off `status`
+    import json
 
-    kill_command(ctx, reason=reason, by=by)
+    from pilot.service.killswitch import engage  # imported here: the kill switch's stack stays off `status`
+
+    pilot_ctx = _context(ctx)
+    try:
+        report = engage(pilot_ctx, actor=_actor(by), reason=reason or "kill from the CLI")
+    finally:
+        pilot_ctx.close()
+    typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -268,9 +277,14 @@ def resume(
     by: str | None = typer.Option(None, "--by", help="Who resumes (default: your user name)."),
 ) -> None:
     """Lift the kill switch's pause; the next cycle may spend again (every cap and approval still applies)."""
-    from pilot.service.killswitch import resume_command
+    from pilot.service.killswitch import resume as lift
 
-    resume_command(ctx, reason=reason, by=by)
+    pilot_ctx = _context(ctx)
+    try:
+        result = lift(pilot_ctx, actor=_actor(by), reason=reason or "resume from the CLI")
+    finally:
+        pilot_ctx.close()
+    typer.echo("resumed" if result["was_paused"] else "was not paused; nothing to do")
 
 
 def _register_plugins() -> None:

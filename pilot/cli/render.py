@@ -38,7 +38,7 @@ def render_status(console: Console, report: dict[str, Any]) -> None:
     console.print(f"records: {records['total']} stored, {records['dead_letters']} dead-lettered")
     if report["pending_approvals"]:
         table = Table(title="pending approvals", title_justify="left")
-        for column in ("id", "kind", "why", "cost ceiling", "expires"):
+        for column in ("id", "kind", "why", "may spend at most", "expires"):
             table.add_column(column)
         for a in report["pending_approvals"]:
             table.add_row(a["id"], a["kind"], str(a["why"])[:80], _money(a["cost_ceiling_usd"]), str(a["expires_at"]))

@@ -51,7 +51,7 @@ from pilot.spend.effects import Effect, EffectRefused, authorize
 from pilot.spend.ledger import reserve, settle
 from pilot.store.models import EvalStage, SpendEntry, as_utc, utcnow
 from pilot.store.status import EntityType, StageStatus
-from pilot.store.writers import record_event, switch_stage_status
+from pilot.store.writers import is_paused, record_event, switch_stage_status
 from subagents.training import requirements_for
 from tools.artifacts.base import sha256_file
 from tools.errors import ArtifactError, PilotError
@@ -141,6 +141,8 @@ def _reserve(ctx: PilotContext, stage_id: str, label: str, version_id: str) -> _
     amount = round(dph * hours, 6)
     try:
         with ctx.store.session(write=True) as session:
+            if is_paused(session):  # nothing is reserved either (the gate refuses the rental itself at launch)
+                raise EvaluationError("the pilot is paused (kill switch): no instance is rented for the evaluation")
             reserve(
                 ctx.store,
                 session,

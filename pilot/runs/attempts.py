@@ -12,7 +12,7 @@ from sqlmodel import Session, col, select
 
 from pilot.context import PilotContext
 from pilot.runs import lifecycle as runs
-from pilot.spend.costs import attempts_cost
+from pilot.spend.costs import attempts_cost, elapsed_cost
 from pilot.store.models import RunAttempt, TrainingRun
 from subagents.training import plan_training, requirements_for
 from tools.errors import PilotError
@@ -33,10 +33,15 @@ class ChargesProvider(Protocol):
 
 
 def provider_cost(ctx: PilotContext, run: TrainingRun) -> float:
-    """What the provider charged for every instance with the run's label; else elapsed time x $/h per attempt."""
+    """What the provider charged for every instance with the run's label; else elapsed time x $/h per attempt (a
+    run recorded before attempts were rows: its own elapsed time while it held an instance)."""
     with ctx.store.session() as session:
         tried = attempts_of(session, run.id)
-    return label_cost(ctx, run.label, since=run.created_at.timestamp(), fallback_usd=attempts_cost(tried))
+    if tried:
+        fallback = attempts_cost(tried)
+    else:
+        fallback = elapsed_cost(run.dph, run.started_at or run.created_at) if run.instance_id else 0.0
+    return label_cost(ctx, run.label, since=run.created_at.timestamp(), fallback_usd=fallback)
 
 
 def label_cost(ctx: PilotContext, label: str, *, since: float, fallback_usd: float) -> float:

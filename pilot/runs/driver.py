@@ -68,6 +68,7 @@ def watch_run(
         if not lease.held:
             logger.info("Run %s is driven by another process; not watching it here", run_id)
             return _find(ctx, run_id)
+        testpoints.reached("lease_taken")
         for _ in range(10_000_000):  # bounded: every step sleeps or ends, and the deadlines end the run
             run = advance_run(ctx, run_id, lease=lease.name, poll_s=poll_s)
             if RunStatus(run.status).is_terminal or lease.lost.is_set():

@@ -177,6 +177,7 @@ def register_candidate(
             metrics=metrics,
             actual_cost_usd=cost,
         )
+    testpoints.reached("candidate_registered")
     return run
 
 

@@ -20,6 +20,7 @@ What goes to the host and what comes back is ``pilot.runs.host``. Invariants:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -27,281 +28,36 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import update
-from sqlmodel import col, select
-
 from pilot import testpoints
 from pilot.context import PilotContext
 from pilot.errors import ConflictError, TransitionError
 from pilot.runs import lifecycle as runs
-from pilot.runs.attempts import attempts_of, host_key, next_offer, offer_dph, provider_cost
+from pilot.runs.attempts import provider_cost
 from pilot.runs.host import (
-    attempt_prefix,
-    build_manifest,
     collect_adapter,
-    host_spec,
-    latest_checkpoint,
     read_heartbeat,
     read_result,
-    scratch_dir,
-    secrets_to_withhold,
-    stage_inputs,
-    upload_manifest,
+)
+from pilot.runs.launch import (
+    destroy_attempt,
+    end_attempt,
+    find_run,
+    launch_attempt,
+    owned_for_run,
+    put_run_on,
+    run_attempts,
+    run_event,
+    tried_hosts,
 )
 from pilot.runs.teardown import destroy_verified, teardown_policy
 from pilot.spend.costs import attempts_cost, reserved_for_run
-from pilot.spend.effects import Effect, EffectRefused, authorize
 from pilot.store.models import DatasetSnapshot, RunAttempt, TrainingRun, as_utc
 from pilot.store.status import AttemptStatus, EntityType, RunStatus, RunTerminationReason
 from pilot.store.writers import is_paused, record_event, switch_attempt_status, switch_run_status
-from tools.errors import LaunchFailed, OfferUnavailable, PilotError
-from tools.gpu.base import Instance, InstanceState, Offer
+from tools.errors import LaunchFailed, PilotError
+from tools.gpu.base import Instance, InstanceState
 
 logger = logging.getLogger(__name__)
-
-_OFFER_TRIES = 5  # offers tried per attempt when they are taken between search and rent
-
-
-# -- run bookkeeping (fields, not status: statuses go through pilot.store.writers) -------------------------
-def _attempts(ctx: PilotContext, run_id: str) -> list[RunAttempt]:
-    with ctx.store.session() as session:
-        return attempts_of(session, run_id)
-
-
-def _event(ctx: PilotContext, run_id: str, reason: str, **data: Any) -> None:
-    with ctx.store.session(write=True) as session:
-        record_event(
-            session, entity_type=EntityType.TRAINING_RUN, entity_id=run_id, actor="system", reason=reason, data=data
-        )
-
-
-def _set_run_fields(ctx: PilotContext, run_id: str, **fields: Any) -> TrainingRun:
-    """Plain fields of a run still in flight (compare-and-set on a live status): ``ConflictError`` when the run
-    ended meanwhile (the kill switch cancelled it): nothing is written onto an ended run."""
-    with ctx.store.session(write=True) as session:
-        result = session.execute(
-            update(TrainingRun)
-            .where(
-                TrainingRun.id == run_id,  # type: ignore[arg-type]
-                col(TrainingRun.status).in_([s.value for s in RunStatus if not s.is_terminal]),
-            )
-            .values(**fields)
-            .execution_options(synchronize_session=False)
-        )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
-            raise ConflictError(f"run {run_id} ended meanwhile: not recording {sorted(fields)}")
-        row = session.get(TrainingRun, run_id, populate_existing=True)
-        assert row is not None
-        return row
-
-
-def owned_for_run(ctx: PilotContext, run: TrainingRun) -> list[Instance]:
-    return [i for i in ctx.gpu.list_owned(run.label) if i.label == run.label]
-
-
-def find_run(ctx: PilotContext, run_id: str) -> TrainingRun:
-    with ctx.store.session() as session:
-        run = session.exec(select(TrainingRun).where(TrainingRun.id == run_id)).one()
-    return run
-
-
-# -- launching ------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class LaunchOutcome:
-    run: TrainingRun
-    launched: bool
-    reason: str = ""
-    refused: bool = False  # the effect gate said no (paused, cancelled, lease lost, budget, approval)
-
-
-def _gate_price(ctx: PilotContext, tried: list[RunAttempt], dph: float, estimate: float) -> float:
-    """What this attempt asks the reservation to cover: on the first host, the run's estimated cost on this offer;
-    on a retry, what the run spent so far plus one heartbeat window on the new host (live burn is watched against
-    the reservation from then on)."""
-    if not any(a.launched_at is not None for a in tried):
-        return estimate
-    return attempts_cost(tried) + dph * ctx.settings.training.heartbeat_timeout_s / 3600
-
-
-def launch_attempt(ctx: PilotContext, run: TrainingRun, snapshot: DatasetSnapshot, *, lease: str) -> LaunchOutcome:
-    """Stage and launch the next attempt on a host not tried yet. The attempt row is committed before renting, and
-    the effect gate is asked right before the provider call (and again right after it returns)."""
-    remote = ctx.settings.gpu.remote
-    inputs = stage_inputs(ctx, run, snapshot)
-    if (run.config or {}).get("inputs") != inputs:
-        run = _set_run_fields(ctx, run.id, config={**run.config, "inputs": inputs})
-    tried = _attempts(ctx, run.id)
-    excluded = {a.host for a in tried if a.host} | {a.offer_id for a in tried}
-    secrets = secrets_to_withhold(ctx)
-    last_error = "no offer"
-    for _ in range(_OFFER_TRIES):
-        if len(tried) >= remote.max_attempts:
-            return LaunchOutcome(run, False, f"{len(tried)} host(s) tried ({last_error}); giving up")
-        try:
-            chosen = next_offer(ctx, run, excluded=excluded)
-        except PilotError as exc:
-            return LaunchOutcome(run, False, f"offer search failed: {exc}")
-        if chosen is None:
-            return LaunchOutcome(run, False, f"no other offer meets the job's requirements ({last_error})")
-        offer, bid, estimate = chosen
-        n = max((a.n for a in tried), default=0) + 1
-        checkpoint = latest_checkpoint(ctx, run.id, [a.n for a in tried]) if tried else None
-        manifest = build_manifest(ctx, run, n=n, inputs=inputs, checkpoint=checkpoint)
-        manifest_url = upload_manifest(
-            ctx, f"{attempt_prefix(run.id, n)}/manifest.json", manifest, scratch_dir(ctx, run.id) / f"manifest-{n}.json"
-        )
-        spec = host_spec(
-            ctx,
-            label=run.label,
-            offer_id=offer.id,
-            bid=bid,
-            manifest=manifest,
-            manifest_url=manifest_url,
-            secrets=secrets,
-        )
-        dph = offer_dph(offer, bid, remote.disk_gb)
-        attempt = RunAttempt(
-            id=f"{run.id}-a{n}",
-            run_id=run.id,
-            n=n,
-            status=AttemptStatus.PENDING,
-            offer_id=offer.id,
-            host=host_key(offer),
-            gpu=offer.gpu_name,
-            dph=dph,
-            bid=bid,
-            resume_step=checkpoint["step"] if checkpoint else None,
-        )
-        with ctx.store.session(write=True) as session:  # intent before side effect
-            session.add(attempt)
-            record_event(
-                session,
-                entity_type=EntityType.RUN_ATTEMPT,
-                entity_id=attempt.id,
-                actor="system",
-                reason=f"attempt {n} of run {run.id} on offer {offer.id} ({offer.gpu_name}, ${dph:.4f}/h)",
-                new=AttemptStatus.PENDING,
-            )
-        testpoints.reached("attempt_recorded")
-        try:
-            authorize(
-                ctx.store,
-                Effect.RENT,
-                ctx.settings,
-                owner=ctx.owner,
-                lease=lease,
-                run_id=run.id,
-                price_usd=_gate_price(ctx, tried, dph, estimate),
-            )
-        except EffectRefused as exc:
-            _end_attempt(ctx, attempt.id, AttemptStatus.REFUSED, exc.reason)
-            return LaunchOutcome(run, False, exc.reason, refused=True)
-        try:
-            instance = ctx.gpu.launch(spec)
-        except OfferUnavailable as exc:
-            last_error = f"offer {offer.id} taken: {exc}"
-            excluded |= {offer.id, attempt.host}
-            with ctx.store.session(write=True) as session:  # nothing was rented: a taken offer uses up no attempt
-                row = session.get(RunAttempt, attempt.id)
-                if row is not None:
-                    session.delete(row)
-                record_event(
-                    session,
-                    entity_type=EntityType.RUN_ATTEMPT,
-                    entity_id=attempt.id,
-                    actor="system",
-                    reason=f"offer {offer.id} was taken; choosing another",
-                )
-            continue
-        except PilotError as exc:
-            last_error = f"launch on offer {offer.id} failed: {exc}"
-            excluded |= {offer.id, attempt.host}
-            _end_attempt(ctx, attempt.id, AttemptStatus.LAUNCH_FAILED, last_error)
-            tried = _attempts(ctx, run.id)
-            continue
-        testpoints.reached("provider_accepted")
-        return _record_launch(ctx, run, attempt, instance, offer, lease=lease, checkpoint=checkpoint)
-    return LaunchOutcome(run, False, last_error)
-
-
-def _record_launch(
-    ctx: PilotContext,
-    run: TrainingRun,
-    attempt: RunAttempt,
-    instance: Instance,
-    offer: Offer,
-    *,
-    lease: str,
-    checkpoint: dict[str, Any] | None,
-) -> LaunchOutcome:
-    """Record the accepted instance on the attempt and the run; if the run ended or the pilot paused while the
-    provider was answering, tear the new instance down at once instead."""
-    why = (
-        f"attempt {attempt.n}: instance {instance.id} accepted by {ctx.gpu.name} on offer {offer.id} "
-        f"({offer.gpu_name}, ${attempt.dph:.4f}/h{', bid' if attempt.bid else ''})"
-        + (f", resuming from step {checkpoint['step']}" if checkpoint else "")
-    )
-    with ctx.store.session(write=True) as session:
-        switch_attempt_status(
-            session,
-            attempt.id,
-            AttemptStatus.LAUNCHED,
-            actor="system",
-            reason=why,
-            expected=AttemptStatus.PENDING,
-            instance_id=instance.id,
-        )
-    try:
-        authorize(ctx.store, Effect.RENT, ctx.settings, owner=ctx.owner, lease=lease, run_id=run.id)
-        with ctx.store.session(write=True) as session:
-            current = session.get(TrainingRun, run.id, populate_existing=True)
-            assert current is not None
-            if current.status == RunStatus.PENDING:
-                run = switch_run_status(
-                    session,
-                    run.id,
-                    RunStatus.PROVISIONING,
-                    actor="system",
-                    reason=why,
-                    expected=RunStatus.PENDING,
-                    instance_id=instance.id,
-                    offer_id=offer.id,
-                    dph=attempt.dph,
-                )
-        if run.status != RunStatus.PROVISIONING or run.instance_id != instance.id:
-            run = _set_run_fields(ctx, run.id, instance_id=instance.id, offer_id=offer.id, dph=attempt.dph)
-    except (EffectRefused, ConflictError, TransitionError) as exc:
-        reason = exc.reason if isinstance(exc, EffectRefused) else str(exc)
-        logger.warning("Run %s: instance %s accepted but %s; destroying it", run.id, instance.id, reason)
-        _destroy_attempt(ctx, attempt.id, instance.id, f"accepted after the run was stopped: {reason}")
-        return LaunchOutcome(find_run(ctx, run.id), False, reason, refused=True)
-    logger.info("Run %s %s", run.id, why)
-    testpoints.reached("launch_recorded")
-    return LaunchOutcome(run, True)
-
-
-def _end_attempt(ctx: PilotContext, attempt_id: str, status: AttemptStatus, reason: str, **fields: Any) -> None:
-    with ctx.store.session(write=True) as session:
-        switch_attempt_status(session, attempt_id, status, actor="system", reason=reason[:1000], **fields)
-
-
-def _destroy_attempt(ctx: PilotContext, attempt_id: str, instance_id: str, why: str) -> bool:
-    """Destroy the attempt's instance and verify it gone: ``ended``, else ``ending`` (the reconciler retries)."""
-    gone = destroy_verified(ctx.gpu, instance_id, teardown_policy(ctx.settings)).gone
-    with ctx.store.session(write=True) as session:
-        row = session.get(RunAttempt, attempt_id, populate_existing=True)
-        assert row is not None
-        status = AttemptStatus(row.status)
-        verdict = "destroyed and verified gone" if gone else "NOT verified gone (the reconciler keeps trying)"
-        reason = f"attempt {row.n} ended ({why[:300]}); {instance_id} {verdict}"
-        if gone and not status.is_terminal:
-            switch_attempt_status(session, attempt_id, AttemptStatus.ENDED, actor="system", reason=reason)
-        elif not gone and status in (AttemptStatus.LAUNCHED, AttemptStatus.RUNNING):
-            switch_attempt_status(session, attempt_id, AttemptStatus.ENDING, actor="system", reason=reason)
-        run = session.get(TrainingRun, row.run_id, populate_existing=True)
-        if gone and run is not None and run.instance_id == instance_id:
-            run.instance_id = None
-    return gone
 
 
 # -- watching ---------------------------------------------------------------------------------------------
@@ -349,16 +105,31 @@ def advance_remote(ctx: PilotContext, run_id: str, *, lease: str, poll_s: float 
 
 
 def _step(ctx: PilotContext, run_id: str, *, lease: str, poll_s: float | None) -> TrainingRun:
+    testpoints.reached("step_start")
     training, remote = ctx.settings.training, ctx.settings.gpu.remote
     poll_s = poll_s if poll_s is not None else training.poll_interval_s
     run = find_run(ctx, run_id)
     if RunStatus(run.status).is_terminal:
         return run  # the kill switch or the reconciler ended it meanwhile
-    tried = _attempts(ctx, run.id)
+    tried = run_attempts(ctx, run.id)
+    if run.status == RunStatus.COLLECTING:  # the job exited and its host is gone: finish collecting, rent nothing
+        return _resume_collecting(ctx, run, tried)
     current = next((a for a in reversed(tried) if AttemptStatus(a.status) in LIVE and a.instance_id), None)
+    if current is not None and (run.status == RunStatus.PENDING or run.instance_id != current.instance_id):
+        run = _recorded_on_run(ctx, run, current)  # a crash between recording the attempt and the run
+    if current is None and _finished_before(ctx, run, tried):
+        with ctx.store.session(write=True) as session:  # the job had finished when this process stopped
+            run = switch_run_status(
+                session,
+                run.id,
+                RunStatus.COLLECTING,
+                actor="system",
+                reason="the job had exited 0 (found after a restart)",
+            )
+        return _resume_collecting(ctx, run, run_attempts(ctx, run.id))
     if current is None:
         for ending in (a for a in tried if a.status == AttemptStatus.ENDING and a.instance_id):
-            if not _destroy_attempt(ctx, ending.id, str(ending.instance_id), "retrying the destroy"):
+            if not destroy_attempt(ctx, ending.id, str(ending.instance_id), "retrying the destroy"):
                 return finish_failed(
                     ctx, run, RunTerminationReason.LAUNCH_FAILED, f"instance {ending.instance_id} NOT verified gone"
                 )
@@ -406,6 +177,10 @@ def _step(ctx: PilotContext, run_id: str, *, lease: str, poll_s: float | None) -
             return _running(ctx, run, current, instance, now)
         case InstanceState.EXITED:
             return _exited(ctx, run, current, instance)
+        case InstanceState.STOPPED | InstanceState.GONE if _result_ok(ctx, run, current):
+            # The job finished and uploaded its result before the host went (destroyed by a process that then
+            # stopped): collect it, do not rent again.
+            return _exited(ctx, run, current, dataclasses.replace(instance, exit_code=0))
         case InstanceState.STOPPED | InstanceState.GONE:
             what = "vanished" if instance.state is InstanceState.GONE else f"stopped ({instance.detail})"
             message = f"instance {instance.id} {what}"
@@ -450,6 +225,7 @@ def _running(ctx: PilotContext, run: TrainingRun, current: RunAttempt, instance:
             row.last_seq, row.last_beat_at = seq, _at(now)
         running_since = as_utc(row.running_since or _at(now)).timestamp()
         seen = as_utc(row.last_beat_at).timestamp() if row.last_beat_at else 0.0
+    testpoints.reached("heartbeat_recorded" if seq is not None else "attempt_running")
     silent = now - max(seen, running_since)
     if silent > ctx.settings.training.heartbeat_timeout_s:
         message = f"no heartbeat from instance {instance.id} for {silent:.0f} s"
@@ -474,22 +250,14 @@ def _exited(ctx: PilotContext, run: TrainingRun, current: RunAttempt, instance: 
             )
         return _stop(ctx, run, current, termination, message)
     assert current.instance_id is not None
-    gone = _destroy_attempt(ctx, current.id, current.instance_id, "the job exited 0")
+    gone = destroy_attempt(ctx, current.id, current.instance_id, "the job exited 0")
     testpoints.reached("exited_destroyed")
     if not gone:
-        _event(ctx, run.id, f"instance {instance.id} could not be verified destroyed; the reconciler will retry")
-    cost = provider_cost(ctx, run)
+        run_event(ctx, run.id, f"instance {instance.id} could not be verified destroyed; the reconciler will retry")
     with ctx.store.session(write=True) as session:
         run = switch_run_status(session, run.id, RunStatus.COLLECTING, actor="system", reason="the job exited 0")
     testpoints.reached("collecting")
-    try:
-        stored = collect_adapter(ctx, run.id, current.n, result)
-    except (PilotError, KeyError, TypeError) as exc:
-        return runs.fail_run(ctx, run.id, RunTerminationReason.INVALID_OUTPUT, f"adapter refused: {exc}", cost=cost)
-    reported = result.get("metrics")
-    metrics: dict[str, Any] = dict(reported) if isinstance(reported, dict) else {}
-    metrics["attempts"] = len(_attempts(ctx, run.id))
-    return runs.register_candidate(ctx, run, stored, metrics, cost=cost)
+    return _collect(ctx, run, current, result)
 
 
 def _stop(
@@ -512,18 +280,60 @@ def _breach(
     hosts remain) or end it."""
     logger.warning("Run %s attempt %s: %s", run.id, current.n, message)
     assert current.instance_id is not None
-    gone = _destroy_attempt(ctx, current.id, current.instance_id, message)
+    gone = destroy_attempt(ctx, current.id, current.instance_id, message)
     testpoints.reached("breach_destroyed")
     run = find_run(ctx, run.id)
-    tried = _attempts(ctx, run.id)
+    tried = run_attempts(ctx, run.id)
     if not gone:
         message += f"; instance {current.instance_id} NOT verified destroyed (the reconciler will retry)"
         return finish_failed(ctx, run, termination, message)
-    if retry and len(tried) < ctx.settings.gpu.remote.max_attempts:
+    if retry and len(tried_hosts(tried)) < ctx.settings.gpu.remote.max_attempts:
         return run
     if retry:
-        message += f" (after {len(tried)} host(s))"
+        message += f" (after {len(tried_hosts(tried))} host(s))"
     return finish_failed(ctx, run, termination, message)
+
+
+def _result_ok(ctx: PilotContext, run: TrainingRun, attempt: RunAttempt) -> bool:
+    result = read_result(ctx, run.id, attempt.n)
+    return result is not None and result.get("status") == "ok"
+
+
+def _finished_before(ctx: PilotContext, run: TrainingRun, tried: list[RunAttempt]) -> bool:
+    """No live attempt, and the last one that rented ended after its job uploaded an ok result."""
+    last = next((a for a in reversed(tried) if a.launched_at is not None), None)
+    return last is not None and last.status == AttemptStatus.ENDED and _result_ok(ctx, run, last)
+
+
+def _recorded_on_run(ctx: PilotContext, run: TrainingRun, current: RunAttempt) -> TrainingRun:
+    assert current.instance_id is not None
+    why = f"attempt {current.n}'s instance {current.instance_id} recorded on the run after a restart"
+    return put_run_on(ctx, run.id, current, current.instance_id, why)
+
+
+def _resume_collecting(ctx: PilotContext, run: TrainingRun, tried: list[RunAttempt]) -> TrainingRun:
+    """A restart found the run collecting (its job exited 0, its host destroyed): collect the last attempt's
+    adapter again (idempotent: same keys, verified by sha256) and register it; never rent again."""
+    last = next((a for a in reversed(tried) if a.launched_at is not None), None)
+    result = read_result(ctx, run.id, last.n) if last is not None else None
+    if last is None or result is None or result.get("status") != "ok":
+        message = "collecting after a restart: no result from the job's host"
+        return runs.fail_run(ctx, run.id, RunTerminationReason.INVALID_OUTPUT, message, cost=provider_cost(ctx, run))
+    return _collect(ctx, run, last, result)
+
+
+def _collect(ctx: PilotContext, run: TrainingRun, attempt: RunAttempt, result: dict[str, Any]) -> TrainingRun:
+    """Verify and store the attempt's adapter, register the candidate, settle at what the provider billed."""
+    cost = provider_cost(ctx, run)
+    try:
+        stored = collect_adapter(ctx, run.id, attempt.n, result)
+    except (PilotError, KeyError, TypeError) as exc:
+        return runs.fail_run(ctx, run.id, RunTerminationReason.INVALID_OUTPUT, f"adapter refused: {exc}", cost=cost)
+    testpoints.reached("adapter_collected")
+    reported = result.get("metrics")
+    metrics: dict[str, Any] = dict(reported) if isinstance(reported, dict) else {}
+    metrics["attempts"] = len(run_attempts(ctx, run.id))
+    return runs.register_candidate(ctx, run, stored, metrics, cost=cost)
 
 
 def finish_failed(ctx: PilotContext, run: TrainingRun, termination: RunTerminationReason, message: str) -> TrainingRun:
@@ -552,7 +362,7 @@ def adopt_or_clean(ctx: PilotContext, run: TrainingRun) -> TrainingRun:
         found = sorted(owned_for_run(ctx, run), key=lambda i: (i.started_at or 0.0, i.id))
     except PilotError as exc:
         raise LaunchFailed(f"cannot list instances of {run.label}: {exc}") from exc
-    tried = _attempts(ctx, run.id)
+    tried = run_attempts(ctx, run.id)
     pending = tried[-1] if tried and tried[-1].status == AttemptStatus.PENDING else None
     adopt = found[-1] if found and pending is not None else None
     recorded = {a.instance_id for a in tried if a.instance_id}
@@ -564,7 +374,7 @@ def adopt_or_clean(ctx: PilotContext, run: TrainingRun) -> TrainingRun:
         if not gone:
             raise LaunchFailed(f"unrecorded instance {instance.id} of {run.label} could not be destroyed")
         if owner is not None and not AttemptStatus(owner.status).is_terminal:
-            _end_attempt(ctx, owner.id, AttemptStatus.ENDED, f"instance {instance.id} destroyed and verified gone")
+            end_attempt(ctx, owner.id, AttemptStatus.ENDED, f"instance {instance.id} destroyed and verified gone")
         with ctx.store.session(write=True) as session:
             record_event(
                 session,
@@ -576,24 +386,12 @@ def adopt_or_clean(ctx: PilotContext, run: TrainingRun) -> TrainingRun:
             )
     if adopt is None:
         if pending is not None:
-            _end_attempt(ctx, pending.id, AttemptStatus.LOST, "no instance after a restart")
+            end_attempt(ctx, pending.id, AttemptStatus.LOST, "no instance after a restart")
         return find_run(ctx, run.id)
     assert pending is not None
     why = f"adopted instance {adopt.id} of attempt {pending.n} after a restart"
-    _event(ctx, run.id, why, instance=adopt.id)
     with ctx.store.session(write=True) as session:
         switch_attempt_status(
             session, pending.id, AttemptStatus.LAUNCHED, actor="system", reason=why, instance_id=adopt.id
         )
-        if run.status == RunStatus.PENDING:
-            return switch_run_status(
-                session,
-                run.id,
-                RunStatus.PROVISIONING,
-                actor="system",
-                reason=why,
-                instance_id=adopt.id,
-                offer_id=pending.offer_id,
-                dph=pending.dph,
-            )
-    return _set_run_fields(ctx, run.id, instance_id=adopt.id, offer_id=pending.offer_id, dph=pending.dph)
+    return put_run_on(ctx, run.id, pending, adopt.id, why)

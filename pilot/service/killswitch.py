@@ -26,9 +26,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
-import typer
 from sqlmodel import col, select
 
 from pilot.context import PilotContext
@@ -314,48 +313,3 @@ def paused(ctx: PilotContext) -> bool:
 
 
 # -- CLI commands (registered by pilot/cli/app.py: app.command("kill")(kill_command), app.command("resume")(...)) --
-
-
-def _cli_context(typer_ctx: typer.Context) -> PilotContext:
-    from pilot.context import build_context
-    from pilot.store import Store
-
-    settings = typer_ctx.obj.settings()
-    store = Store(settings.database_url)
-    store.check_ready()
-    return build_context(settings, store=store)
-
-
-def kill_command(
-    ctx: typer.Context,
-    reason: Annotated[str, typer.Option("--reason", "-r", help="Why (goes to the incident event and Slack).")] = "",
-    by: Annotated[str | None, typer.Option("--by", help="Who pulls it (default: your user name).")] = None,
-) -> None:
-    """Pull the kill switch: pause, cancel approvals, destroy and verify every owned instance, revert serving."""
-    import getpass
-    import json
-
-    pilot_ctx = _cli_context(ctx)
-    try:
-        report = engage(pilot_ctx, actor=f"human:{by or getpass.getuser()}", reason=reason or "kill from the CLI")
-    finally:
-        pilot_ctx.close()
-    typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
-    if not report.ok:
-        raise typer.Exit(1)
-
-
-def resume_command(
-    ctx: typer.Context,
-    reason: Annotated[str, typer.Option("--reason", "-r", help="Why it is safe to spend again.")] = "",
-    by: Annotated[str | None, typer.Option("--by", help="Who resumes (default: your user name).")] = None,
-) -> None:
-    """Lift the kill switch's pause; the next cycle may spend again (every cap and approval still applies)."""
-    import getpass
-
-    pilot_ctx = _cli_context(ctx)
-    try:
-        result = resume(pilot_ctx, actor=f"human:{by or getpass.getuser()}", reason=reason or "resume from the CLI")
-    finally:
-        pilot_ctx.close()
-    typer.echo("resumed" if result["was_paused"] else "was not paused; nothing to do")

@@ -4,8 +4,10 @@ Each pass (at start-up and every ``scheduler.reconcile_interval_s``):
 
 - an owned instance (label ``learning-pilot/<env>/<run_id>``) whose run is terminal, unknown, or pointing at a
   different instance is an **orphan**: destroyed and verified gone (it bills for nothing);
-- a run in PROVISIONING or RUNNING whose instance the provider no longer has is failed
-  (``INSTANCE_VANISHED``) and its spend settled at elapsed time x $/h. While the daemon runs, a cycle may be
+- a run in PROVISIONING or RUNNING with no attempt rows (a local run) whose instance the provider no longer has is
+  failed
+  (``INSTANCE_VANISHED``) and its spend settled at elapsed time x $/h (a rented run's vanished host is its
+  driver's to handle: collect what the job uploaded, or retry on another host). While the daemon runs, a cycle may be
   between destroying a finished run's instance and recording the result, so a vanished instance must be seen on
   two passes (``ReconcileState``) before the run is failed; at start-up, with no cycle running, one pass is enough;
 - a PENDING run with no instance older than ``pending_grace_s`` (10 min) is failed (``DAEMON_LOST_TRACK``): the
@@ -99,6 +101,11 @@ def _lost_cost(ctx: PilotContext, run: TrainingRun) -> float:
     with ctx.store.session() as session:
         rented = any(a.launched_at is not None for a in attempts_of(session, run.id))
     return provider_cost(ctx, run) if rented else 0.0
+
+
+def _has_attempts(ctx: PilotContext, run: TrainingRun) -> bool:
+    with ctx.store.session() as session:
+        return bool(attempts_of(session, run.id))
 
 
 def _driven_elsewhere(ctx: PilotContext, run: TrainingRun, now: datetime) -> bool:
@@ -223,8 +230,8 @@ def reconcile(
     for run in runs.values():
         if run.status not in LIVE or run.instance_id is None or run.instance_id in owned_ids:
             continue
-        if is_remote(run.provider) and _driven_elsewhere(ctx, run, now):
-            continue  # its driver retries on another host; the run is not lost
+        if _has_attempts(ctx, run):
+            continue  # a rented run's driver (the jobs worker) collects, or retries on another host: not lost
         try:
             vanished = ctx.gpu.poll(run.instance_id).state is InstanceState.GONE
         except PilotError as exc:

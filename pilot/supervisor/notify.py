@@ -70,7 +70,8 @@ def approval_request(session: Any, approval: Approval) -> ApprovalRequest:
     if plan:
         offer = (
             f"{plan.get('gpu', '?')} (offer {plan.get('offer', '?')}) at ${float(plan.get('dph', 0.0)):.3f}/h "
-            f"for ~{float(plan.get('expected_hours', 0.0)):.2f} h"
+            f"for ~{float(plan.get('expected_hours', 0.0)):.2f} h, "
+            f"estimated ${float(plan.get('estimated_cost_usd', 0.0)):.2f}"
         )
     return ApprovalRequest(
         approval_id=approval.id,

@@ -185,7 +185,7 @@ def test_a_bad_adapter_is_refused_at_evaluation_and_the_candidate_rejected(
         evaluate_version(ctx, "v1")
     assert not (settings.work_dir / "eval" / "v1" / "candidate.jsonl").exists()  # nothing was generated
 
-    out = enter_graph(ctx, "bad1", "train", {"version_id": "v1", "run_id": "run-x"})
+    out = enter_graph(ctx, "bad1", "await_run", {"version_id": "v1", "run_id": "run-x"})
     assert out["outcome"].startswith("evaluation failed") and out["verdict"] == "reject"
     with store.session() as session:
         assert session.get(ModelVersion, "v1").status == ModelStatus.REJECTED  # type: ignore[union-attr]

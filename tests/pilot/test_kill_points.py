@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from sqlmodel import col, select
-from test_remote_rig import AWS, Rig, make_rig, moto_endpoint
+from test_remote_rig import Rig, make_rig
 
 from pilot import testpoints
 from pilot.context import PilotContext
@@ -65,13 +65,6 @@ class Kill:
         self.report = killswitch.engage(self.ctx, actor="human:test", reason=f"kill at {name}", policy=FAST_TEARDOWN)
 
 
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    server, url = moto_endpoint()
-    yield url
-    server.stop()
-
-
 @pytest.fixture
 def sqlite_store(tmp_path: Path) -> Iterator[Store]:
     s = Store(f"sqlite:///{tmp_path / 'pilot.db'}")
@@ -86,10 +79,8 @@ def rig(
     sqlite_store: Store,
     make_settings: Callable[..., Settings],
     endpoint: str,
-    monkeypatch: pytest.MonkeyPatch,
+    aws_env: None,
 ) -> Iterator[Rig]:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", AWS["aws_access_key_id"])
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", AWS["aws_secret_access_key"])
     built, _ = make_rig(tmp_path, sqlite_store, make_settings, endpoint, stub_env={"STUB_STEP_S": "0.4"})
     yield built
     for instance_id in built.server.live_instances():

@@ -31,8 +31,8 @@ from pilot.serving import registry
 from pilot.settings import Settings
 from pilot.spend.ledger import reserve
 from pilot.store import Store
-from pilot.store.models import Event, ModelVersion, SpendEntry, utcnow
-from pilot.store.status import ModelStatus
+from pilot.store.models import EvalStage, Event, ModelVersion, SpendEntry, utcnow
+from pilot.store.status import ModelStatus, StageStatus
 from pilot.store.writers import set_paused
 from tests.helpers.tiny_model import tiny_base_model
 from tests.pilot.test_efficacy_rollback import add_version
@@ -339,7 +339,7 @@ def test_the_kill_switch_stops_the_stage_before_renting(rig_factory: Callable[..
     with rig.store.session(write=True) as session:
         set_paused(session, True, actor="human:test", reason="test")
 
-    with pytest.raises(EvaluationError, match="paused by the kill switch"):
+    with pytest.raises(EvaluationError, match=r"paused \(kill switch\)"):
         evaluate_version(rig.ctx, "v1")
 
     assert rig.server.create_bodies == [] and stage_entries(rig) == {}
@@ -352,6 +352,7 @@ def test_a_stage_left_open_by_a_dead_daemon_is_protected_then_reaped(rig_factory
     stage_id, label = "eval-v9-deadbeef", instance_label(rig.ctx.settings.env, "eval-v9-deadbeef")
     with rig.store.session(write=True) as session:
         reserve(rig.store, session, amount_usd=1.0, caps=rig.ctx.settings.budget, run_id=stage_id, note="test")
+        session.add(EvalStage(id=stage_id, version_id="v9", status=StageStatus.LAUNCHED, label=label, reserved_usd=1.0))
     offer = rig.ctx.gpu.search_offers(OfferRequirements())[0]
     rig.ctx.gpu.launch(LaunchSpec(label=label, offer_id=offer.id, image="img", command=["sleep", "60"]))
 

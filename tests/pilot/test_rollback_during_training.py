@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from test_remote_rig import AWS, Rig, make_rig, moto_endpoint
+from test_remote_rig import Rig, make_rig
 
 from pilot.data.ingest import ingest_lines
 from pilot.service.daemon import Jobs, build_scheduler
@@ -25,19 +25,8 @@ from pilot.store.status import RunStatus
 from tests.pilot.test_efficacy_rollback import add_version, live_records, promote
 
 
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    server, url = moto_endpoint()
-    yield url
-    server.stop()
-
-
 @pytest.fixture
-def rig(
-    tmp_path: Path, make_settings: Callable[..., Settings], endpoint: str, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Rig]:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", AWS["aws_access_key_id"])
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", AWS["aws_secret_access_key"])
+def rig(tmp_path: Path, make_settings: Callable[..., Settings], endpoint: str, aws_env: None) -> Iterator[Rig]:
     store = Store(f"sqlite:///{tmp_path / 'pilot.db'}")
     store.migrate()
     built, _ = make_rig(

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from test_remote_rig import AWS, Rig, make_rig, moto_endpoint
+from test_remote_rig import Rig, make_rig
 
 from pilot.context import build_context
 from pilot.runs.attempts import attempts_of
@@ -23,19 +23,10 @@ from pilot.store.status import RunStatus
 from tools.gpu.base import InstanceState
 
 
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    server, url = moto_endpoint()
-    yield url
-    server.stop()
-
-
 @pytest.fixture
 def rig(
-    tmp_path: Path, store: Store, make_settings: Callable[..., Settings], endpoint: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, store: Store, make_settings: Callable[..., Settings], endpoint: str, aws_env: None
 ) -> Iterator[Rig]:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", AWS["aws_access_key_id"])
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", AWS["aws_secret_access_key"])
     built, _ = make_rig(tmp_path, store, make_settings, endpoint, stub_env={"STUB_STEP_S": "0.5"})
     yield built
     for instance_id in built.server.live_instances():
