@@ -1,11 +1,15 @@
-"""The sandbox contains hostile code and scores it as a failure; a correct solution passes.
+"""The sandbox contains hostile code and scores it as a failure; a correct solution passes; without isolation
+it refuses to run anything.
 
 Each attack is real: a secret in the parent's environment, a listener on 127.0.0.1, a fork bomb, an endless
-loop, a 4 GB allocation, a write into a directory outside the sandbox.
+loop, a 4 GB allocation, a write into a directory outside the sandbox. These run as the test process's user
+(root here, so bwrap runs as ``nobody``); tests/tools/test_sandbox_containment.py repeats the attacks as a
+non-root daemon user with a data dir and credentials beside it.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import socket
 import subprocess
@@ -15,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.sandbox import SandboxLimits, isolation_support, run_python
+from tools.sandbox import SandboxLimits, SandboxOutcome, probe_isolation, run_python
 
 FAST = SandboxLimits(cpu_seconds=2, wall_seconds=4, memory_mb=256, max_processes=16)
 
@@ -28,9 +32,18 @@ def limits(**overrides: object) -> SandboxLimits:
     return SandboxLimits(**values)  # type: ignore[arg-type]
 
 
+def test_this_machine_can_isolate() -> None:
+    # The rest of this file needs a working sandbox: `make unit` installs bubblewrap first.
+    isolation = probe_isolation()
+    assert isolation.ok, isolation.reason
+    assert isolation.mechanism == "bwrap" and not isolation.degraded
+    assert isolation.uid != 0  # as root, bwrap runs as nobody
+
+
 def test_correct_solution_passes() -> None:
     result = run_python(GOOD_CODE, ADD_TESTS, FAST)
     assert result.passed, result
+    assert result.outcome is SandboxOutcome.PASSED and result.evaluated
     assert result.exit_code == 0
     assert not result.timed_out and not result.killed
     assert "all tests passed" in result.detail
@@ -40,6 +53,7 @@ def test_correct_solution_passes() -> None:
 def test_wrong_solution_fails_with_the_assertion_in_stderr() -> None:
     result = run_python("def add(a, b):\n    return a - b\n", ADD_TESTS, FAST)
     assert not result.passed
+    assert result.outcome is SandboxOutcome.FAILED
     assert result.exit_code == 1
     assert "AssertionError" in result.stderr
 
@@ -83,6 +97,8 @@ def test_environment_secret_is_not_visible(monkeypatch: pytest.MonkeyPatch) -> N
     assert not result.passed
     assert "hunter2" not in result.stdout + result.stderr
     assert "ENV {'PATH':" in result.stdout
+    seen = ast.literal_eval(next(line for line in result.stdout.splitlines() if line.startswith("ENV "))[4:])
+    assert set(seen) <= {"PATH", "HOME", "LANG", "PWD", "LC_CTYPE"}
 
 
 @pytest.mark.parametrize("where", ["tmp_path", "/etc", "/work-root"])
@@ -96,7 +112,6 @@ def test_write_outside_its_directory_is_refused(where: str, tmp_path: Path) -> N
     assert not target.exists()
 
 
-@pytest.mark.skipif(not isolation_support().mountns, reason="needs a mount namespace (root)")
 def test_writes_to_shared_tmp_stay_private() -> None:
     name = f"/tmp/lp-sandbox-escape-{os.getpid()}"
     code = f"open({name!r}, 'w').write('x')\n"
@@ -145,9 +160,8 @@ def test_socket_to_a_loopback_listener_is_blocked(listener: tuple[int, list[byte
         "    return True\n"
     )
     result = run_python(code, "from solution import call\n\ndef test_c():\n    assert call()\n", FAST)
-    if not result.network_isolated:
-        pytest.fail(f"this machine cannot isolate the network: {result.detail}")
-    assert not result.passed
+    assert result.network_isolated, result.detail
+    assert not result.passed and result.outcome is SandboxOutcome.FAILED
     assert received == []
 
 
@@ -189,8 +203,8 @@ def test_fork_bomb_is_contained_and_cleaned_up() -> None:
     result = run_python(code, "import solution\n", limits(wall_seconds=2))
     assert not result.passed
     assert result.killed
-    uid = isolation_support().drop_to_uid
-    if uid is not None:
+    uid = probe_isolation().uid
+    if uid is not None and uid != os.getuid():
         assert _live_processes_of(uid) == []
         _wait_until_reaped(uid)
 
@@ -199,8 +213,8 @@ def test_setsid_escapee_is_killed() -> None:
     code = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\n    os._exit(0)\n"
     result = run_python(code, "import solution\n", FAST)
     assert result.passed, result  # the parent finished; the point is what is left behind
-    uid = isolation_support().drop_to_uid
-    if uid is not None:
+    uid = probe_isolation().uid
+    if uid is not None and uid != os.getuid():
         assert _live_processes_of(uid) == []
 
 
@@ -208,6 +222,7 @@ def test_infinite_loop_hits_the_cpu_limit() -> None:
     result = run_python("while True:\n    pass\n", "import solution\n", limits(cpu_seconds=1, wall_seconds=4))
     assert not result.passed
     assert result.killed and not result.timed_out
+    assert result.outcome is SandboxOutcome.KILLED
     assert result.exit_code is None
     assert "SIGXCPU" in result.detail or "SIGKILL" in result.detail
 
@@ -216,6 +231,7 @@ def test_sleeping_forever_hits_the_wall_clock() -> None:
     result = run_python("import time\ntime.sleep(60)\n", "import solution\n", limits(wall_seconds=1))
     assert not result.passed
     assert result.timed_out and result.killed
+    assert result.outcome is SandboxOutcome.TIMED_OUT
     assert 1 <= result.duration_s < 4
 
 
@@ -246,3 +262,25 @@ def test_temp_dirs_are_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 def test_limits_are_validated() -> None:
     with pytest.raises(ValueError):
         SandboxLimits(cpu_seconds=0)
+
+
+def test_without_isolation_nothing_runs_and_the_outcome_says_not_evaluated(listener: tuple[int, list[bytes]]) -> None:
+    port, received = listener
+    isolation = probe_isolation("/nonexistent/python3")
+    assert not isolation.ok and isolation.degraded and isolation.mechanism == "none"
+    assert "/nonexistent/python3" in isolation.reason
+    code = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1).sendall(b'ran')\n"
+    result = run_python(code, "import solution\n", FAST, python="/nonexistent/python3")
+    assert result.outcome is SandboxOutcome.NOT_EVALUATED
+    assert not result.evaluated and not result.passed and not result.network_isolated
+    assert result.detail.startswith("not evaluated: sandbox isolation unavailable")
+    assert result.duration_s == 0.0
+    assert received == []
+
+
+def test_the_probe_is_cached() -> None:
+    first = probe_isolation()
+    assert probe_isolation() is first
+    probe_isolation.cache_clear()
+    again = probe_isolation()
+    assert again is not first and again.ok == first.ok
