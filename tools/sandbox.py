@@ -8,8 +8,9 @@ unprivileged. Invariants (each is what a case in tests/tools/test_sandbox*.py at
   in our environment, or read a file planted on the host. When that cannot be shown (no ``bwrap``, user
   namespaces refused, e.g. ``RestrictNamespaces=yes`` or ``user.max_user_namespaces=0``), ``run_python`` does
   not run the code: it returns ``SandboxOutcome.NOT_EVALUATED`` with the reason. It never runs unisolated.
-- **Namespaces.** New user, pid, net, mount, ipc and uts namespaces (``--unshare-*``), ``--disable-userns``
-  inside, ``--cap-drop ALL``, ``--new-session`` (no TIOCSTI into our terminal), ``--die-with-parent``.
+- **Namespaces.** New user, pid, net, mount, ipc and uts namespaces (``--unshare-*``), ``--cap-drop ALL``,
+  ``--new-session`` (no TIOCSTI into our terminal), ``--die-with-parent``, and a seccomp filter
+  (tools/sandbox_seccomp.py) that refuses nested user namespaces, keyrings, bpf, perf and io_uring.
 - **No secrets.** ``--clearenv``: the child sees ``PATH``, ``HOME``, ``LANG`` and what bwrap/Python add
   (``PWD``, ``LC_CTYPE``). No ``/proc`` is mounted (so no ``/proc/<daemon>/environ``; a fresh procfs is also
   refused under systemd's ``ProtectKernelTunables``), no ``/etc``, no home, no data dir, no
@@ -47,6 +48,7 @@ import contextlib
 import json
 import logging
 import os
+import platform
 import pwd
 import secrets
 import select
@@ -62,6 +64,8 @@ from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from typing import IO
+
+from tools import sandbox_seccomp
 
 logger = logging.getLogger(__name__)
 
@@ -293,7 +297,7 @@ def _command(
     bwrap: str, python: str, script: str, argv: list[str], limits: SandboxLimits, fds: dict[str, int]
 ) -> list[str]:
     size = str(limits.file_size_mb * 1024 * 1024)
-    cmd = [bwrap, "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--disable-userns"]
+    cmd = [bwrap, "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
     if not limits.network:
         cmd.append("--unshare-net")
     cmd += ["--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv", "--hostname", "sandbox"]
@@ -368,7 +372,13 @@ def _launch(
     bwrap = _bwrap()
     if bwrap is None:
         raise FileNotFoundError("bwrap is not installed (Debian package bubblewrap)")
+    bpf = sandbox_seccomp.program()
+    if bpf is None:
+        raise OSError(f"no seccomp filter for this architecture ({platform.machine()})")
     fds = {name: _memfd(name, text) for name, text in files.items()}
+    seccomp_fd = os.memfd_create("seccomp", os.MFD_CLOEXEC)
+    os.write(seccomp_fd, bpf)
+    os.lseek(seccomp_fd, 0, os.SEEK_SET)
     info_r, info_w = os.pipe()
     run_as = _run_as()
     start = time.monotonic()
@@ -376,7 +386,7 @@ def _launch(
     child_pid: int | None = None
     try:
         cmd = _command(bwrap, python, script, argv, limits, fds)
-        cmd[1:1] = ["--info-fd", str(info_w)]
+        cmd[1:1] = ["--info-fd", str(info_w), "--seccomp", str(seccomp_fd)]
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             proc = subprocess.Popen(
                 cmd,
@@ -387,7 +397,7 @@ def _launch(
                 env=env,
                 start_new_session=True,
                 close_fds=True,
-                pass_fds=(info_w, *fds.values()),
+                pass_fds=(info_w, seccomp_fd, *fds.values()),
                 user=run_as[0] if run_as else None,
                 group=run_as[1] if run_as else None,
                 extra_groups=[] if run_as else None,
@@ -429,7 +439,7 @@ def _launch(
             duration = time.monotonic() - start
             stdout, stderr = _tail(out), _tail(err)
     finally:
-        for fd in (info_r, info_w, *fds.values()):
+        for fd in (info_r, info_w, seccomp_fd, *fds.values()):
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
@@ -475,6 +485,8 @@ def _probe(python: str) -> tuple[bool, str, int | None]:
         return False, f"the sandbox needs Linux namespaces; this is {sys.platform}", None
     if _bwrap() is None:
         return False, "bwrap is not installed (apt-get install bubblewrap)", None
+    if sandbox_seccomp.program() is None:
+        return False, f"no seccomp filter for this architecture ({platform.machine()})", None
     real = os.path.realpath(python)
     if not real.startswith("/usr/") or not os.access(real, os.X_OK):
         return False, f"interpreter {python} is not an executable under /usr (only /usr is bound)", None
@@ -507,7 +519,7 @@ def _probe(python: str) -> tuple[bool, str, int | None]:
         leaks = sorted({k for k, v in seen.items() if v} | set(listeners.reached()))
         if leaks:
             return False, f"the isolation probe reached what it must not: {', '.join(leaks)}", uid
-        return True, f"bwrap: user, pid, net, mount, ipc, uts namespaces; no caps; runs as uid {uid}", uid
+        return True, f"bwrap: user, pid, net, mount, ipc, uts namespaces; no caps; seccomp; runs as uid {uid}", uid
     finally:
         if listeners is not None:
             listeners.close()

@@ -284,3 +284,20 @@ def test_the_probe_is_cached() -> None:
     probe_isolation.cache_clear()
     again = probe_isolation()
     assert again is not first and again.ok == first.ok
+
+
+def test_threads_and_subprocesses_work_but_nested_user_namespaces_do_not() -> None:
+    # The seccomp filter answers clone3 with ENOSYS (glibc falls back to clone) and refuses CLONE_NEWUSER.
+    code = (
+        "import ctypes, subprocess, threading\n"
+        "out = []\n"
+        "t = threading.Thread(target=lambda: out.append('thread'))\n"
+        "t.start()\n"
+        "t.join()\n"
+        "assert out == ['thread']\n"
+        "assert subprocess.run(['/usr/bin/true']).returncode == 0\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "assert libc.unshare(0x10000000) == -1 and ctypes.get_errno() == 1\n"
+    )
+    result = run_python(code, "import solution\n", FAST)
+    assert result.passed, result
