@@ -418,10 +418,12 @@ def _launch(
                 with contextlib.suppress(BrokenPipeError):
                     proc.stdin.write(stdin)
                     proc.stdin.close()
+                # A pidfd wakes us the moment bwrap exits (Popen.wait(timeout) polls with growing sleeps).
+                bwrap_fd = os.pidfd_open(proc.pid)
                 try:
-                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    timed_out = True
+                    timed_out = not select.select([bwrap_fd], [], [], max(0.0, deadline - time.monotonic()))[0]
+                finally:
+                    os.close(bwrap_fd)
             finally:
                 # The pid namespace's init first: its death makes the kernel kill everything inside. Then the
                 # bwrap monitor's group, then reap it.
