@@ -407,7 +407,7 @@ def _launch(
             pidfd: int | None = None
             try:
                 deadline = start + limits.wall_seconds
-                child_pid = _read_info(info_r, min(deadline, start + _BOOT_TIMEOUT_S))
+                child_pid = _read_info(info_r, start + _BOOT_TIMEOUT_S)
                 if child_pid is not None:
                     with contextlib.suppress(OSError):
                         pidfd = os.pidfd_open(child_pid)
