@@ -318,9 +318,11 @@ def _command(
     return [*cmd, "--", python, "-I", "-S", "-B", "-c", script, *map(str, rlimits), *argv]
 
 
-def _memfd(name: str, text: str) -> int:
+def _memfd(name: str, data: bytes) -> int:
     fd = os.memfd_create(name, os.MFD_CLOEXEC)
-    os.write(fd, text.encode("utf-8"))
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
 
@@ -375,10 +377,8 @@ def _launch(
     bpf = sandbox_seccomp.program()
     if bpf is None:
         raise OSError(f"no seccomp filter for this architecture ({platform.machine()})")
-    fds = {name: _memfd(name, text) for name, text in files.items()}
-    seccomp_fd = os.memfd_create("seccomp", os.MFD_CLOEXEC)
-    os.write(seccomp_fd, bpf)
-    os.lseek(seccomp_fd, 0, os.SEEK_SET)
+    fds = {name: _memfd(name, text.encode("utf-8")) for name, text in files.items()}
+    seccomp_fd = _memfd("seccomp", bpf)
     info_r, info_w = os.pipe()
     run_as = _run_as()
     start = time.monotonic()
@@ -505,7 +505,9 @@ def _probe(python: str) -> tuple[bool, str, int | None]:
         listeners = _Listeners(directory)
         argv = [var, planted, str(listeners.tcp.getsockname()[1]), str(listeners.udp.getsockname()[1])]
         argv.append(listeners.unix_path)
-        env = {**os.environ, var: "planted"}
+        # Only the planted variable: bwrap itself (trusted) must not carry the daemon's secrets either, since
+        # other processes of its uid could read its /proc/<pid>/environ while it runs.
+        env = {"PATH": "/usr/bin:/bin", var: "planted"}
         limits = SandboxLimits(cpu_seconds=5, wall_seconds=15, memory_mb=256, max_processes=8)
         try:
             raw = _launch(python, _PROBE, argv, limits, {}, b"", env)

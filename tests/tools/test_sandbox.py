@@ -301,3 +301,11 @@ def test_threads_and_subprocesses_work_but_nested_user_namespaces_do_not() -> No
     )
     result = run_python(code, "import solution\n", FAST)
     assert result.passed, result
+
+
+def test_only_stdin_stdout_and_stderr_are_open_inside() -> None:
+    # bwrap's info, seccomp and file descriptors are consumed before the interpreter starts.
+    code = "import os\nfds = []\nfor fd in range(256):\n    try:\n        os.fstat(fd)\n        fds.append(fd)\n"
+    code += "    except OSError:\n        pass\nassert fds == [0, 1, 2], fds\n"
+    result = run_python(code, "import solution\n", FAST)
+    assert result.passed, result
