@@ -424,3 +424,35 @@ def test_read_only_proc_sys_as_under_protect_kernel_tunables_still_isolates(prod
     assert out["isolation"]["ok"], out["isolation"]["reason"]
     assert [r["outcome"] for r in out["results"]] == ["failed", "failed"]
     assert not production.received
+
+
+def test_the_process_limit_counts_the_sandbox_not_the_daemons_threads(production: Production) -> None:
+    # RLIMIT_NPROC is charged per (user namespace, uid): a daemon with 100 threads still leaves each sandbox
+    # its own budget, and the budget still stops a sandbox that forks past it.
+    busy_daemon = (
+        "import threading\nstop = threading.Event()\n"
+        "for _ in range(100):\n    threading.Thread(target=stop.wait, daemon=True).start()\n"
+    )
+    forks = (
+        "import os\ndef attack():\n    pids = []\n    for _ in range({n}):\n        pid = os.fork()\n"
+        "        if pid == 0:\n            os._exit(0)\n        pids.append(pid)\n"
+        "    for pid in pids:\n        os.waitpid(pid, 0)\n    return True\n"
+    )
+    limits = {**LIMITS, "max_processes": 16}
+    within, beyond = _attack(forks.format(n=10)), _attack(forks.format(n=20))
+    cmd = _as_daemon(production)
+    cmd[cmd.index(DRIVER)] = busy_daemon + DRIVER
+    proc = subprocess.run(
+        cmd,
+        input=json.dumps({"cases": [{**within, "limits": limits}, {**beyond, "limits": limits}]}),
+        capture_output=True,
+        text=True,
+        env=production.env(),
+        cwd=production.data_dir,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])["results"]
+    assert [r["outcome"] for r in results] == ["passed", "failed"], results
+    assert "BlockingIOError" in results[1]["stderr"] or "Resource temporarily unavailable" in results[1]["stderr"]
