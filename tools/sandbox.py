@@ -8,6 +8,8 @@ unprivileged. Invariants (each is what a case in tests/tools/test_sandbox*.py at
   in our environment, or read a file planted on the host. When that cannot be shown (no ``bwrap``, user
   namespaces refused, e.g. ``RestrictNamespaces=yes`` or ``user.max_user_namespaces=0``), ``run_python`` does
   not run the code: it returns ``SandboxOutcome.NOT_EVALUATED`` with the reason. It never runs unisolated.
+  A run whose sandbox bwrap could not set up (it reports its child's pid before the code starts) is
+  NOT_EVALUATED too: nothing the code does can produce that outcome.
 - **Namespaces.** New user, pid, net, mount, ipc and uts namespaces (``--unshare-*``), ``--cap-drop ALL``,
   ``--new-session`` (no TIOCSTI into our terminal), ``--die-with-parent``, and a seccomp filter
   (tools/sandbox_seccomp.py) that refuses nested user namespaces, keyrings, bpf, perf and io_uring.
@@ -18,8 +20,9 @@ unprivileged. Invariants (each is what a case in tests/tools/test_sandbox*.py at
 - **Runs as nobody, never as root.** When the daemon is root (with CAP_SETUID) bwrap is started as
   ``nobody``; otherwise as the daemon's own (non-root) uid, in a user namespace of its own.
 - **Writes stay inside.** The work dir ``/sandbox`` (holding only ``solution.py`` and ``test_solution.py``,
-  copied in from memfds: nothing is written on the host), ``/tmp`` and ``/dev/shm`` are private, size-capped
-  tmpfs mounts (``file_size_mb`` each); ``/`` and ``/dev`` are remounted read-only, ``/usr`` is read-only.
+  copied in from memfds), ``/tmp`` and ``/dev/shm`` are private, size-capped tmpfs mounts (``file_size_mb``
+  each); ``/`` and ``/dev`` are remounted read-only, ``/usr`` is read-only. The only host files are our two
+  unlinked temp files for stdout/stderr, which RLIMIT_FSIZE bounds.
 - **Bounded resources.** The in-sandbox runner sets rlimits before any untrusted code runs: CPU seconds
   (SIGXCPU, then SIGKILL), address space, file size, open files, core=0, and processes. RLIMIT_NPROC is
   counted per (user namespace, uid) on Linux >= 5.14, so each sandbox gets its own process budget; the hard
