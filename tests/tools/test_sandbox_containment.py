@@ -10,20 +10,23 @@ loopback TCP, UDP and unix-socket listeners. The attacking code *passes its test
 so each must be scored as a failure, its output must not carry a secret, no listener may see a byte, and
 every file of the data and credentials dirs must be byte-for-byte unchanged.
 
-Fail closed: with user namespaces unavailable — simulated as in shared/reference/dependencies-2.md §1, a child
-user namespace with ``user.max_user_namespaces=0`` and every capability dropped — the probe reports degraded
-and the run returns NOT_EVALUATED without running anything. With ``/proc/sys`` read-only over the host's
-procfs (what ``ProtectKernelTunables=yes`` does, and what blocks a fresh procfs mount in a user namespace)
-the sandbox still works, because it mounts no ``/proc``.
+Every case runs under what can be reproduced of the shipped unit without systemd: ``User=`` (a non-root
+uid), ``CapabilityBoundingSet=`` (none), ``NoNewPrivileges=``, the seccomp filters behind its
+``RestrictNamespaces=`` and ``RestrictAddressFamilies=`` (tests/tools/unit_restrictions.py reads them from the
+unit file and installs the same kind of filter), and the read-only ``/proc/sys`` that ``ProtectKernelTunables=``
+leaves (root only: it needs a mount namespace).
 
-What CI here can reproduce: a non-root uid, secrets in the environment and a credentials dir, the data dir
-and store, loopback listeners, rlimits, the pid-namespace kill, user namespaces refused (simulated), a
-read-only ``/proc/sys``. What it cannot: PID 1 is not systemd (``systemd-run`` fails), so the unit itself
-never runs here — its seccomp filters (``RestrictNamespaces=``, ``RestrictAddressFamilies=``),
-``ProtectSystem=strict``, ``PrivateDevices=``/``PrivateTmp=`` and systemd's own credential directory are not
-exercised; tests/tools/test_sandbox_unit.py checks the unit's settings with ``systemd-analyze`` instead. A real
-kernel or LSM that forbids user namespaces (``kernel.unprivileged_userns_clone=0``, Ubuntu's AppArmor
-``restrict_unprivileged_userns``) is only simulated, and cgroup-v2 limits are not used.
+Fail closed: under the previous unit (``RestrictNamespaces=yes``), under the shipped unit minus any one of its
+namespace or ``AF_NETLINK`` grants, and with user namespaces unavailable — simulated as in
+shared/reference/dependencies-2.md §1, a child user namespace with ``user.max_user_namespaces=0`` and every
+capability dropped — the probe reports degraded and the run returns NOT_EVALUATED without running anything.
+
+What CI here cannot reproduce: PID 1 is not systemd (``systemd-run`` fails), so the unit itself never runs:
+``ProtectSystem=strict``, ``ProtectHome=``, ``PrivateTmp=``, ``PrivateDevices=`` (bwrap's ``--dev`` binds
+/dev/null and friends from it), ``ProtectClock=``/``ProtectKernelLogs=`` filters, ``TasksMax=``, and systemd's
+own ``$CREDENTIALS_DIRECTORY`` (a ramfs) are not exercised; tests/tools/test_sandbox_unit.py checks the unit
+with ``systemd-analyze`` instead. A real kernel or LSM that forbids user namespaces
+(``kernel.unprivileged_userns_clone=0``, Ubuntu's AppArmor ``restrict_unprivileged_userns``) is only simulated.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.tools.unit_restrictions import under_unit, unit_service
 
 ROOT = Path(__file__).resolve().parents[2]
 DAEMON_USER = "lp-sandbox-test"
@@ -190,19 +195,39 @@ def production() -> Iterator[Production]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _as_daemon(prod: Production, prefix: list[str] | None = None) -> list[str]:
-    """The command line that starts the driver as the daemon user, with no capabilities."""
+# ProtectKernelTunables=yes leaves read-only overmounts in /proc (here: /proc/sys), which also makes the kernel
+# refuse a fresh procfs inside a user namespace and bwrap's --disable-userns; root only (a mount namespace).
+RO_PROC_SYS = [
+    "unshare",
+    "--mount",
+    "--propagation",
+    "private",
+    "--",
+    "sh",
+    "-c",
+    'mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec "$@"',
+    "sh",
+]
+
+
+def _as_daemon(
+    prod: Production, *, restrict_namespaces: str | None = None, address_families: str | None = None
+) -> list[str]:
+    """The command line that starts the driver as the unit would: the daemon user, no capabilities,
+    no_new_privs, the unit's RestrictNamespaces=/RestrictAddressFamilies= filter (or the ones given), and a
+    read-only /proc/sys."""
     driver = [SYSTEM_PYTHON, "-I", "-B", "-c", DRIVER]
+    seccomp = under_unit(restrict_namespaces, address_families)
     if os.geteuid() != 0:
-        return [*(prefix or []), *driver]
+        return [*seccomp, *driver]
     drop = ["setpriv", f"--reuid={prod.uid}", f"--regid={prod.gid}", "--init-groups", "--inh-caps=-all"]
-    return [*(prefix or []), *drop, "--bounding-set=-all", "--", *driver]
+    return [*RO_PROC_SYS, *drop, "--bounding-set=-all", "--", *seccomp, *driver]
 
 
-def run_as_daemon(prod: Production, cases: list[dict[str, Any]], prefix: list[str] | None = None) -> dict[str, Any]:
+def run_as_daemon(prod: Production, cases: list[dict[str, Any]], **unit: str) -> dict[str, Any]:
     spec = json.dumps({"cases": [{"limits": LIMITS, **case} for case in cases]})
     proc = subprocess.run(
-        _as_daemon(prod, prefix),
+        _as_daemon(prod, **unit),
         input=spec,
         capture_output=True,
         text=True,
@@ -404,26 +429,31 @@ def test_without_user_namespaces_the_probe_is_degraded_and_nothing_runs(producti
     assert production.snapshot() == before
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to remount /proc/sys read-only in a mount namespace")
-def test_read_only_proc_sys_as_under_protect_kernel_tunables_still_isolates(production: Production) -> None:
-    # ProtectKernelTunables=yes leaves read-only overmounts in /proc, which makes the kernel refuse a fresh
-    # procfs inside a user namespace; the sandbox mounts none, so it keeps working.
-    ro_proc_sys = [
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "--",
-        "sh",
-        "-c",
-        'mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec "$@"',
-        "sh",
-    ]
-    attacks = cases(production)
-    out = run_as_daemon(production, [attacks["tcp socket"], attacks["credentials dir"]], prefix=ro_proc_sys)
-    assert out["isolation"]["ok"], out["isolation"]["reason"]
-    assert [r["outcome"] for r in out["results"]] == ["failed", "failed"]
-    assert not production.received
+def test_the_previous_unit_restrict_namespaces_yes_makes_the_sandbox_refuse(production: Production) -> None:
+    # The unit as it shipped before (RestrictNamespaces=yes): the old sandbox ran the code with network and
+    # as the daemon user; this one reports degraded and runs nothing.
+    code = _at_import(f"open({str(production.drop_dir / 'ran')!r}, 'w').write('x')\n")
+    out = run_as_daemon(production, [code], restrict_namespaces="yes")
+    assert not out["isolation"]["ok"] and "bwrap refused" in out["isolation"]["reason"]
+    assert out["results"][0]["outcome"] == "not_evaluated"
+    assert not (production.drop_dir / "ran").exists()
+
+
+@pytest.mark.parametrize("dropped", ["user", "pid", "net", "mnt", "ipc", "uts", "AF_NETLINK"])
+def test_every_permission_the_unit_grants_is_needed(production: Production, dropped: str) -> None:
+    # The shipped unit minus one grant: the sandbox cannot be built and says so (the suite above shows the
+    # grants suffice). Together: the unit allows what bwrap needs and only that.
+    service = unit_service()
+    namespaces = service["RestrictNamespaces"].split()
+    families = service["RestrictAddressFamilies"].split()
+    unit = {
+        "restrict_namespaces": " ".join(n for n in namespaces if n != dropped),
+        "address_families": " ".join(f for f in families if f != dropped),
+    }
+    good = {"code": "def add(a, b):\n    return a + b\n", "tests": "from solution import add\nassert add(1, 1) == 2\n"}
+    out = run_as_daemon(production, [good], **unit)
+    assert not out["isolation"]["ok"], out["isolation"]
+    assert out["results"][0]["outcome"] == "not_evaluated"
 
 
 def test_the_process_limit_counts_the_sandbox_not_the_daemons_threads(production: Production) -> None:

@@ -3,7 +3,8 @@
 PID 1 is not systemd on the CI machines here, so the unit never runs: these tests read its settings, check
 them against the bwrap command line tools/sandbox.py actually builds, and run ``systemd-analyze security
 --offline=yes`` (``verify`` runs in tests/pilot/test_systemd.py). The seccomp filters systemd would install
-for ``RestrictNamespaces=`` and ``RestrictAddressFamilies=`` are not exercised.
+for ``RestrictNamespaces=`` and ``RestrictAddressFamilies=`` are reproduced, and attacked under, in
+tests/tools/test_sandbox_containment.py.
 """
 
 from __future__ import annotations
