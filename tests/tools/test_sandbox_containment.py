@@ -486,3 +486,26 @@ def test_the_process_limit_counts_the_sandbox_not_the_daemons_threads(production
     results = json.loads(proc.stdout.strip().splitlines()[-1])["results"]
     assert [r["outcome"] for r in results] == ["passed", "failed"], results
     assert "BlockingIOError" in results[1]["stderr"] or "Resource temporarily unavailable" in results[1]["stderr"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hide bwrap in a mount namespace")
+def test_without_bwrap_the_probe_is_degraded_and_nothing_runs(production: Production) -> None:
+    hide_bwrap = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c"]
+    hide_bwrap += ['for b in /usr/bin/bwrap /bin/bwrap; do mount --bind /dev/null "$b" 2>/dev/null; done; exec "$@"']
+    code = _at_import(f"open({str(production.drop_dir / 'ran')!r}, 'w').write('x')\n")
+    cmd = [*hide_bwrap, "sh", *_as_daemon(production)]
+    proc = subprocess.run(
+        cmd,
+        input=json.dumps({"cases": [{**code, "limits": LIMITS}]}),
+        capture_output=True,
+        text=True,
+        env=production.env(),
+        cwd=production.data_dir,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not out["isolation"]["ok"] and "bwrap is not installed" in out["isolation"]["reason"]
+    assert out["results"][0]["outcome"] == "not_evaluated"
+    assert not (production.drop_dir / "ran").exists()
