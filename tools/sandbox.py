@@ -549,7 +549,10 @@ def probe_isolation(python: str = SANDBOX_PYTHON) -> Isolation:
     """Whether network, filesystem and secret isolation can be established here; probed once per interpreter
     per process (``probe_isolation.cache_clear()`` forgets). Never raises."""
     start = time.monotonic()
-    ok, reason, uid = _probe(python)
+    try:
+        ok, reason, uid = _probe(python)
+    except OSError as exc:  # no temp dir, no loopback listener: then nothing can be shown either
+        ok, reason, uid = False, f"the isolation probe could not be set up: {exc}", None
     isolation = Isolation(ok, "bwrap" if ok else "none", reason, python, uid, (time.monotonic() - start) * 1000)
     if ok:
         logger.info("sandbox isolation established: %s (probe %.0f ms)", reason, isolation.probe_ms)
