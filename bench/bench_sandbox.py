@@ -20,7 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tools.sandbox import SANDBOX_PYTHON, SandboxLimits, _launch, probe_isolation, run_python
+from tools.sandbox import SANDBOX_PYTHON, SandboxLimits, probe_isolation, run_python
+from tools.sandbox_bwrap import launch
 
 CODE = "def add(a, b):\n    return a + b\n"
 TESTS = "from solution import add\n\nassert add(1, 2) == 3\n\ndef test_add():\n    assert add(-1, 1) == 0\n"
@@ -51,7 +52,7 @@ def main(runs: int = 20) -> None:
         subprocess.run([SANDBOX_PYTHON, "-I", "-S", "-B", "-c", "pass"], check=True)
 
     def bwrap_pass() -> None:
-        raw = _launch(SANDBOX_PYTHON, "pass", [], limits, {}, b"", {"PATH": "/usr/bin:/bin"})
+        raw = launch(SANDBOX_PYTHON, "pass", [], limits, {}, b"", {"PATH": "/usr/bin:/bin"})
         assert raw.started and raw.returncode == 0, raw
 
     def sandboxed() -> None:

@@ -1,7 +1,8 @@
 """Run untrusted Python (model answers, record-supplied tests) against tests inside bubblewrap, or not at all.
 
 The isolation is bubblewrap (``bwrap``, Debian package ``bubblewrap``, the tool Flatpak relies on), run
-unprivileged. Invariants (each is what a case in tests/tools/test_sandbox*.py attacks):
+unprivileged; the mechanism (command line, uid, rlimits, kill) is tools/sandbox_bwrap.py, the seccomp filter
+tools/sandbox_seccomp.py. Invariants (each is what a case in tests/tools/test_sandbox*.py attacks):
 
 - **Fail closed.** ``probe_isolation()`` (cached per interpreter) runs a tiny probe through the very command
   line real runs use and checks that it cannot reach a loopback TCP/UDP/unix listener, see a variable planted
@@ -47,18 +48,15 @@ arguments, in definition order); it imports the candidate as ``solution``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import platform
-import pwd
 import secrets
 import select
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -66,9 +64,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import IO
 
 from tools import sandbox_seccomp
+from tools.sandbox_bwrap import SandboxLimits, bwrap, launch, run_as, signal_of
 
 logger = logging.getLogger(__name__)
 
@@ -83,34 +81,11 @@ __all__ = [
 ]
 
 SANDBOX_PYTHON = "/usr/bin/python3"
-_TAIL_BYTES = 4096
 _PASS_MARKER = "LP-SANDBOX-PASS"
-_WORKDIR = "/sandbox"
-_BOOT_TIMEOUT_S = 10.0  # bwrap reports its child's pid within milliseconds; this only bounds a hung setup
-_MERGED_USR = ("bin", "sbin", "lib", "lib64", "lib32", "libx32")
-
-# Applied by the in-sandbox Python before anything untrusted is read. argv: cpu, address space, file size,
-# open files, processes. A limit can only be lowered, so we clamp to the hard limit we were given.
-_LIMITS = r"""
-import resource as _r, sys as _s
-def _apply_limits():
-    cpu, mem, fsize, nofile, nproc = (int(v) for v in _s.argv[1:6])
-    for what, soft, hard in ((_r.RLIMIT_CPU, cpu, cpu + 1), (_r.RLIMIT_AS, mem, mem),
-                             (_r.RLIMIT_FSIZE, fsize, fsize), (_r.RLIMIT_NOFILE, nofile, nofile),
-                             (_r.RLIMIT_NPROC, nproc, nproc), (_r.RLIMIT_CORE, 0, 0)):
-        cur = _r.getrlimit(what)[1]
-        if cur != _r.RLIM_INFINITY:
-            soft, hard = min(soft, cur), min(hard, cur)
-        _r.setrlimit(what, (soft, hard))
-_apply_limits()
-del _apply_limits, _r, _s
-"""
 
 # The in-sandbox driver. The nonce arrives on stdin and lives only in a local, so the candidate's module-level
 # code cannot print the pass line by accident.
-_RUNNER = (
-    _LIMITS
-    + r"""
+_RUNNER = r"""
 import sys
 def _main():
     nonce = sys.stdin.readline().strip()
@@ -148,13 +123,10 @@ def _main():
     return 0
 sys.exit(_main())
 """.replace("MARKER", repr(_PASS_MARKER))
-)
 
 # The isolation probe: tries what an attacker would, prints what it got. argv after the limits: env var name,
 # planted file, tcp port, udp port, unix socket path.
-_PROBE = (
-    _LIMITS
-    + r"""
+_PROBE = r"""
 import json, os, socket, sys
 var, path, tcp, udp, unix = sys.argv[6:11]
 got = {"env": var in os.environ, "proc": os.path.exists("/proc/1/environ")}
@@ -179,7 +151,6 @@ except OSError:
     pass
 print(json.dumps(got))
 """
-)
 
 
 class SandboxOutcome(StrEnum):
@@ -188,23 +159,6 @@ class SandboxOutcome(StrEnum):
     TIMED_OUT = "timed_out"  # the wall clock ran out; the whole sandbox was killed
     KILLED = "killed"  # a signal, usually the CPU or memory limit
     NOT_EVALUATED = "not_evaluated"  # isolation could not be established: the code was not run
-
-
-@dataclass(frozen=True)
-class SandboxLimits:
-    cpu_seconds: int = 5
-    wall_seconds: float = 10
-    memory_mb: int = 512
-    file_size_mb: int = 16
-    max_processes: int = 64
-    open_files: int = 256
-    network: bool = False  # True shares the host network namespace (trusted code only); all else stays isolated
-
-    def __post_init__(self) -> None:
-        if self.cpu_seconds < 1 or self.wall_seconds <= 0 or self.memory_mb < 32:
-            raise ValueError(f"unusable sandbox limits: {self}")
-        if self.file_size_mb < 1 or self.max_processes < 1 or self.open_files < 16:
-            raise ValueError(f"unusable sandbox limits: {self}")
 
 
 @dataclass(frozen=True)
@@ -242,16 +196,6 @@ class SandboxResult:
         return self.outcome is not SandboxOutcome.NOT_EVALUATED
 
 
-@dataclass(frozen=True)
-class _Raw:
-    started: bool  # bwrap reported its child: the sandbox was set up
-    returncode: int
-    timed_out: bool
-    stdout: str
-    stderr: str
-    duration_s: float
-
-
 def _not_evaluated(reason: str) -> SandboxResult:
     return SandboxResult(
         passed=False,
@@ -265,210 +209,6 @@ def _not_evaluated(reason: str) -> SandboxResult:
         detail=f"not evaluated: {reason}",
         outcome=SandboxOutcome.NOT_EVALUATED,
     )
-
-
-def _bwrap() -> str | None:
-    return shutil.which("bwrap") or shutil.which("bwrap", path="/usr/bin:/bin")
-
-
-def _capabilities() -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("CapEff:"):
-                return int(line.split()[1], 16)
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-def _run_as() -> tuple[int, int] | None:
-    """``(uid, gid)`` of ``nobody`` when we are root and able to switch; None to run bwrap as ourselves."""
-    if os.geteuid() != 0:
-        return None
-    cap_setgid_setuid = (1 << 6) | (1 << 7)
-    if _capabilities() & cap_setgid_setuid != cap_setgid_setuid:
-        return None  # a root without CAP_SETUID (e.g. in a namespace with caps dropped): bwrap decides
-    try:
-        entry = pwd.getpwnam("nobody")
-        return entry.pw_uid, entry.pw_gid
-    except KeyError:
-        return 65534, 65534
-
-
-def _root_links() -> list[str]:
-    """Recreate /bin, /lib, ... as on the host: symlinks into /usr (merged /usr) or read-only binds."""
-    args: list[str] = []
-    for name in _MERGED_USR:
-        host = Path("/") / name
-        if host.is_symlink():
-            args += ["--symlink", os.readlink(host), f"/{name}"]
-        elif host.is_dir():
-            args += ["--ro-bind", str(host), f"/{name}"]
-    return args
-
-
-def _command(
-    bwrap: str, python: str, script: str, argv: list[str], limits: SandboxLimits, fds: dict[str, int]
-) -> list[str]:
-    size = str(limits.file_size_mb * 1024 * 1024)
-    cmd = [bwrap, "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
-    if not limits.network:
-        cmd.append("--unshare-net")
-    cmd += ["--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv", "--hostname", "sandbox"]
-    cmd += ["--ro-bind", "/usr", "/usr", *_root_links()]
-    cmd += ["--dev", "/dev", "--size", size, "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
-    cmd += ["--size", size, "--tmpfs", "/tmp", "--size", size, "--tmpfs", _WORKDIR]
-    for name, fd in fds.items():
-        cmd += ["--perms", "0644", "--file", str(fd), f"{_WORKDIR}/{name}"]
-    cmd += ["--remount-ro", "/", "--chdir", _WORKDIR]
-    cmd += ["--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", _WORKDIR, "--setenv", "LANG", "C.UTF-8"]
-    rlimits = [
-        limits.cpu_seconds,
-        limits.memory_mb * 1024 * 1024,
-        limits.file_size_mb * 1024 * 1024,
-        limits.open_files,
-        limits.max_processes,
-    ]
-    return [*cmd, "--", python, "-I", "-S", "-B", "-c", script, *map(str, rlimits), *argv]
-
-
-def _memfd(name: str, data: bytes) -> int:
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-    os.lseek(fd, 0, os.SEEK_SET)
-    return fd
-
-
-def _read_info(fd: int, deadline: float) -> int | None:
-    """The sandbox's pid-1 (host pid) from bwrap's ``--info-fd``, or None when bwrap closed it without one."""
-    data = b""
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            return None
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        data += chunk
-        with contextlib.suppress(ValueError):
-            return int(json.loads(data)["child-pid"])
-    with contextlib.suppress(ValueError, KeyError, TypeError):
-        return int(json.loads(data)["child-pid"])
-    return None
-
-
-def _parent_of(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return int(stat.rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _tail(fh: IO[bytes]) -> str:
-    fh.seek(0, os.SEEK_END)
-    size = fh.tell()
-    fh.seek(max(0, size - _TAIL_BYTES))
-    return fh.read().decode("utf-8", errors="replace")
-
-
-def _launch(
-    python: str,
-    script: str,
-    argv: list[str],
-    limits: SandboxLimits,
-    files: dict[str, str],
-    stdin: bytes,
-    env: dict[str, str],
-) -> _Raw:
-    """Start bwrap with ``files`` in the work dir, feed ``stdin``, enforce the wall clock, reap everything.
-    Raises OSError when bwrap cannot even be executed."""
-    bwrap = _bwrap()
-    if bwrap is None:
-        raise FileNotFoundError("bwrap is not installed (Debian package bubblewrap)")
-    bpf = sandbox_seccomp.program()
-    if bpf is None:
-        raise OSError(f"no seccomp filter for this architecture ({platform.machine()})")
-    fds = {name: _memfd(name, text.encode("utf-8")) for name, text in files.items()}
-    seccomp_fd = _memfd("seccomp", bpf)
-    info_r, info_w = os.pipe()
-    run_as = _run_as()
-    start = time.monotonic()
-    timed_out = False
-    child_pid: int | None = None
-    try:
-        cmd = _command(bwrap, python, script, argv, limits, fds)
-        cmd[1:1] = ["--info-fd", str(info_w), "--seccomp", str(seccomp_fd)]
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.PIPE,
-                stdout=out,
-                stderr=err,
-                cwd="/",
-                env=env,
-                start_new_session=True,
-                close_fds=True,
-                pass_fds=(info_w, seccomp_fd, *fds.values()),
-                user=run_as[0] if run_as else None,
-                group=run_as[1] if run_as else None,
-                extra_groups=[] if run_as else None,
-            )
-            os.close(info_w)
-            info_w = -1
-            pidfd: int | None = None
-            try:
-                deadline = start + limits.wall_seconds
-                child_pid = _read_info(info_r, start + _BOOT_TIMEOUT_S)
-                if child_pid is not None:
-                    with contextlib.suppress(OSError):
-                        pidfd = os.pidfd_open(child_pid)
-                    if pidfd is not None and _parent_of(child_pid) != proc.pid:
-                        os.close(pidfd)  # already gone and the pid reused: never signal a stranger
-                        pidfd = None
-                assert proc.stdin is not None
-                with contextlib.suppress(BrokenPipeError):
-                    proc.stdin.write(stdin)
-                    proc.stdin.close()
-                # A pidfd wakes us the moment bwrap exits (Popen.wait(timeout) polls with growing sleeps).
-                bwrap_fd = os.pidfd_open(proc.pid)
-                try:
-                    timed_out = not select.select([bwrap_fd], [], [], max(0.0, deadline - time.monotonic()))[0]
-                finally:
-                    os.close(bwrap_fd)
-            finally:
-                # The pid namespace's init first: its death makes the kernel kill everything inside. Then the
-                # bwrap monitor's group, then reap it.
-                if pidfd is not None:
-                    with contextlib.suppress(OSError):
-                        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-                    # Readable once init has exited, which the kernel allows only after it killed and reaped
-                    # every other process of the namespace.
-                    if not select.select([pidfd], [], [], _BOOT_TIMEOUT_S)[0]:
-                        logger.warning("sandbox pid %s did not exit after SIGKILL", child_pid)
-                    os.close(pidfd)
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            duration = time.monotonic() - start
-            stdout, stderr = _tail(out), _tail(err)
-    finally:
-        for fd in (info_r, info_w, seccomp_fd, *fds.values()):
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-    return _Raw(child_pid is not None, proc.returncode, timed_out, stdout, stderr, duration)
-
-
-def _signal_of(returncode: int) -> signal.Signals | None:
-    """bwrap reports a child killed by signal N as exit status 128 + N (a negative code is bwrap itself)."""
-    number = -returncode if returncode < 0 else returncode - 128 if returncode > 128 else 0
-    try:
-        return signal.Signals(number) if number else None
-    except ValueError:
-        return None
 
 
 class _Listeners:
@@ -499,15 +239,15 @@ class _Listeners:
 def _probe(python: str) -> tuple[bool, str, int | None]:
     if not sys.platform.startswith("linux"):
         return False, f"the sandbox needs Linux namespaces; this is {sys.platform}", None
-    if _bwrap() is None:
+    if bwrap() is None:
         return False, "bwrap is not installed (apt-get install bubblewrap)", None
     if sandbox_seccomp.program() is None:
         return False, f"no seccomp filter for this architecture ({platform.machine()})", None
     real = os.path.realpath(python)
     if not real.startswith("/usr/") or not os.access(real, os.X_OK):
         return False, f"interpreter {python} is not an executable under /usr (only /usr is bound)", None
-    run_as = _run_as()
-    uid = run_as[0] if run_as else os.geteuid()
+    as_user = run_as()
+    uid = as_user[0] if as_user else os.geteuid()
     var = f"LP_SANDBOX_PROBE_{secrets.token_hex(4).upper()}"
     directory = tempfile.mkdtemp(prefix="lp-sandbox-probe-")
     listeners: _Listeners | None = None
@@ -524,7 +264,7 @@ def _probe(python: str) -> tuple[bool, str, int | None]:
         env = {"PATH": "/usr/bin:/bin", var: "planted"}
         limits = SandboxLimits(cpu_seconds=5, wall_seconds=15, memory_mb=256, max_processes=8)
         try:
-            raw = _launch(python, _PROBE, argv, limits, {}, b"", env)
+            raw = launch(python, _PROBE, argv, limits, {}, b"", env)
         except OSError as exc:
             return False, f"bwrap could not be started as uid {uid}: {exc}", uid
         if not raw.started or raw.returncode != 0:
@@ -571,7 +311,7 @@ def run_python(code: str, tests: str, limits: SandboxLimits, *, python: str = SA
     nonce = secrets.token_hex(16)
     files = {"solution.py": code, "test_solution.py": tests}
     try:
-        raw = _launch(python, _RUNNER, [], limits, files, nonce.encode() + b"\n", {"PATH": "/usr/bin:/bin"})
+        raw = launch(python, _RUNNER, [], limits, files, nonce.encode() + b"\n", {"PATH": "/usr/bin:/bin"})
     except OSError as exc:
         logger.error("sandbox: bwrap could not be started: %s", exc)
         return _not_evaluated(f"bwrap could not be started: {exc}")
@@ -580,7 +320,7 @@ def run_python(code: str, tests: str, limits: SandboxLimits, *, python: str = SA
         return _not_evaluated(f"bwrap did not set up the sandbox: {raw.stderr.strip()[-200:]}")
     notes = ["network allowed by limits"] if limits.network else []
     marker_ok = f"{_PASS_MARKER} {nonce}" in raw.stdout.splitlines()
-    sig = _signal_of(raw.returncode)
+    sig = signal_of(raw.returncode)
     if raw.timed_out:
         outcome = SandboxOutcome.TIMED_OUT
         notes.insert(0, f"killed after the {limits.wall_seconds:g}s wall-clock limit")

@@ -1,7 +1,7 @@
 """The shipped unit lets the sandbox build its namespaces, and nothing more; ``systemd-analyze security`` agrees.
 
 PID 1 is not systemd on the CI machines here, so the unit never runs: these tests read its settings, check
-them against the bwrap command line tools/sandbox.py actually builds, and run ``systemd-analyze security
+them against the bwrap command line tools/sandbox_bwrap.py actually builds, and run ``systemd-analyze security
 --offline=yes`` (``verify`` runs in tests/pilot/test_systemd.py). The seccomp filters systemd would install
 for ``RestrictNamespaces=`` and ``RestrictAddressFamilies=`` are reproduced, and attacked under, in
 tests/tools/test_sandbox_containment.py.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.sandbox import SandboxLimits, _command
+from tools.sandbox_bwrap import SandboxLimits, command
 
 UNIT = Path(__file__).resolve().parents[2] / "systemd" / "learning-pilot.service"
 # bwrap flag -> the namespace systemd calls it; bwrap always makes a mount namespace.
@@ -42,7 +42,7 @@ def _service() -> configparser.SectionProxy:
 
 
 def _sandbox_namespaces() -> set[str]:
-    cmd = _command("bwrap", "/usr/bin/python3", "pass", [], SandboxLimits(), {})
+    cmd = command("bwrap", "/usr/bin/python3", "pass", [], SandboxLimits(), {})
     return {"mnt"} | {BWRAP_NAMESPACES[arg] for arg in cmd if arg in BWRAP_NAMESPACES}
 
 
