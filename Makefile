@@ -7,7 +7,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint typecheck unit bench lock clean postgres
+.PHONY: install demo test lint typecheck unit bench lock clean postgres bubblewrap
 
 install: $(STAMP)
 
@@ -39,7 +39,14 @@ postgres:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; \
 	else echo "PostgreSQL server binaries (initdb, pg_ctl) are needed by the tests: install postgresql"; exit 1; fi
 
-unit: $(STAMP) postgres
+# The sandbox for untrusted code is bubblewrap (tools/sandbox.py); without it code items are not evaluated.
+bubblewrap:
+	@if command -v bwrap >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends bubblewrap; \
+	else echo "bubblewrap (bwrap) is needed by the sandbox and its tests: install bubblewrap"; exit 1; fi
+
+unit: $(STAMP) postgres bubblewrap
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck unit
