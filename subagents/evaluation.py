@@ -85,9 +85,13 @@ def extract_code(text: str) -> str:
     return str(blocks[0][1])
 
 
-def score_code(prediction: str, tests: str, *, limits: SandboxLimits) -> float:
-    """1.0 when ``tests`` pass against the prediction's code in the sandbox, else 0.0."""
-    return 1.0 if run_python(extract_code(prediction), tests, limits).passed else 0.0
+def score_code(prediction: str, tests: str, *, limits: SandboxLimits) -> float | None:
+    """1.0 when ``tests`` pass against the prediction's code in the sandbox, else 0.0; None when the sandbox could
+    not isolate it and so ran nothing (not evaluated: never a score)."""
+    result = run_python(extract_code(prediction), tests, limits)
+    if not result.evaluated:
+        return None
+    return 1.0 if result.passed else 0.0
 
 
 # ------------------------------------------------------------------------------------------- the gate

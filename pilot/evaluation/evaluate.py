@@ -5,9 +5,10 @@ Scoring, per item, the same way for both sides: an item whose golden line carrie
 product ran, a code task) is scored by running the extracted code against those tests in the sandbox
 (tools/sandbox.py: no environment, no network, rlimits, wall clock, process-group kill), 1.0 only when every test
 ran and passed; any other item by normalised exact match with the reference. The stored record names each item's
-mode and the counts per mode, and says when the sandbox could not isolate the network. A sandbox that cannot be
-set up at all is an ``EvaluationError`` (the candidate is rejected): a code item is never silently scored another
-way.
+mode and the counts per mode. The sandbox fails closed (tools/sandbox.py, docs/sandbox.md): when isolation
+(network, filesystem, no secrets) cannot be established it runs nothing, those items are "not evaluated" (left out
+of the scores, listed in the record) and the verdict is "inconclusive" so a human reviews: a code item is never
+run unisolated nor silently scored another way.
 
 The optional LLM judge (``evaluation.judge``, subagents/judge.py) grades both sides' answers with a fixed rubric,
 k samples each; its scores and agreement are stored beside the deterministic ones and the gate does not read
@@ -35,6 +36,7 @@ its prompts also appear in the candidate's training split (contamination inflate
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -56,7 +58,7 @@ from subagents.evaluation import GateConfig, GateReport, PairedItem, compare, ex
 from tools.artifacts.base import sha256_file
 from tools.errors import IntegrityError
 from tools.gpu.base import InstanceState, LaunchSpec
-from tools.sandbox import SandboxLimits, run_python
+from tools.sandbox import SandboxLimits, probe_isolation, run_python
 from tools.serving.base import verify_adapter_dir
 
 if TYPE_CHECKING:
@@ -212,6 +214,7 @@ def score_items(
     modes: Counter[str] = Counter()
     sandbox: Counter[str] = Counter()
     sandbox_s = 0.0
+    not_evaluated: set[str] = set()
     for item in items:
         answers = (candidate.get(item["id"], ""), champion.get(item["id"], ""))
         tests = str(item.get("tests") or "")
@@ -227,10 +230,12 @@ def score_items(
             if not code.strip():
                 sides.append((0.0, "empty answer: nothing to run"))
                 continue
-            try:
-                result = run_python(code, tests, limits)
-            except OSError as exc:
-                raise EvaluationError(f"the sandbox could not run golden item {item['id']}: {exc}") from exc
+            result = run_python(code, tests, limits)
+            if not result.evaluated:  # fail closed: no isolation, nothing run; a human decides
+                sandbox["not_evaluated"] += 1
+                not_evaluated.add(str(item["id"]))
+                sides.append((0.0, result.detail[:300]))
+                continue
             sandbox["runs"] += 1
             sandbox["passed"] += result.passed
             sandbox["timed_out"] += result.timed_out
@@ -239,6 +244,8 @@ def score_items(
             sandbox_s += result.duration_s
             sides.append((1.0 if result.passed else 0.0, result.detail[:300]))
         (c, c_detail), (h, h_detail) = sides
+        if str(item["id"]) in not_evaluated:
+            continue  # not scored at all: a 0 for both sides would be a verdict the sandbox never reached
         scores.append(ItemScore(str(item["id"]), str(item["domain"]), "code", c, h, c_detail, h_detail))
     summary: dict[str, Any] = {
         "method": "code items (golden lines with tests): the answer's code run against the item's tests in the "
@@ -254,6 +261,8 @@ def score_items(
             "killed": sandbox["killed"],
             "runs_without_network_isolation": sandbox["without_network_isolation"],
             "network_isolated": sandbox["without_network_isolation"] == 0,
+            "not_evaluated": sandbox["not_evaluated"],
+            "not_evaluated_items": sorted(not_evaluated),
             "duration_s": round(sandbox_s, 2),
             "limits": asdict(limits),
         }
@@ -495,6 +504,15 @@ def evaluate_version(
         champion_eval_loss=champ.get("eval_loss"),
         config=gate_config(ctx),
     )
+    skipped = scoring.get("sandbox", {}).get("not_evaluated_items") or []
+    if skipped:  # the sandbox could not isolate untrusted code: no automatic verdict, a human reviews
+        why = probe_isolation().reason or "the sandbox is degraded"
+        report = dataclasses.replace(
+            report,
+            verdict="inconclusive",
+            reason=f"{len(skipped)} code item(s) were not evaluated: untrusted code runs only when isolation holds "
+            f"({why}); a human decides. {report.reason}",
+        )
     judged, judge = _judge(ctx, version_id, items, cand_answers, champ_answers, judge_client)
     per_item = []
     for score in scores:

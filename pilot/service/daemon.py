@@ -41,7 +41,8 @@ from pilot.service.metrics import PilotMetrics
 from pilot.service.reconcile import ReconcileState, reconcile
 from pilot.settings import Settings
 from pilot.store import Store
-from pilot.store.writers import is_paused
+from pilot.store.status import EntityType
+from pilot.store.writers import is_paused, record_event
 
 logger = logging.getLogger(__name__)
 
@@ -195,6 +196,26 @@ def build_scheduler(ctx: PilotContext, jobs: Jobs) -> Any:
     return scheduler
 
 
+def _probe_sandbox(ctx: PilotContext, metrics: PilotMetrics) -> None:
+    """Whether untrusted code can be isolated here (tools/sandbox.py fails closed): a metric, an event, a log line."""
+    from tools.sandbox import probe_isolation
+
+    isolation = probe_isolation()
+    metrics.sandbox_degraded.set(0 if isolation.ok else 1)
+    if isolation.ok:
+        logger.info("Sandbox: %s isolation holds", isolation.mechanism)
+        return
+    logger.error("Sandbox degraded: %s. Code items will not be evaluated; the gate will ask a human.", isolation.reason)
+    with ctx.store.session(write=True) as session:
+        record_event(
+            session,
+            entity_type=EntityType.PILOT,
+            entity_id="sandbox",
+            actor="system",
+            reason=f"sandbox degraded: {isolation.reason}",
+        )
+
+
 def _uvicorn_server(app: Any, host: str, port: int) -> Any:
     import uvicorn
 
@@ -224,6 +245,7 @@ def serve(settings: Settings, store: Store, *, install_signals: bool = True) -> 
     metrics = PilotMetrics(store, settings)
     leader = LeaderElection(store)
     jobs = Jobs(ctx, metrics, leader)
+    _probe_sandbox(ctx, metrics)
     if leader.is_leader():
         metrics.leader.set(1)
         try:

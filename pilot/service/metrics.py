@@ -166,6 +166,12 @@ class PilotMetrics:
             "learning_pilot_orphans_destroyed", "Orphan instances the reconciler destroyed", registry=self.registry
         )
         self.leader = Gauge("learning_pilot_leader", "1 when this daemon runs the cycle jobs", registry=self.registry)
+        self.sandbox_degraded = Gauge(
+            "learning_pilot_sandbox_degraded",
+            "1 when the sandbox cannot isolate untrusted code here (it then runs none: code items are not evaluated "
+            "and the gate asks a human); see the daemon's log for the reason",
+            registry=self.registry,
+        )
         self.scrape_errors = Counter(
             "learning_pilot_scrape_errors", "Scrapes that could not read the store", registry=self.registry
         )

@@ -167,6 +167,27 @@ def test_an_empty_answer_to_a_code_item_scores_zero_without_running() -> None:
     assert summary["sandbox"]["runs"] == 1
 
 
+def test_without_isolation_code_items_are_not_evaluated_and_nothing_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No bwrap on this PATH (as on a host without it): the sandbox refuses, the items are not scored at all (not
+    0 for both sides), and the record lists them; the verdict then goes to a human (evaluate_version)."""
+    from tools.sandbox import probe_isolation
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr("shutil.which", lambda *_a, **_k: None)
+    probe_isolation.cache_clear()
+    try:
+        items = [
+            {"id": "a", "domain": "code", "ref": RIGHT, "prompt": "p", "tests": SQUARE_TESTS},
+            {"id": "b", "domain": "d", "ref": "x", "prompt": "p", "tests": ""},
+        ]
+        scores, summary = score_items(items, {"a": RIGHT, "b": "x"}, {"a": WRONG, "b": "y"}, limits=FAST)
+    finally:
+        probe_isolation.cache_clear()
+    assert [s.id for s in scores] == ["b"]  # the code item is not scored
+    assert summary["sandbox"]["not_evaluated"] == 2 and summary["sandbox"]["not_evaluated_items"] == ["a"]
+    assert summary["sandbox"]["runs"] == 0  # nothing ran unisolated
+
+
 def test_no_code_items_means_no_sandbox_section() -> None:
     items = [{"id": "a", "domain": "d", "ref": "x", "prompt": "p", "tests": ""}]
     scores, summary = score_items(items, {"a": "x"}, {"a": "y"})
