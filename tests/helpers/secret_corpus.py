@@ -173,8 +173,10 @@ def _bsn(rng: random.Random) -> str:
 
 
 def _nino(rng: random.Random) -> str:
-    first = rng.choice("ABCEGHJKLMNOPRSTWXYZ")
-    second = rng.choice("ABCEGHJKLMNPRSTWXYZ")
+    while True:  # HMRC: D, F, I, Q, U, V never; O not second; BG, GB, KN, NK, NT, TN, ZZ not allocated
+        first, second = rng.choice("ABCEGHJKLMNOPRSTWXYZ"), rng.choice("ABCEGHJKLMNPRSTWXYZ")
+        if first + second not in ("BG", "GB", "KN", "NK", "NT", "TN", "ZZ"):
+            break
     return (
         f"{first}{second} {rng.randrange(10, 99)} {rng.randrange(10, 99)} {rng.randrange(10, 99)} {rng.choice('ABCD')}"
     )
@@ -195,7 +197,8 @@ def _phone_intl(rng: random.Random) -> str:
             f"+44 20 7{rng.randrange(100, 999)} {rng.randrange(1000, 9999)}",
             f"+49 30 {rng.randrange(1000000, 9999999)}",
             f"+33 1 {rng.randrange(10, 99)} {rng.randrange(10, 99)} {rng.randrange(10, 99)} {rng.randrange(10, 99)}",
-            f"+44 7{rng.randrange(400, 999)} {rng.randrange(100000, 999999)}",
+            # UK mobiles are 07 4-9xx; 076xx are pagers.
+            f"+44 7{rng.choice([4, 5, 7, 8, 9])}{rng.randrange(10, 99)} {rng.randrange(100000, 999999)}",
         ]
     )
 

@@ -1,0 +1,529 @@
+"""Our own detection rules: what the libraries (detect.py) miss, or find without a clean span.
+
+A rule is a regex, a cheap substring pre-check and an optional ``accept`` that validates the match (a check
+digit, a decoded ``user:pass``, an entropy floor, the words before it). It names the group(s) whose span is the
+secret; a label (``password=``, ``AccountKey=``, ``-p``) stays, so the example still reads naturally.
+
+Order matters only for the kind a merged span is reported under (the first rule that found part of it).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import math
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from stdnum import iban as std_iban
+from stdnum import luhn
+from stdnum.br import cpf
+from stdnum.ca import sin
+from stdnum.es import dni
+from stdnum.nl import bsn
+from stdnum.us import ssn
+
+__all__ = ["RULES", "Rule", "cut_value", "entropy", "version_before"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    kind: str
+    pattern: re.Pattern[str]
+    # True when the rule may match at all; gets the raw text and its lowercase.
+    precheck: Callable[[str, str], bool]
+    # Groups whose span is the secret: every one that took part (none given: the whole match).
+    groups: tuple[int | str, ...] = ()
+    accept: Callable[[re.Match[str]], bool] | None = None
+
+
+def _has(*needles: str) -> Callable[[str, str], bool]:
+    return lambda text, _low: any(n in text for n in needles)
+
+
+def _has_low(*needles: str) -> Callable[[str, str], bool]:
+    return lambda _text, low: any(n in low for n in needles)
+
+
+def _digits(min_run: int) -> Callable[[str, str], bool]:
+    rx = re.compile(rf"\d{{{min_run}}}")
+    return lambda text, _low: rx.search(text) is not None
+
+
+def entropy(s: str) -> float:
+    """Shannon entropy in bits per character."""
+    if not s:
+        return 0.0
+    n = len(s)
+    return -sum(c / n * math.log2(c / n) for c in Counter(s).values())
+
+
+# Quoted values that are placeholders, not secrets: templates, environment references, masks.
+_PLACEHOLDER_VALUE = re.compile(
+    r"^(?:\$\{\w+\}|\$[A-Z_][A-Z0-9_]*|%\(\w+\)[sdr]|%\w+%|\{\w*\}|<[\w -]+>|\*+|.*\{\{.*\}\}.*|x{3,}|X{3,}|\.{3}"
+    r"|changeme|password|secret|token|none|null|redacted)$",
+    re.I,
+)
+
+# Unquoted values that look like code, not like a literal secret.
+_CODE_VALUE = re.compile(
+    r"""^(?:
+        None|null|nil|true|false|True|False|undefined|str|bytes|int|float|bool|string|String|SecretStr|Any|
+        Optional\[.*|Secret.*|self\..*|this\..*|os\..*|env\..*|process\.env.*|settings\..*|config\..*|
+        [A-Za-z_]+\d*(?:\.[A-Za-z_]+\d*)+ |                   # attribute access: request.form, cfg.s3
+        \[.*\]? |                                               # a list literal, an INI section
+        [a-z_][a-z0-9_]*_[a-z0-9_]* |                           # snake_case variable: refresh_token
+        \$\{\w+\}|\$[A-Z_][A-Z0-9_]*|%\(\w+\)[sdr]|%\w+%|\{\w*\}|<[\w-]+>|\*+ |  # ${VAR}, %(x)s, {x}, <x>, ***
+        x{3,}|\.{3}|
+        \d{1,5} |                                               # a small number: max_token=512
+        v?\d+(?:\.\d+)+[\w.-]*                                   # a version: image:1.2.3
+    )$""",
+    re.VERBOSE,
+)
+
+_SECRET_WORD = (
+    r"(?:password|passwd|passphrase|pwd|secret|token|apikey|credentials?|auth"
+    r"|(?:api|access|private|secret|signing|encryption|master|client|account|license)[_-]?key)"
+)
+
+# Where an unquoted value stops inside a key=value list: "Pwd=x;Encrypt=True", "password=x&useSSL=true".
+_NEXT_PAIR = re.compile(r"[;&](?=\s*[A-Za-z][\w ]{0,30}=)")
+
+
+def cut_value(m: re.Match[str], group: int | str) -> tuple[int, int]:
+    """The span of an unquoted value: up to the next ``;key=`` / ``&key=`` pair, without trailing punctuation."""
+    start, end = m.span(group)
+    value = m.string[start:end]
+    cut = _NEXT_PAIR.search(value)
+    if cut:
+        end = start + cut.start()
+        value = value[: cut.start()]
+    # Trailing punctuation of the surrounding prose or code, not of the password.
+    while (
+        value and value[-1] in ",;)]}" and (end >= len(m.string) or m.string[end].isspace() or m.string[end] in "\"'")
+    ):
+        value, end = value[:-1], end - 1
+    return start, end
+
+
+def _generic_accept(m: re.Match[str]) -> bool:
+    unquoted = m.group("v4")
+    value = unquoted if unquoted is not None else m.group("v1") or m.group("v2") or m.group("v3") or ""
+    key = m.group("key").lower()
+    if unquoted is not None:
+        if re.match(r"^[A-Za-z_]+\d*(?:\.[A-Za-z_]+\d*)*\(.*\)[,;]?$", unquoted):  # password=get_password()
+            return False
+        start, end = cut_value(m, "v4")
+        value = m.string[start:end]
+        if len(value) < 3:
+            return False
+        if m.string[m.end("v4") : m.end("v4") + 1] in ("(", "["):  # a call or a subscript
+            return False
+        low = value.lower()
+        if low.replace("_", "").isalpha() and (low in key or key in low):  # api_key=api_key
+            return False
+        return not (_CODE_VALUE.match(value) or _CODE_VALUE.match(unquoted))
+    return not _PLACEHOLDER_VALUE.match(value.strip())
+
+
+def _bearer_accept(m: re.Match[str]) -> bool:
+    value = m.group(2)
+    return len(value) >= 24 or any(c.isdigit() for c in value)
+
+
+def _mixed_case(value: str) -> bool:
+    return any(c.isupper() for c in value) and any(c.islower() for c in value)
+
+
+def _aws_secret_accept(m: re.Match[str]) -> bool:
+    return _mixed_case(m.group(1))
+
+
+def _bare_40_accept(m: re.Match[str]) -> bool:
+    # Unlabelled: real keys (30 random bytes, base64) mix case, carry digits and few slashes, and are random.
+    value = m.group(0)
+    return (
+        _mixed_case(value)
+        and any(c.isdigit() for c in value)
+        and value.count("/") <= 3
+        and entropy(value) >= 4.2
+        and not re.search(r"[a-z]{3,}/[a-z]{3,}/", value)  # a path
+    )
+
+
+def _basic_accept(m: re.Match[str]) -> bool:
+    # A Basic credential is base64 of "user:password": decode it rather than guess.
+    try:
+        raw = base64.b64decode(m.group(1) + "=" * (-len(m.group(1)) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return b":" in raw
+
+
+_VERSION_BEFORE = re.compile(
+    r"(?:(?<![A-Za-z])(?:version\w*|ver\.?|build|release|rev(?:ision)?|oid)\s*[:=]?\s*['\"]?|\bv|==|>=|<=|~=|!=|@|/)$",
+    re.I,
+)
+
+
+def version_before(text: str, start: int) -> bool:
+    """True when the words just before ``start`` introduce a version (``version``, ``==``, ``nginx/``)."""
+    return _VERSION_BEFORE.search(text[max(0, start - 24) : start]) is not None
+
+
+def _ipv4_accept(m: re.Match[str]) -> bool:
+    text = m.group(0)
+    if text.startswith(("127.", "0.", "255.255.")):
+        return False
+    before = m.string[max(0, m.start() - 24) : m.start()]
+    # "version 1.2.3.4", "__version__ = '1.2.3.4'", "pkg==1.2.3.4", "nginx/1.2.3.4": a version, not a host.
+    # An "@" before an address is a login (ssh deploy@1.2.3.4), so only a version word after it counts.
+    if before.endswith("@"):
+        return True
+    return not _VERSION_BEFORE.search(before)
+
+
+def _ipv6_accept(m: re.Match[str]) -> bool:
+    text = m.group(0)
+    groups = [g for g in re.split(r"[:.]", text) if g]
+    if len(groups) < 3 and not any(len(g) == 4 for g in groups):
+        return False
+    try:
+        addr = ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return not (addr.is_loopback or addr.is_unspecified)
+
+
+def _phone_accept(m: re.Match[str]) -> bool:
+    text = m.group(0)
+    digits = sum(c.isdigit() for c in text)
+    if "." in text and version_before(m.string, m.start()):
+        return False
+    return 8 <= digits <= 15 if text.startswith("+") else digits == 10
+
+
+_CARD_PREFIX = re.compile(r"^(?:4|5[1-5]|2[2-7]|3[47]|3[0689]|6(?:011|5|4[4-9]|22)|35)")
+
+
+def _card_accept(m: re.Match[str]) -> bool:
+    digits = re.sub(r"\D", "", m.group(0))
+    return 13 <= len(digits) <= 19 and bool(_CARD_PREFIX.match(digits)) and luhn.is_valid(digits)
+
+
+def _email_accept(m: re.Match[str]) -> bool:
+    local = m.group(0).split("@", 1)[0].lower()
+    # git@github.com:org/repo.git is an ssh remote; a noreply address names nobody.
+    return local not in ("git", "hg", "noreply", "no-reply")
+
+
+def _validator(check: Callable[[str], bool], group: int | str = 0) -> Callable[[re.Match[str]], bool]:
+    def accept(m: re.Match[str]) -> bool:
+        return bool(check(m.group(group)))  # stdnum's is_valid never raises
+
+    return accept
+
+
+def _labelled_id_accept(m: re.Match[str]) -> bool:
+    label, value = m.group("label").lower(), m.group("v")
+    checks: dict[str, Callable[[str], bool]] = {
+        "ssn": ssn.is_valid,
+        "sin": sin.is_valid,
+        "bsn": bsn.is_valid,
+        "cpf": cpf.is_valid,
+    }
+    for name, check in checks.items():
+        if name in label or (name == "bsn" and "burgerservice" in label) or (name == "sin" and "insurance" in label):
+            return bool(check(value))
+    return bool(ssn.is_valid(value))
+
+
+_B64 = r"A-Za-z0-9+/="
+_PEM_LABEL = r"(?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP |SSH2 ENCRYPTED )?PRIVATE KEY(?: BLOCK)?"
+_TOKEN_END = r"(?![A-Za-z0-9_-])"
+
+RULES: tuple[Rule, ...] = (
+    # --- multi-line key material first ---
+    Rule(
+        "gcp_service_account_key",
+        re.compile(
+            r'("private_key"\s*:\s*")(-----BEGIN (?:RSA )?PRIVATE KEY-----(?:\\n|[\s' + _B64 + r"])*?"
+            r"(?:-----END (?:RSA )?PRIVATE KEY-----(?:\\n)?|(?=\")))"
+        ),
+        _has('"private_key"'),
+        groups=(2,),
+    ),
+    Rule(
+        "pem_private_key",
+        re.compile(
+            r"-----BEGIN (" + _PEM_LABEL + r")-----"
+            r"(?:[\s\S]*?-----END \1-----|(?:\\n|[\s" + _B64 + r"])*)"
+        ),
+        _has("PRIVATE KEY"),
+    ),
+    Rule(
+        "putty_private_key",
+        re.compile(r"PuTTY-User-Key-File-\d:[\s\S]*?(?:Private-MAC:\s*[0-9a-fA-F]+|Private-Lines:[\s\S]*\Z)"),
+        _has("PuTTY-User-Key-File"),
+    ),
+    Rule("age_secret_key", re.compile(r"AGE-SECRET-KEY-1[02-9AC-HJ-NP-Z]{50,}"), _has("AGE-SECRET-KEY-")),
+    Rule(
+        "kubeconfig_client_key",
+        re.compile(r"(?:client-key-data|\"client-key-data\")\s*:\s*[\"']?([A-Za-z0-9+/=]{16,})"),
+        _has("client-key-data"),
+        groups=(1,),
+    ),
+    Rule(
+        "gcp_private_key_id",
+        re.compile(r'"private_key_id"\s*:\s*"([0-9a-f]{40})"'),
+        _has('"private_key_id"'),
+        groups=(1,),
+    ),
+    # --- provider keys with a recognisable prefix ---
+    Rule("anthropic_api_key", re.compile(r"\bsk-ant-[A-Za-z0-9_-]{20,}"), _has("sk-ant-")),
+    Rule(
+        "openai_api_key",
+        re.compile(r"(?<![A-Za-z0-9_-])sk-(?:proj-|svcacct-|admin-|None-)?[A-Za-z0-9_-]{20,}"),
+        _has("sk-"),
+    ),
+    Rule(
+        "github_token",
+        re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{40,})"),
+        _has("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+    ),
+    Rule(
+        "gitlab_token",
+        re.compile(r"\b(?:gl(?:pat|dt|rt|ptt|ft|soat|cbt|imt|agent|oas)-|GR1348941)[A-Za-z0-9_-]{20,}" + _TOKEN_END),
+        _has("gl", "GR1348941"),
+    ),
+    Rule(
+        "slack_token",
+        re.compile(r"\bxox[abposre]-[A-Za-z0-9-]{10,}|https://hooks\.slack\.com/services/[A-Za-z0-9_/]{20,}"),
+        _has("xox", "hooks.slack.com"),
+    ),
+    Rule(
+        "discord_webhook",
+        re.compile(r"https://(?:ptb\.|canary\.)?discord(?:app)?\.com/api/webhooks/\d+/[A-Za-z0-9_-]{20,}"),
+        _has("/api/webhooks/"),
+    ),
+    Rule(
+        "stripe_key",
+        re.compile(r"\b(?:(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}|whsec_[A-Za-z0-9]{24,})"),
+        _has("_live_", "_test_", "whsec_"),
+    ),
+    Rule("huggingface_token", re.compile(r"\bhf_[A-Za-z0-9]{30,}"), _has("hf_")),
+    Rule("google_api_key", re.compile(r"\bAIza[0-9A-Za-z_-]{35}"), _has("AIza")),
+    Rule("google_oauth_client_secret", re.compile(r"\bGOCSPX-[A-Za-z0-9_-]{20,}"), _has("GOCSPX-")),
+    Rule("npm_token", re.compile(r"\bnpm_[A-Za-z0-9]{36}" + _TOKEN_END), _has("npm_")),
+    Rule("pypi_token", re.compile(r"\bpypi-AgE[A-Za-z0-9_-]{40,}"), _has("pypi-AgE")),
+    Rule("shopify_token", re.compile(r"\bshp(?:at|ss|ca|pa)_[a-fA-F0-9]{32}\b"), _has("shp")),
+    Rule("square_token", re.compile(r"\bsq0(?:atp|csp)-[A-Za-z0-9_-]{22,}"), _has("sq0")),
+    Rule("vault_token", re.compile(r"\bhv[sbr]\.[A-Za-z0-9_-]{24,}"), _has("hvs.", "hvb.", "hvr.")),
+    Rule("digitalocean_token", re.compile(r"\bdo[por]_v1_[a-f0-9]{64}\b"), _has("_v1_")),
+    Rule("twilio_key", re.compile(r"\b(?:AC|SK)[0-9a-f]{32}\b"), _has("AC", "SK")),
+    Rule("mailchimp_api_key", re.compile(r"\b[0-9a-f]{32}-us\d{1,2}\b"), _has("-us")),
+    Rule("telegram_bot_token", re.compile(r"\b\d{8,10}:AA[A-Za-z0-9_-]{30,}" + _TOKEN_END), _has(":AA")),
+    Rule(
+        "azure_client_secret",
+        re.compile(r"(?<![A-Za-z0-9_~.-])[A-Za-z0-9_~.-]{3}\dQ~[A-Za-z0-9_~.-]{31,34}(?![A-Za-z0-9_~.-])"),
+        _has("Q~"),
+    ),
+    Rule(
+        "aws_access_key",
+        re.compile(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|ABIA|ACCA)[A-Z0-9]{16}\b"),
+        _has("AKIA", "ASIA", "AGPA", "AIDA", "AROA", "AIPA", "ANPA", "ANVA", "ABIA", "ACCA"),
+    ),
+    Rule(
+        "jwt",
+        re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"),
+        _has("eyJ"),
+    ),
+    # --- secrets identified by their label ---
+    Rule(
+        "azure_storage_key",
+        re.compile(r"\bAccountKey=([A-Za-z0-9+/]{20,}={0,2})"),
+        _has("AccountKey="),
+        groups=(1,),
+    ),
+    Rule(
+        "azure_sas_signature",
+        re.compile(r"[?&;]sig=([A-Za-z0-9%+/=_-]{16,})"),
+        _has("sig="),
+        groups=(1,),
+    ),
+    Rule(
+        "docker_auth",
+        re.compile(r"\"(?:auth|identitytoken|registrytoken)\"\s*:\s*\"([A-Za-z0-9+/=_.-]{8,})\""),
+        _has('"auth"', '"identitytoken"', '"registrytoken"'),
+        groups=(1,),
+    ),
+    Rule(
+        "aws_secret_key",
+        re.compile(
+            r"(?i:aws_?secret(?:_?access)?_?key|secret_?access_?key)[\"']?\s*[:=]\s*[\"']?"
+            r"([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+])"
+        ),
+        _has_low("secret"),
+        groups=(1,),
+        accept=_aws_secret_accept,
+    ),
+    Rule(
+        # An unlabelled 40-character key (a pasted credentials block, STS output): random, mixed case, digits.
+        "aws_secret_key",
+        re.compile(r"(?<![A-Za-z0-9/+_-])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=_-])"),
+        lambda _text, _low: True,
+        accept=_bare_40_accept,
+    ),
+    Rule(
+        "secret_key_base",
+        re.compile(r"(?i)secret_key_base[\"']?\s*[:=]\s*[\"']?([0-9a-zA-Z]{30,})"),
+        _has_low("secret_key_base"),
+        groups=(1,),
+    ),
+    Rule(
+        "url_password",
+        # RFC 3986: "/", "?", "#" and "@" are percent-encoded inside userinfo, so they end the password.
+        re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/?#@\"'<>]*:([^\s/?#@\"'<>]+)@[A-Za-z0-9\[]"),
+        _has("://"),
+        groups=(1,),
+    ),
+    Rule(
+        "basic_auth",
+        re.compile(r"(?i)\bbasic\s+([A-Za-z0-9+/]{8,}={0,2})(?![A-Za-z0-9+/=])"),
+        _has_low("basic"),
+        groups=(1,),
+        accept=_basic_accept,
+    ),
+    Rule(
+        "bearer_token",
+        re.compile(
+            r"(?i)(\bbearer\s+|\bauthorization[\"']?\s*[:=]\s*[\"']?(?:token)\s+)"
+            r"([A-Za-z0-9._~+/-]{8,}=*)"
+        ),
+        _has_low("bearer", "authorization"),
+        groups=(2,),
+        accept=_bearer_accept,
+    ),
+    # --- passwords on command lines and in credential files ---
+    Rule(
+        "cli_password",
+        re.compile(r"\bmysql(?:dump|admin|import|sh)?\b[^\n]*?\s-p(?!\s)(['\"]?)(?P<v>[^\s'\"]+)\1"),
+        _has("mysql"),
+        groups=("v",),
+    ),
+    Rule(
+        "cli_password",
+        re.compile(r"\bsshpass\s+-p\s*(['\"]?)(?P<v>[^\s'\"]+)\1|\"sshpass\",\s*\"-p\",\s*\"(?P<w>[^\"]+)\""),
+        _has("sshpass"),
+        groups=("v", "w"),
+    ),
+    Rule(
+        "cli_password",
+        re.compile(r"(?:\s-u|--user)[\s=]+(['\"]?)[^\s:'\"]+:(?P<v>[^\s'\"]+)\1"),
+        _has("-u", "--user"),
+        groups=("v",),
+    ),
+    Rule(
+        "cli_password",
+        re.compile(
+            r"(?i)--(?:http-)?(?:password|passwd|pass|api[-_]key|token|secret|client[-_]secret|auth[-_]token"
+            r"|access[-_]token)(?:=|\s+)(['\"]?)(?P<v>[^\s'\"]+)\1"
+        ),
+        _has("--"),
+        groups=("v",),
+    ),
+    Rule(
+        "netrc_password",
+        re.compile(r"(?i)\blogin\s+\S+[\s+>]+password\s+(?P<v>\S+)"),
+        _has_low("login"),
+        groups=("v",),
+    ),
+    Rule(
+        "pgpass_password",
+        re.compile(r"(?<![\w.:/@-])[A-Za-z0-9_.*-]+:(?:\d{2,5}|\*):[\w*.-]+:[\w*.@-]+:(?P<v>[^\s:][^\s]*)"),
+        _has(":"),
+        groups=("v",),
+        accept=lambda m: not m.group("v").isdigit(),
+    ),
+    Rule(
+        "generic_secret",
+        re.compile(
+            r"(?i)(?<![A-Za-z0-9])(?P<key>[A-Za-z0-9_.-]*?" + _SECRET_WORD + r")[\"']?\]?\s*(?::=|:|=)\s*"
+            r"(?:\"(?P<v1>[^\"\n]{3,})\"|'(?P<v2>[^'\n]{3,})'|`(?P<v3>[^`\n]{3,})`"
+            r"|(?P<v4>[^\s\"'`]{3,}))"
+        ),
+        _has_low("pass", "pwd", "secret", "token", "key", "credential", "auth"),
+        groups=("v1", "v2", "v3", "v4"),
+        accept=_generic_accept,
+    ),
+    # --- numbers with check digits (validated before they are redacted) ---
+    Rule(
+        "credit_card",
+        re.compile(r"(?<![\d.-])\d{4}(?:[ -]?\d{2,6}){2,4}(?![\d-]|\.\d)"),
+        _digits(4),
+        accept=_card_accept,
+    ),
+    Rule(
+        "iban",
+        re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"),
+        _digits(2),
+        accept=_validator(lambda v: std_iban.is_valid(v, check_country=False)),
+    ),
+    Rule("us_ssn", re.compile(r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])"), _has("-"), accept=_validator(ssn.is_valid)),
+    Rule(
+        "br_cpf", re.compile(r"(?<![\d.])\d{3}\.\d{3}\.\d{3}-\d{2}(?!\d)"), _has("."), accept=_validator(cpf.is_valid)
+    ),
+    Rule("es_dni", re.compile(r"\b\d{8}[A-HJ-NP-TV-Z]\b"), _digits(8), accept=_validator(dni.is_valid)),
+    Rule("ca_sin", re.compile(r"(?<![\d-])\d{3}-\d{3}-\d{3}(?![\d-])"), _has("-"), accept=_validator(sin.is_valid)),
+    Rule(
+        "national_id",
+        re.compile(
+            r"(?i)\b(?P<label>ssn|sin|bsn|cpf|burgerservicenummer|social (?:security|insurance) (?:number|no\.?))"
+            r"[\"']?\s*[:=]?\s*[\"']?(?P<v>\d{9}|\d{11})\b"
+        ),
+        _digits(9),
+        groups=("v",),
+        accept=_labelled_id_accept,
+    ),
+    Rule(
+        "uk_nino",
+        re.compile(r"\b(?!BG|GB|NK|KN|TN|NT|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b"),
+        _digits(2),
+    ),
+    # --- personal data ---
+    Rule(
+        "email",
+        re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"),
+        _has("@"),
+        accept=_email_accept,
+    ),
+    Rule(
+        # Written-out numbers phonenumbers does not know (unassigned ranges, test data); detect.py runs
+        # phonenumbers for the rest. A bare run of digits is an id, not a phone number.
+        "phone_number",
+        re.compile(
+            r"(?<![\w.+-])(?:\+[1-9]\d{0,2}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{2,4}){1,4}"
+            r"|\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}|\d{3}[.-]\d{3}[.-]\d{4}|\d{3} \d{3} \d{4})(?![\w-]|\.\d)"
+        ),
+        _digits(3),
+        accept=_phone_accept,
+    ),
+    Rule(
+        "ipv6_address",
+        re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?![\w:])"),
+        lambda text, _low: "::" in text or text.count(":") >= 7,
+        accept=_ipv6_accept,
+    ),
+    Rule(
+        "ipv4_address",
+        re.compile(
+            r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+            r"(?![\w]|\.\d)"
+        ),
+        _has("."),
+        accept=_ipv4_accept,
+    ),
+)
