@@ -201,8 +201,12 @@ def _phone_findings(text: str, base: int) -> Iterator[tuple[int, int, int, str]]
         # number has a "+" or separators.
         if raw.isdigit():
             continue
-        # Part of a dotted run (an OID, a build number) or after a version word: not a phone number.
-        if text[m.start - 1 : m.start] in (".", "/") or re.match(r"\.\d", text[m.end : m.end + 2]):
+        # Inside a token (a UUID, a digest), part of a dotted run (an OID, a build number) or after a version
+        # word: not a phone number.
+        before, after = text[m.start - 1 : m.start], text[m.end : m.end + 1]
+        if (before and (before.isalnum() or before in "-_./")) or (after and (after.isalnum() or after in "-_")):
+            continue
+        if re.match(r"\.\d", text[m.end : m.end + 2]):
             continue
         if "." in raw and version_before(text, m.start):
             continue

@@ -74,7 +74,7 @@ _CODE_VALUE = re.compile(
         None|null|nil|true|false|True|False|undefined|str|bytes|int|float|bool|string|String|SecretStr|Any|
         Optional\[.*|Secret.*|self\..*|this\..*|os\..*|env\..*|process\.env.*|settings\..*|config\..*|
         [A-Za-z_]+\d*(?:\.[A-Za-z_]+\d*)+ |                   # attribute access: request.form, cfg.s3
-        \[.*\]? |                                               # a list literal, an INI section
+        \[.*\] |                                                # a list literal, an INI section
         [a-z_][a-z0-9_]*_[a-z0-9_]* |                           # snake_case variable: refresh_token
         \$\{\w+\}|\$[A-Z_][A-Z0-9_]*|%\(\w+\)[sdr]|%\w+%|\{\w*\}|<[\w-]+>|\*+ |  # ${VAR}, %(x)s, {x}, <x>, ***
         x{3,}|\.{3}|
@@ -114,7 +114,9 @@ def _generic_accept(m: re.Match[str]) -> bool:
     value = unquoted if unquoted is not None else m.group("v1") or m.group("v2") or m.group("v3") or ""
     key = m.group("key").lower()
     if unquoted is not None:
-        if re.match(r"^[A-Za-z_]+\d*(?:\.[A-Za-z_]+\d*)*\(.*\)[,;]?$", unquoted):  # password=get_password()
+        call = re.match(r"^([A-Za-z_]+\d*(?:\.[A-Za-z_]+\d*)*)\((.*)\)[,;]?$", unquoted)
+        # password=get_password(), token=secrets.token_hex(32); but "Ember(3871)" is a password.
+        if call and (call.group(1)[0].islower() or "." in call.group(1) or not call.group(2).isdigit()):
             return False
         start, end = cut_value(m, "v4")
         value = m.string[start:end]
@@ -148,7 +150,7 @@ def _bare_40_accept(m: re.Match[str]) -> bool:
     return (
         _mixed_case(value)
         and any(c.isdigit() for c in value)
-        and value.count("/") <= 3
+        and value.count("/") <= 5
         and entropy(value) >= 4.2
         and not re.search(r"[a-z]{3,}/[a-z]{3,}/", value)  # a path
     )
@@ -462,7 +464,7 @@ RULES: tuple[Rule, ...] = (
     # --- numbers with check digits (validated before they are redacted) ---
     Rule(
         "credit_card",
-        re.compile(r"(?<![\d.-])\d{4}(?:[ -]?\d{2,6}){2,4}(?![\d-]|\.\d)"),
+        re.compile(r"(?<![\w.-])\d{4}(?:[ -]?\d{2,6}){2,4}(?![\w-]|\.\d)"),
         _digits(4),
         accept=_card_accept,
     ),
