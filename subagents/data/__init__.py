@@ -2,11 +2,13 @@
 
 Pure library code (no database: ``pilot/`` stores records and calls in here). Modules, in pipeline order:
 schema (the record, parsing, content hash) -> curate (filters, injection.screen, dedup, scrub.scrub,
-split) -> snapshot (immutable on-disk dataset). samples generates demo records.
+split) -> snapshot (immutable on-disk dataset; final_pass scans what was written). detect (the detectors:
+detect-secrets, python-stdnum, phonenumbers, rules) serves scrub and final_pass alike. samples generates demo records.
 """
 
 from subagents.data.curate import CurationConfig, CurationResult, DropReason, Example, curate, outcome_weight
-from subagents.data.errors import DataError, RecordError, SnapshotError, SnapshotExistsError
+from subagents.data.errors import DataError, RecordError, ResidualSecretError, SnapshotError, SnapshotExistsError
+from subagents.data.final_pass import check_payloads
 from subagents.data.injection import screen
 from subagents.data.samples import generate_demo_records
 from subagents.data.schema import (
@@ -32,11 +34,13 @@ __all__ = [
     "Manifest",
     "Metrics",
     "RecordError",
+    "ResidualSecretError",
     "ScrubResult",
     "SnapshotError",
     "SnapshotExistsError",
     "Split",
     "assign_split",
+    "check_payloads",
     "content_hash",
     "curate",
     "generate_demo_records",
