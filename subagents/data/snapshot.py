@@ -73,6 +73,7 @@ class Manifest(BaseModel):
     scrubbed: dict[str, int]
     source: dict[str, Any]
     with_tests: dict[str, int] = Field(default_factory=dict)  # split -> examples carrying test code
+    task_clusters: dict[str, int] = Field(default_factory=dict)  # clusters, clustered_records, largest (curate.py)
 
 
 def _combined_hash(files: dict[str, FileEntry]) -> str:
@@ -131,6 +132,7 @@ def write_snapshot(
             scrubbed=result.scrubbed,
             source=source,
             with_tests={s: sum(1 for e in result.split(s) if e.tests) for s in SPLIT_FILES},
+            task_clusters=result.task_clusters,
         )
         with (tmp / MANIFEST).open("w", encoding="utf-8") as fh:
             fh.write(manifest.model_dump_json(indent=2))
