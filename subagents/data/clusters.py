@@ -37,10 +37,13 @@ from subagents.data.dedup import lsh_bands, minhash_signatures
 
 __all__ = [
     "Contamination",
+    "Disagreement",
     "TaskItem",
     "contamination",
     "content_tokens",
     "file_contamination",
+    "file_label_disagreement",
+    "label_disagreement",
     "near_pairs",
     "task_clusters",
 ]
@@ -50,7 +53,7 @@ _TEMPLATE_SHARE = 0.02  # a token in more than this share of the items (and in >
 _TEMPLATE_MIN = 20
 _MIN_ANSWER = 6
 _MAX_COMPARE = 16
-_NUM_PERM = 64
+_NUM_PERM = 60  # 20 bands of 3 rows: a pair at the threshold is a candidate with p >= 0.99
 
 _WORD = re.compile(r"\w+")
 _FILLER = frozenset(
@@ -252,6 +255,30 @@ class Contamination:
         return self.contaminated / self.golden if self.golden else 0.0
 
 
+def _golden_train_pairs(
+    golden: Sequence[TaskItem], train: Sequence[TaskItem], threshold: float, *, first_only: bool
+) -> dict[int, list[int]]:
+    """golden index -> the train indices it is the same task as (just the first when ``first_only``)."""
+    items = [*golden, *train]
+    n_golden = len(golden)
+    prep = _prepare(items)
+    out: dict[int, list[int]] = {}
+    for group in _candidate_groups(prep, threshold):
+        gold = [i for i in group if i < n_golden and not (first_only and i in out)]
+        if not gold:
+            continue
+        trains = [j for j in group if j >= n_golden][: _MAX_COMPARE * 4]
+        for i in gold:
+            for j in trains:
+                if _related(prep, i, j, threshold):
+                    found = out.setdefault(i, [])
+                    if j - n_golden not in found:
+                        found.append(j - n_golden)
+                    if first_only:
+                        break
+    return out
+
+
 def contamination(
     golden: Sequence[tuple[str, TaskItem]],
     train: Sequence[TaskItem],
@@ -260,20 +287,43 @@ def contamination(
     max_ids: int = 50,
 ) -> Contamination:
     """The share of ``golden`` items (id, item) that are the same task as some ``train`` item."""
-    items = [item for _, item in golden] + list(train)
-    n_golden = len(golden)
-    prep = _prepare(items)
-    hit: set[int] = set()
-    for group in _candidate_groups(prep, threshold):
-        gold = [i for i in group if i < n_golden and i not in hit]
-        if not gold:
-            continue
-        trains = [j for j in group if j >= n_golden]
-        for i in gold:
-            if any(_related(prep, i, j, threshold) for j in trains[: _MAX_COMPARE * 4]):
-                hit.add(i)
-    ids = tuple(golden[i][0] for i in sorted(hit))
-    return Contamination(golden=n_golden, contaminated=len(hit), ids=ids[:max_ids])
+    hits = _golden_train_pairs([item for _, item in golden], train, threshold, first_only=True)
+    ids = tuple(golden[i][0] for i in sorted(hits))
+    return Contamination(golden=len(golden), contaminated=len(hits), ids=ids[:max_ids])
+
+
+@dataclass(frozen=True, slots=True)
+class Disagreement:
+    """Trusted golden items whose task (the prompt, reworded or not) is in train with a different answer."""
+
+    matched: int  # golden items with at least one near-duplicate prompt in train
+    disagreeing: int  # ... of which some training answer differs from the trusted one
+    ids: tuple[str, ...]
+
+    @property
+    def share(self) -> float:
+        return self.disagreeing / self.matched if self.matched else 0.0
+
+
+def _same_answer(a: str, b: str) -> bool:
+    return " ".join(_norm(a).split()).strip(" `'\".") == " ".join(_norm(b).split()).strip(" `'\".")
+
+
+def label_disagreement(
+    golden: Sequence[tuple[str, TaskItem]],
+    train: Sequence[TaskItem],
+    threshold: float = DEFAULT_THRESHOLD,
+    *,
+    max_ids: int = 50,
+) -> Disagreement:
+    """How often the training answers contradict a trusted golden set on the same tasks: golden and train are
+    matched on their prompts alone (the relation's Jaccard rule, answers left out), then answers compared."""
+    prompts_only = [TaskItem(item.prompt, "") for _, item in golden]
+    pairs = _golden_train_pairs(prompts_only, [TaskItem(t.prompt, "") for t in train], threshold, first_only=False)
+    bad = sorted(
+        i for i, js in pairs.items() if any(not _same_answer(golden[i][1].answer, train[j].answer) for j in js)
+    )
+    return Disagreement(matched=len(pairs), disagreeing=len(bad), ids=tuple(golden[i][0] for i in bad)[:max_ids])
 
 
 def _split_items(path: Path) -> list[tuple[str, TaskItem]]:
@@ -296,3 +346,8 @@ def file_contamination(golden: Path, train: Path, threshold: float = DEFAULT_THR
     """``contamination`` of a golden JSONL file (a snapshot's golden split or a trusted golden file, lines of
     ``{"id", "messages": [user, assistant]}``) against a snapshot's train split."""
     return contamination(_split_items(golden), [item for _, item in _split_items(train)], threshold)
+
+
+def file_label_disagreement(golden: Path, train: Path, threshold: float = DEFAULT_THRESHOLD) -> Disagreement:
+    """``label_disagreement`` of a trusted golden JSONL file against a snapshot's train split."""
+    return label_disagreement(_split_items(golden), [item for _, item in _split_items(train)], threshold)

@@ -29,7 +29,7 @@ import phonenumbers
 from detect_secrets.filters import heuristic
 from detect_secrets.plugins.base import BasePlugin, RegexBasedDetector
 
-from subagents.data.rules import RULES, cut_value, version_before
+from subagents.data.rules import RULES, Needles, cut_value, version_before
 
 __all__ = ["KINDS", "PLACEHOLDER", "Finding", "find"]
 
@@ -82,15 +82,30 @@ KEYWORD_FILE = "trace.py"
 _TRIM = " \t\r\n\"'=:"
 _TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 _DIGEST_BEFORE = re.compile(r"(?:sha(?:1|224|256|384|512)|md5|integrity)[-:\"'\s=]*$", re.I)
+# Every detect-secrets regex plugin needs a token of 11+ characters with a digit in it (the shortest is
+# Artifactory's; every key the plugins know is random enough to carry digits), or one of the words below for
+# the URL, key-header and keyword-shaped ones; the plugins' own regexes run only then, so clean prose and code
+# cost a digit search and a few substring tests.
+_LIBRARY_RUN = re.compile(r"[A-Za-z0-9_+/=.-]*\d[A-Za-z0-9_+/=.-]*")
+_LIBRARY_WORDS = ("://", "begin", "putty", "_authtoken", "cloudant", "ibm", "softlayer")
+
+
+def _library_hint(text: str, low: str) -> bool:
+    if any(w in low for w in _LIBRARY_WORDS):
+        return True
+    if _DIGIT.search(text) is None:
+        return False
+    return any(len(m) >= 11 for m in _LIBRARY_RUN.findall(text))
+
+
 _QUOTED_RUN = re.compile(r"[\"'][A-Za-z0-9+/=_-]{20,}[\"']")
-_KEYWORD_HINT = re.compile(r"(?i)pass|pwd|secret|token|api_?key|private_key|credential")
+_KEYWORD_HINT = re.compile(r"pass|pwd|secret|token|api_?key|private_key|credential")  # on the lowercase text
 _PHONE_HINT = re.compile(r"\+\d|\(\d{3}\)|\d{3}[.\s-]\d{3,4}")
 
 
 @dataclass(frozen=True, slots=True)
 class _Library:
     regex_plugins: tuple[tuple[str, RegexBasedDetector], ...]
-    any_regex: re.Pattern[str]
     entropy: BasePlugin
     keyword: BasePlugin
 
@@ -109,23 +124,54 @@ def _library() -> _Library:
         if kind is not None and issubclass(cls, RegexBasedDetector):
             plugins.append((kind, cls()))
     plugins.sort(key=lambda kp: type(kp[1]).__name__)
-    parts = []
-    for _, plugin in plugins:
-        for rx in plugin.denylist:
-            flags = ("i" if rx.flags & re.IGNORECASE else "") + ("x" if rx.flags & re.VERBOSE else "")
-            parts.append(f"(?{flags}:{rx.pattern})" if flags else f"(?:{rx.pattern})")
     return _Library(
         regex_plugins=tuple(plugins),
-        any_regex=re.compile("|".join(parts)),
         entropy=Base64HighEntropyString(limit=4.5),
         keyword=KeywordDetector(),
     )
 
 
-def _rule_findings(text: str, low: str) -> Iterator[tuple[int, int, int, str]]:
-    for priority, rule in enumerate(RULES):
-        if not rule.precheck(text, low):
+def _needle_index() -> tuple[dict[str, list[int]], dict[str, list[int]], list[int], list[int], list[int]]:
+    """Which rules each distinct needle enables (case-sensitive ones, lowercase ones), the rules that need only
+    a digit, the rules that need a digit too, and the rules whose pre-check is something else (asked directly).
+    Each distinct needle is tested once per text."""
+    exact: dict[str, list[int]] = {}
+    folded: dict[str, list[int]] = {}
+    digit_only: list[int] = []
+    digit_too: list[int] = []
+    other: list[int] = []
+    for i, rule in enumerate(RULES):
+        pre = rule.precheck
+        if not isinstance(pre, Needles):
+            other.append(i)
             continue
+        if pre.digit:
+            (digit_too if pre.needles else digit_only).append(i)
+        for n in pre.needles:
+            (folded if pre.low else exact).setdefault(n, []).append(i)
+    return exact, folded, digit_only, digit_too, other
+
+
+_EXACT_RULES, _FOLDED_RULES, _DIGIT_ONLY, _DIGIT_TOO, _OTHER_RULES = _needle_index()
+_DIGIT = re.compile(r"\d")
+
+
+def _enabled_rules(text: str, low: str) -> list[int]:
+    enabled = {i for i in _OTHER_RULES if RULES[i].precheck(text, low)}
+    for needle in [n for n in _EXACT_RULES if n in text]:
+        enabled.update(_EXACT_RULES[needle])
+    for needle in [n for n in _FOLDED_RULES if n in low]:
+        enabled.update(_FOLDED_RULES[needle])
+    if _DIGIT.search(text) is None:
+        enabled.difference_update(_DIGIT_TOO)
+    else:
+        enabled.update(_DIGIT_ONLY)
+    return sorted(enabled)
+
+
+def _rule_findings(text: str, low: str) -> Iterator[tuple[int, int, int, str]]:
+    for priority in _enabled_rules(text, low):
+        rule = RULES[priority]
         for m in rule.pattern.finditer(text):
             if rule.accept is not None and not rule.accept(m):
                 continue
@@ -140,9 +186,9 @@ def _rule_findings(text: str, low: str) -> Iterator[tuple[int, int, int, str]]:
                     yield start, end, priority, rule.kind
 
 
-def _library_findings(text: str, base: int) -> Iterator[tuple[int, int, int, str]]:
+def _library_findings(text: str, low: str, base: int) -> Iterator[tuple[int, int, int, str]]:
     lib = _library()
-    if lib.any_regex.search(text) is not None:
+    if _library_hint(text, low):
         for kind, plugin in lib.regex_plugins:
             for rx in plugin.denylist:
                 for m in rx.finditer(text):
@@ -157,7 +203,7 @@ def _library_findings(text: str, base: int) -> Iterator[tuple[int, int, int, str
                     if end > start:
                         yield start, end, base, kind
     quoted = _QUOTED_RUN.search(text) is not None
-    keyword = _KEYWORD_HINT.search(text) is not None
+    keyword = _KEYWORD_HINT.search(low) is not None
     if not (quoted or keyword):
         return
     offset = 0
@@ -167,7 +213,7 @@ def _library_findings(text: str, base: int) -> Iterator[tuple[int, int, int, str
                 i = line.find(value)
                 if i >= 0 and not _DIGEST_BEFORE.search(line[:i]):
                     yield offset + i, offset + i + len(value), base + 1, "high_entropy_string"
-        if keyword and _KEYWORD_HINT.search(line):
+        if keyword and _KEYWORD_HINT.search(line.lower()):
             for value in _line_values(lib.keyword, line, KEYWORD_FILE):
                 i = line.find(value)
                 if i >= 0 and not heuristic.is_indirect_reference(line):
@@ -219,7 +265,7 @@ def find(text: str) -> list[Finding]:
         return []
     low = text.lower()
     raw = list(_rule_findings(text, low))
-    raw.extend(_library_findings(text, len(RULES)))
+    raw.extend(_library_findings(text, low, len(RULES)))
     raw.extend(_phone_findings(text, len(RULES) + 3))
     if not raw:
         return []

@@ -26,7 +26,7 @@ from stdnum.es import dni
 from stdnum.nl import bsn
 from stdnum.us import ssn
 
-__all__ = ["RULES", "Rule", "cut_value", "entropy", "version_before"]
+__all__ = ["RULES", "Needles", "Rule", "cut_value", "entropy", "version_before"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,17 +40,33 @@ class Rule:
     accept: Callable[[re.Match[str]], bool] | None = None
 
 
-def _has(*needles: str) -> Callable[[str, str], bool]:
-    return lambda text, _low: any(n in text for n in needles)
+@dataclass(frozen=True, slots=True)
+class Needles:
+    """A pre-check that passes when the text (or its lowercase, ``low``) contains one of ``needles``.
+    detect.py folds every rule's needles into one regex, so clean text costs one search, not one per rule."""
+
+    needles: tuple[str, ...]  # empty: no needle needed
+    low: bool = False
+    digit: bool = False  # the text must also hold a digit (numbers, keys with digits)
+
+    def __call__(self, text: str, low: str) -> bool:
+        hay = low if self.low else text
+        if self.digit and not any(c.isdigit() for c in text):
+            return False
+        return not self.needles or any(n in hay for n in self.needles)
 
 
-def _has_low(*needles: str) -> Callable[[str, str], bool]:
-    return lambda _text, low: any(n in low for n in needles)
+def _has(*needles: str) -> Needles:
+    return Needles(needles)
 
 
-def _digits(min_run: int) -> Callable[[str, str], bool]:
-    rx = re.compile(rf"\d{{{min_run}}}")
-    return lambda text, _low: rx.search(text) is not None
+def _has_low(*needles: str) -> Needles:
+    return Needles(needles, low=True)
+
+
+def _digits(*needles: str) -> Needles:
+    """Needs a digit somewhere in the text (and one of ``needles``, when given)."""
+    return Needles(needles, digit=True)
 
 
 def entropy(s: str) -> float:
@@ -376,7 +392,7 @@ RULES: tuple[Rule, ...] = (
         # An unlabelled 40-character key (a pasted credentials block, STS output): random, mixed case, digits.
         "aws_secret_key",
         re.compile(r"(?<![A-Za-z0-9/+_-])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=_-])"),
-        lambda _text, _low: True,
+        _digits(),
         accept=_bare_40_accept,
     ),
     Rule(
@@ -465,35 +481,38 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "credit_card",
         re.compile(r"(?<![\w.-])\d{4}(?:[ -]?\d{2,6}){2,4}(?![\w-]|\.\d)"),
-        _digits(4),
+        _digits(),
         accept=_card_accept,
     ),
     Rule(
         "iban",
         re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"),
-        _digits(2),
+        _digits(),
         accept=_validator(lambda v: std_iban.is_valid(v, check_country=False)),
     ),
-    Rule("us_ssn", re.compile(r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])"), _has("-"), accept=_validator(ssn.is_valid)),
+    Rule("us_ssn", re.compile(r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])"), _digits("-"), accept=_validator(ssn.is_valid)),
     Rule(
-        "br_cpf", re.compile(r"(?<![\d.])\d{3}\.\d{3}\.\d{3}-\d{2}(?!\d)"), _has("."), accept=_validator(cpf.is_valid)
+        "br_cpf",
+        re.compile(r"(?<![\d.])\d{3}\.\d{3}\.\d{3}-\d{2}(?!\d)"),
+        _digits("."),
+        accept=_validator(cpf.is_valid),
     ),
-    Rule("es_dni", re.compile(r"\b\d{8}[A-HJ-NP-TV-Z]\b"), _digits(8), accept=_validator(dni.is_valid)),
-    Rule("ca_sin", re.compile(r"(?<![\d-])\d{3}-\d{3}-\d{3}(?![\d-])"), _has("-"), accept=_validator(sin.is_valid)),
+    Rule("es_dni", re.compile(r"\b\d{8}[A-HJ-NP-TV-Z]\b"), _digits(), accept=_validator(dni.is_valid)),
+    Rule("ca_sin", re.compile(r"(?<![\d-])\d{3}-\d{3}-\d{3}(?![\d-])"), _digits("-"), accept=_validator(sin.is_valid)),
     Rule(
         "national_id",
         re.compile(
             r"(?i)\b(?P<label>ssn|sin|bsn|cpf|burgerservicenummer|social (?:security|insurance) (?:number|no\.?))"
             r"[\"']?\s*[:=]?\s*[\"']?(?P<v>\d{9}|\d{11})\b"
         ),
-        _digits(9),
+        _digits(),
         groups=("v",),
         accept=_labelled_id_accept,
     ),
     Rule(
         "uk_nino",
         re.compile(r"\b(?!BG|GB|NK|KN|TN|NT|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b"),
-        _digits(2),
+        _digits(),
     ),
     # --- personal data ---
     Rule(
@@ -510,7 +529,7 @@ RULES: tuple[Rule, ...] = (
             r"(?<![\w.+-])(?:\+[1-9]\d{0,2}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{2,4}){1,4}"
             r"|\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}|\d{3}[.-]\d{3}[.-]\d{4}|\d{3} \d{3} \d{4})(?![\w-]|\.\d)"
         ),
-        _digits(3),
+        _digits(),
         accept=_phone_accept,
     ),
     Rule(
@@ -525,7 +544,7 @@ RULES: tuple[Rule, ...] = (
             r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
             r"(?![\w]|\.\d)"
         ),
-        _has("."),
+        _digits("."),
         accept=_ipv4_accept,
     ),
 )
