@@ -50,24 +50,36 @@ def _strings(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
             yield from _strings(v, f"{path}[{i}]")
 
 
-def scan_value(value: Any) -> list[tuple[str, tuple[str, ...]]]:
-    """(path, kinds) for every string inside ``value`` (nested dicts and lists) in which a detector fires."""
+_MIN_CHARS = 6  # shorter than any value a detector can find (the shortest is an email such as a@b.io)
+_CACHE_MAX_CHARS = 64
+
+
+def scan_value(value: Any, cache: dict[str, tuple[str, ...]] | None = None) -> list[tuple[str, tuple[str, ...]]]:
+    """(path, kinds) for every string inside ``value`` (nested dicts and lists) in which a detector fires.
+    ``cache`` remembers short strings (keys, roles, domains repeat on every line of a file)."""
     out = []
     for path, text in _strings(value):
-        findings = find(text)
-        if findings:
-            out.append((path, tuple(sorted({f.kind for f in findings}))))
+        if len(text) < _MIN_CHARS:
+            continue
+        kinds = cache.get(text) if cache is not None else None
+        if kinds is None:
+            kinds = tuple(sorted({f.kind for f in find(text)}))
+            if cache is not None and len(text) <= _CACHE_MAX_CHARS:
+                cache[text] = kinds
+        if kinds:
+            out.append((path, kinds))
     return out
 
 
 def scan_json_lines(path: Path, item_ids: Sequence[str] | None = None) -> list[Residual]:
     """Scan a JSONL file as written; ``item_ids[i]`` names line ``i`` (else the file and line number)."""
     out: list[Residual] = []
+    cache: dict[str, tuple[str, ...]] = {}
     with path.open(encoding="utf-8") as fh:
         for n, line in enumerate(fh):
             if not line.strip():
                 continue
-            for where, kinds in scan_value(json.loads(line)):
+            for where, kinds in scan_value(json.loads(line), cache):
                 item = item_ids[n] if item_ids is not None and n < len(item_ids) else f"{path.name}:{n + 1}"
                 out.append(Residual(item, f"{path.name}:{n + 1} {where}", kinds))
     return out
