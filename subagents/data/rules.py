@@ -79,8 +79,8 @@ def entropy(s: str) -> float:
 
 # Quoted values that are placeholders, not secrets: templates, environment references, masks.
 _PLACEHOLDER_VALUE = re.compile(
-    r"^(?:\$\{\w+\}|\$[A-Z_][A-Z0-9_]*|%\(\w+\)[sdr]|%\w+%|\{\w*\}|<[\w -]+>|\*+|.*\{\{.*\}\}.*|x{3,}|X{3,}|\.{3}"
-    r"|changeme|password|secret|token|none|null|redacted)$",
+    r"^(?:\$\{\w+\}|\$\{\{.*|\$\(.*\)|(?-i:\$[A-Z_][A-Z0-9_]*)|%\(\w+\)[sdr]|%\w+%|\{\w*\}|<[\w -]+>|\*+"
+    r"|.*\{\{.*\}\}.*|x{3,}|X{3,}|\.{3}|changeme|password|secret|token|none|null|redacted)$",
     re.I,
 )
 
@@ -105,24 +105,83 @@ _SECRET_WORD = (
     r"|(?:api|access|private|secret|signing|encryption|master|client|account|license)[_-]?key)"
 )
 
-# Where an unquoted value stops inside a key=value list: "Pwd=x;Encrypt=True", "password=x&useSSL=true".
-_NEXT_PAIR = re.compile(r"[;&](?=\s*[A-Za-z][\w ]{0,30}=)")
+# Where an unquoted value stops inside a key=value list: "Pwd=x;Encrypt=True", and in a query string
+# ("?user=a&password=x&useSSL=true") also at "&"; elsewhere "&" belongs to the password ("password=Tr0ub4dor&3").
+_NEXT_PAIR = re.compile(r";(?=\s*[A-Za-z][\w ]{0,30}=)")
+_NEXT_QUERY_PAIR = re.compile(r"[;&](?=\s*[A-Za-z][\w ]{0,30}=)")
 
 
 def cut_value(m: re.Match[str], group: int | str) -> tuple[int, int]:
     """The span of an unquoted value: up to the next ``;key=`` / ``&key=`` pair, without trailing punctuation."""
     start, end = m.span(group)
     value = m.string[start:end]
-    cut = _NEXT_PAIR.search(value)
+    in_query = "key" in m.re.groupindex and m.string[m.start("key") - 1 : m.start("key")] in ("?", "&")
+    cut = (_NEXT_QUERY_PAIR if in_query else _NEXT_PAIR).search(value)
     if cut:
         end = start + cut.start()
         value = value[: cut.start()]
     # Trailing punctuation of the surrounding prose or code, not of the password.
+    pairs = {")": "(", "]": "[", "}": "{"}
     while (
         value and value[-1] in ",;)]}" and (end >= len(m.string) or m.string[end].isspace() or m.string[end] in "\"'")
     ):
+        last = value[-1]
+        if last in pairs and value.count(pairs[last]) >= value.count(last):
+            break  # "Ember(3871)": the bracket is the password's own
         value, end = value[:-1], end - 1
     return start, end
+
+
+# A call or a subscript: get_password(), secrets.token_hex(32), config["jwt"], HTTPBasicAuth(user, pw).
+_CALL = re.compile(r"^(?P<callee>[A-Za-z_][\w.]*)[(\[](?P<args>[^)\]]*)")
+_NAME_PART = re.compile(r"(?:[A-Za-z]+\d*)?")  # a plain name, digits only at its end: token_hex, b64, s3
+# Templates and shell expansions: ${{ secrets.X }}, {{ vault_x }}, $(cat f), ${VAR}, $DB_PASS, $db_pass.
+_EXPANSION = re.compile(r"^(?:\$\{\{|\{\{|\$\(|\$\{[A-Za-z_]\w*\}[,;]?$|\$(?:[A-Z_][A-Z0-9_]*|[a-z_][a-z0-9_]*)[,;]?$)")
+_KEYWORDS = frozenset(
+    [
+        "raise",
+        "return",
+        "pass",
+        "continue",
+        "break",
+        "lambda",
+        "await",
+        "yield",
+        "not",
+        "and",
+        "or",
+        "if",
+        "else",
+        "in",
+        "is",
+        "del",
+        "assert",
+        "import",
+        "from",
+    ]
+)
+
+
+def _is_code_expression(m: re.Match[str], value: str) -> bool:
+    """True for an unquoted value that is code, not a literal: a template or shell expansion, a keyword, or a
+    call or subscript where code has them. ``KEY=Ember(3871)`` (.env, shell, a CLI flag) and YAML's
+    ``password: Ember(3871)`` are literals; ``token = make_token(user)``, ``{"token": make_token(user)}``,
+    ``f(token=make_token(user))`` and ``secrets.token_hex(32)`` anywhere are code."""
+    if _EXPANSION.match(value) or value.rstrip(",;:") in _KEYWORDS:
+        return True
+    call = _CALL.match(value)
+    if call is None:
+        return False
+    if not all(_NAME_PART.fullmatch(p) for p in re.split(r"[._]", call.group("callee"))):
+        return False  # Atl4s(, FIRvBGP1SRj3b3.gqM(: not a name
+    if "." in call.group("callee"):
+        return True
+    separator = m.string[m.end("key") : m.start("v4")]
+    quoted_key = separator[:1] in ("'", '"')  # a dict literal: {"token": make_token(user)}
+    spaced = "=" in separator and " " in separator  # an assignment in code: token = make_token(user)
+    before = m.string[: m.start("key")].rstrip(" ")[-1:]
+    kwarg = before in ("(", ",") and "=" in separator  # f(user, token=make_token(user))
+    return quoted_key or spaced or kwarg
 
 
 def _generic_accept(m: re.Match[str]) -> bool:
@@ -130,9 +189,7 @@ def _generic_accept(m: re.Match[str]) -> bool:
     value = unquoted if unquoted is not None else m.group("v1") or m.group("v2") or m.group("v3") or ""
     key = m.group("key").lower()
     if unquoted is not None:
-        call = re.match(r"^([A-Za-z_]+\d*(?:\.[A-Za-z_]+\d*)*)\((.*)\)[,;]?$", unquoted)
-        # password=get_password(), token=secrets.token_hex(32); but "Ember(3871)" is a password.
-        if call and (call.group(1)[0].islower() or "." in call.group(1) or not call.group(2).isdigit()):
+        if _is_code_expression(m, unquoted):
             return False
         start, end = cut_value(m, "v4")
         value = m.string[start:end]
@@ -168,7 +225,7 @@ def _bare_40_accept(m: re.Match[str]) -> bool:
         and any(c.isdigit() for c in value)
         and value.count("/") <= 5
         and entropy(value) >= 4.2
-        and not re.search(r"[a-z]{3,}/[a-z]{3,}/", value)  # a path
+        and ("+" in value or not re.search(r"[a-z]{3,}/[a-z]{3,}/", value))  # a path (paths hold no "+")
     )
 
 

@@ -688,7 +688,7 @@ def rng_prefix(rng: random.Random, prefixes: list[str]) -> str:
 
 def _lookalikes(rng: random.Random) -> tuple[str, str]:
     """(the string that must survive, a snippet that holds it)."""
-    kind = rng.randrange(28)
+    kind = rng.randrange(29)
     major, minor = rng.randrange(0, 30), rng.randrange(0, 40)
     if kind == 0:
         v = f"{major}.{minor}.{rng.randrange(0, 50)}.{rng.randrange(0, 9999)}"
@@ -787,8 +787,35 @@ def _lookalikes(rng: random.Random) -> tuple[str, str]:
     if kind == 26:
         v = f"{rng.randrange(100, 999)}-{rng.randrange(100, 999)}"
         return v, f"ticket ABC-{v}"
+    if kind == 27:  # code that handles credentials without holding one
+        name = rng.choice(["token", "password", "api_key", "secret", "auth", "client_secret", "access_token"])
+        word = rng.choice(_WORDS)
+        v = rng.choice(_CODE_LINES).format(name=name, NAME=name.upper(), word=word, WORD=word.upper())
+        return v, v
     v = f"k8s-{rng.choice(_WORDS)}-{_r(rng, LOWER_ALNUM, 5)}"
     return v, f"pod/{v} restarted"
+
+
+_CODE_LINES = (
+    "{name} = _make_{word}({name}_source, user)",
+    "{name}: ${{{{ secrets.{NAME} }}}}",
+    'export {NAME}="$(cat /run/secrets/{word})"',
+    "{NAME}=${NAME}_{WORD} ./run.sh",
+    "{name} = HTTPBasicAuth(user, pw)",
+    '{name} = response.json()["{name}"]',
+    '{name}: str = Field(default="", description="the {word} {name}")',
+    "{name} = secrets.token_hex(32)",
+    'self.{name} = {name} or os.environ["{NAME}"]',
+    'if not {name}: raise ValueError("{name} required")',
+    "{name}={name},",
+    '{name}=kwargs.get("{name}"),',
+    '{name} = config["{word}"]["{name}"]',
+    'return {{"{name}": {name}, "expires": exp}}',
+    '{name}: "{{{{ vault_{word}_{name} }}}}"',
+    "login(user, {name}=make_{word}(16))",
+    '{{"{name}": make_{word}(user)}}',
+    "{name}: Optional[str] = None",
+)
 
 
 # ------------------------------------------------------------------ frames: where a snippet sits in a trace
