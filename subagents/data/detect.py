@@ -29,11 +29,14 @@ import phonenumbers
 from detect_secrets.filters import heuristic
 from detect_secrets.plugins.base import BasePlugin, RegexBasedDetector
 
-from subagents.data.rules import RULES, Needles, cut_value, version_before
+from subagents.data.rules import SECRET_RULES, Needles, cut_value
+from subagents.data.rules_pii import PII_RULES, version_before
 
 __all__ = ["KINDS", "PLACEHOLDER", "Finding", "find"]
 
 PLACEHOLDER = re.compile(r"<REDACTED:[A-Za-z0-9_]+>")
+# Our rules in priority order: secrets (rules.py), then personal data and check-digit numbers (rules_pii.py).
+RULES = SECRET_RULES + PII_RULES
 
 
 @dataclass(frozen=True, slots=True, order=True)

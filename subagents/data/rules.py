@@ -11,22 +11,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import math
 import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from stdnum import iban as std_iban
-from stdnum import luhn
-from stdnum.br import cpf
-from stdnum.ca import sin
-from stdnum.es import dni
-from stdnum.nl import bsn
-from stdnum.us import ssn
-
-__all__ = ["RULES", "Needles", "Rule", "cut_value", "entropy", "version_before"]
+__all__ = ["SECRET_RULES", "Needles", "Rule", "cut_value", "digits", "entropy", "has", "has_low"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,15 +47,15 @@ class Needles:
         return not self.needles or any(n in hay for n in self.needles)
 
 
-def _has(*needles: str) -> Needles:
+def has(*needles: str) -> Needles:
     return Needles(needles)
 
 
-def _has_low(*needles: str) -> Needles:
+def has_low(*needles: str) -> Needles:
     return Needles(needles, low=True)
 
 
-def _digits(*needles: str) -> Needles:
+def digits(*needles: str) -> Needles:
     """Needs a digit somewhere in the text (and one of ``needles``, when given)."""
     return Needles(needles, digit=True)
 
@@ -238,89 +229,11 @@ def _basic_accept(m: re.Match[str]) -> bool:
     return b":" in raw
 
 
-_VERSION_BEFORE = re.compile(
-    r"(?:(?<![A-Za-z])(?:version\w*|ver\.?|build|release|rev(?:ision)?|oid)\s*[:=]?\s*['\"]?|\bv|==|>=|<=|~=|!=|@|/)$",
-    re.I,
-)
-
-
-def version_before(text: str, start: int) -> bool:
-    """True when the words just before ``start`` introduce a version (``version``, ``==``, ``nginx/``)."""
-    return _VERSION_BEFORE.search(text[max(0, start - 24) : start]) is not None
-
-
-def _ipv4_accept(m: re.Match[str]) -> bool:
-    text = m.group(0)
-    if text.startswith(("127.", "0.", "255.255.")):
-        return False
-    before = m.string[max(0, m.start() - 24) : m.start()]
-    # "version 1.2.3.4", "__version__ = '1.2.3.4'", "pkg==1.2.3.4", "nginx/1.2.3.4": a version, not a host.
-    # An "@" before an address is a login (ssh deploy@1.2.3.4), so only a version word after it counts.
-    if before.endswith("@"):
-        return True
-    return not _VERSION_BEFORE.search(before)
-
-
-def _ipv6_accept(m: re.Match[str]) -> bool:
-    text = m.group(0)
-    groups = [g for g in re.split(r"[:.]", text) if g]
-    if len(groups) < 3 and not any(len(g) == 4 for g in groups):
-        return False
-    try:
-        addr = ipaddress.IPv6Address(text)
-    except ValueError:
-        return False
-    return not (addr.is_loopback or addr.is_unspecified)
-
-
-def _phone_accept(m: re.Match[str]) -> bool:
-    text = m.group(0)
-    digits = sum(c.isdigit() for c in text)
-    if "." in text and version_before(m.string, m.start()):
-        return False
-    return 8 <= digits <= 15 if text.startswith("+") else digits == 10
-
-
-_CARD_PREFIX = re.compile(r"^(?:4|5[1-5]|2[2-7]|3[47]|3[0689]|6(?:011|5|4[4-9]|22)|35)")
-
-
-def _card_accept(m: re.Match[str]) -> bool:
-    digits = re.sub(r"\D", "", m.group(0))
-    return 13 <= len(digits) <= 19 and bool(_CARD_PREFIX.match(digits)) and luhn.is_valid(digits)
-
-
-def _email_accept(m: re.Match[str]) -> bool:
-    local = m.group(0).split("@", 1)[0].lower()
-    # git@github.com:org/repo.git is an ssh remote; a noreply address names nobody.
-    return local not in ("git", "hg", "noreply", "no-reply")
-
-
-def _validator(check: Callable[[str], bool], group: int | str = 0) -> Callable[[re.Match[str]], bool]:
-    def accept(m: re.Match[str]) -> bool:
-        return bool(check(m.group(group)))  # stdnum's is_valid never raises
-
-    return accept
-
-
-def _labelled_id_accept(m: re.Match[str]) -> bool:
-    label, value = m.group("label").lower(), m.group("v")
-    checks: dict[str, Callable[[str], bool]] = {
-        "ssn": ssn.is_valid,
-        "sin": sin.is_valid,
-        "bsn": bsn.is_valid,
-        "cpf": cpf.is_valid,
-    }
-    for name, check in checks.items():
-        if name in label or (name == "bsn" and "burgerservice" in label) or (name == "sin" and "insurance" in label):
-            return bool(check(value))
-    return bool(ssn.is_valid(value))
-
-
 _B64 = r"A-Za-z0-9+/="
 _PEM_LABEL = r"(?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP |SSH2 ENCRYPTED )?PRIVATE KEY(?: BLOCK)?"
 _TOKEN_END = r"(?![A-Za-z0-9_-])"
 
-RULES: tuple[Rule, ...] = (
+SECRET_RULES: tuple[Rule, ...] = (
     # --- multi-line key material first ---
     Rule(
         "gcp_service_account_key",
@@ -328,7 +241,7 @@ RULES: tuple[Rule, ...] = (
             r'("private_key"\s*:\s*")(-----BEGIN (?:RSA )?PRIVATE KEY-----(?:\\n|[\s' + _B64 + r"])*?"
             r"(?:-----END (?:RSA )?PRIVATE KEY-----(?:\\n)?|(?=\")))"
         ),
-        _has('"private_key"'),
+        has('"private_key"'),
         groups=(2,),
     ),
     Rule(
@@ -337,102 +250,102 @@ RULES: tuple[Rule, ...] = (
             r"-----BEGIN (" + _PEM_LABEL + r")-----"
             r"(?:[\s\S]*?-----END \1-----|(?:\\n|[\s" + _B64 + r"])*)"
         ),
-        _has("PRIVATE KEY"),
+        has("PRIVATE KEY"),
     ),
     Rule(
         "putty_private_key",
         re.compile(r"PuTTY-User-Key-File-\d:[\s\S]*?(?:Private-MAC:\s*[0-9a-fA-F]+|Private-Lines:[\s\S]*\Z)"),
-        _has("PuTTY-User-Key-File"),
+        has("PuTTY-User-Key-File"),
     ),
-    Rule("age_secret_key", re.compile(r"AGE-SECRET-KEY-1[02-9AC-HJ-NP-Z]{50,}"), _has("AGE-SECRET-KEY-")),
+    Rule("age_secret_key", re.compile(r"AGE-SECRET-KEY-1[02-9AC-HJ-NP-Z]{50,}"), has("AGE-SECRET-KEY-")),
     Rule(
         "kubeconfig_client_key",
         re.compile(r"(?:client-key-data|\"client-key-data\")\s*:\s*[\"']?([A-Za-z0-9+/=]{16,})"),
-        _has("client-key-data"),
+        has("client-key-data"),
         groups=(1,),
     ),
     Rule(
         "gcp_private_key_id",
         re.compile(r'"private_key_id"\s*:\s*"([0-9a-f]{40})"'),
-        _has('"private_key_id"'),
+        has('"private_key_id"'),
         groups=(1,),
     ),
     # --- provider keys with a recognisable prefix ---
-    Rule("anthropic_api_key", re.compile(r"\bsk-ant-[A-Za-z0-9_-]{20,}"), _has("sk-ant-")),
+    Rule("anthropic_api_key", re.compile(r"\bsk-ant-[A-Za-z0-9_-]{20,}"), has("sk-ant-")),
     Rule(
         "openai_api_key",
         re.compile(r"(?<![A-Za-z0-9_-])sk-(?:proj-|svcacct-|admin-|None-)?[A-Za-z0-9_-]{20,}"),
-        _has("sk-"),
+        has("sk-"),
     ),
     Rule(
         "github_token",
         re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{40,})"),
-        _has("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+        has("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
     ),
     Rule(
         "gitlab_token",
         re.compile(r"\b(?:gl(?:pat|dt|rt|ptt|ft|soat|cbt|imt|agent|oas)-|GR1348941)[A-Za-z0-9_-]{20,}" + _TOKEN_END),
-        _has("gl", "GR1348941"),
+        has("gl", "GR1348941"),
     ),
     Rule(
         "slack_token",
         re.compile(r"\bxox[abposre]-[A-Za-z0-9-]{10,}|https://hooks\.slack\.com/services/[A-Za-z0-9_/]{20,}"),
-        _has("xox", "hooks.slack.com"),
+        has("xox", "hooks.slack.com"),
     ),
     Rule(
         "discord_webhook",
         re.compile(r"https://(?:ptb\.|canary\.)?discord(?:app)?\.com/api/webhooks/\d+/[A-Za-z0-9_-]{20,}"),
-        _has("/api/webhooks/"),
+        has("/api/webhooks/"),
     ),
     Rule(
         "stripe_key",
         re.compile(r"\b(?:(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}|whsec_[A-Za-z0-9]{24,})"),
-        _has("_live_", "_test_", "whsec_"),
+        has("_live_", "_test_", "whsec_"),
     ),
-    Rule("huggingface_token", re.compile(r"\bhf_[A-Za-z0-9]{30,}"), _has("hf_")),
-    Rule("google_api_key", re.compile(r"\bAIza[0-9A-Za-z_-]{35}"), _has("AIza")),
-    Rule("google_oauth_client_secret", re.compile(r"\bGOCSPX-[A-Za-z0-9_-]{20,}"), _has("GOCSPX-")),
-    Rule("npm_token", re.compile(r"\bnpm_[A-Za-z0-9]{36}" + _TOKEN_END), _has("npm_")),
-    Rule("pypi_token", re.compile(r"\bpypi-AgE[A-Za-z0-9_-]{40,}"), _has("pypi-AgE")),
-    Rule("shopify_token", re.compile(r"\bshp(?:at|ss|ca|pa)_[a-fA-F0-9]{32}\b"), _has("shp")),
-    Rule("square_token", re.compile(r"\bsq0(?:atp|csp)-[A-Za-z0-9_-]{22,}"), _has("sq0")),
-    Rule("vault_token", re.compile(r"\bhv[sbr]\.[A-Za-z0-9_-]{24,}"), _has("hvs.", "hvb.", "hvr.")),
-    Rule("digitalocean_token", re.compile(r"\bdo[por]_v1_[a-f0-9]{64}\b"), _has("_v1_")),
-    Rule("twilio_key", re.compile(r"\b(?:AC|SK)[0-9a-f]{32}\b"), _has("AC", "SK")),
-    Rule("mailchimp_api_key", re.compile(r"\b[0-9a-f]{32}-us\d{1,2}\b"), _has("-us")),
-    Rule("telegram_bot_token", re.compile(r"\b\d{8,10}:AA[A-Za-z0-9_-]{30,}" + _TOKEN_END), _has(":AA")),
+    Rule("huggingface_token", re.compile(r"\bhf_[A-Za-z0-9]{30,}"), has("hf_")),
+    Rule("google_api_key", re.compile(r"\bAIza[0-9A-Za-z_-]{35}"), has("AIza")),
+    Rule("google_oauth_client_secret", re.compile(r"\bGOCSPX-[A-Za-z0-9_-]{20,}"), has("GOCSPX-")),
+    Rule("npm_token", re.compile(r"\bnpm_[A-Za-z0-9]{36}" + _TOKEN_END), has("npm_")),
+    Rule("pypi_token", re.compile(r"\bpypi-AgE[A-Za-z0-9_-]{40,}"), has("pypi-AgE")),
+    Rule("shopify_token", re.compile(r"\bshp(?:at|ss|ca|pa)_[a-fA-F0-9]{32}\b"), has("shp")),
+    Rule("square_token", re.compile(r"\bsq0(?:atp|csp)-[A-Za-z0-9_-]{22,}"), has("sq0")),
+    Rule("vault_token", re.compile(r"\bhv[sbr]\.[A-Za-z0-9_-]{24,}"), has("hvs.", "hvb.", "hvr.")),
+    Rule("digitalocean_token", re.compile(r"\bdo[por]_v1_[a-f0-9]{64}\b"), has("_v1_")),
+    Rule("twilio_key", re.compile(r"\b(?:AC|SK)[0-9a-f]{32}\b"), has("AC", "SK")),
+    Rule("mailchimp_api_key", re.compile(r"\b[0-9a-f]{32}-us\d{1,2}\b"), has("-us")),
+    Rule("telegram_bot_token", re.compile(r"\b\d{8,10}:AA[A-Za-z0-9_-]{30,}" + _TOKEN_END), has(":AA")),
     Rule(
         "azure_client_secret",
         re.compile(r"(?<![A-Za-z0-9_~.-])[A-Za-z0-9_~.-]{3}\dQ~[A-Za-z0-9_~.-]{31,34}(?![A-Za-z0-9_~.-])"),
-        _has("Q~"),
+        has("Q~"),
     ),
     Rule(
         "aws_access_key",
         re.compile(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|ABIA|ACCA)[A-Z0-9]{16}\b"),
-        _has("AKIA", "ASIA", "AGPA", "AIDA", "AROA", "AIPA", "ANPA", "ANVA", "ABIA", "ACCA"),
+        has("AKIA", "ASIA", "AGPA", "AIDA", "AROA", "AIPA", "ANPA", "ANVA", "ABIA", "ACCA"),
     ),
     Rule(
         "jwt",
         re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"),
-        _has("eyJ"),
+        has("eyJ"),
     ),
     # --- secrets identified by their label ---
     Rule(
         "azure_storage_key",
         re.compile(r"\bAccountKey=([A-Za-z0-9+/]{20,}={0,2})"),
-        _has("AccountKey="),
+        has("AccountKey="),
         groups=(1,),
     ),
     Rule(
         "azure_sas_signature",
         re.compile(r"[?&;]sig=([A-Za-z0-9%+/=_-]{16,})"),
-        _has("sig="),
+        has("sig="),
         groups=(1,),
     ),
     Rule(
         "docker_auth",
         re.compile(r"\"(?:auth|identitytoken|registrytoken)\"\s*:\s*\"([A-Za-z0-9+/=_.-]{8,})\""),
-        _has('"auth"', '"identitytoken"', '"registrytoken"'),
+        has('"auth"', '"identitytoken"', '"registrytoken"'),
         groups=(1,),
     ),
     Rule(
@@ -441,7 +354,7 @@ RULES: tuple[Rule, ...] = (
             r"(?i:aws_?secret(?:_?access)?_?key|secret_?access_?key)[\"']?\s*[:=]\s*[\"']?"
             r"([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+])"
         ),
-        _has_low("secret"),
+        has_low("secret"),
         groups=(1,),
         accept=_aws_secret_accept,
     ),
@@ -449,26 +362,26 @@ RULES: tuple[Rule, ...] = (
         # An unlabelled 40-character key (a pasted credentials block, STS output): random, mixed case, digits.
         "aws_secret_key",
         re.compile(r"(?<![A-Za-z0-9/+_-])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=_-])"),
-        _digits(),
+        digits(),
         accept=_bare_40_accept,
     ),
     Rule(
         "secret_key_base",
         re.compile(r"(?i)secret_key_base[\"']?\s*[:=]\s*[\"']?([0-9a-zA-Z]{30,})"),
-        _has_low("secret_key_base"),
+        has_low("secret_key_base"),
         groups=(1,),
     ),
     Rule(
         "url_password",
         # RFC 3986: "/", "?", "#" and "@" are percent-encoded inside userinfo, so they end the password.
         re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/?#@\"'<>]*:([^\s/?#@\"'<>]+)@[A-Za-z0-9\[]"),
-        _has("://"),
+        has("://"),
         groups=(1,),
     ),
     Rule(
         "basic_auth",
         re.compile(r"(?i)\bbasic\s+([A-Za-z0-9+/]{8,}={0,2})(?![A-Za-z0-9+/=])"),
-        _has_low("basic"),
+        has_low("basic"),
         groups=(1,),
         accept=_basic_accept,
     ),
@@ -478,7 +391,7 @@ RULES: tuple[Rule, ...] = (
             r"(?i)(\bbearer\s+|\bauthorization[\"']?\s*[:=]\s*[\"']?(?:token)\s+)"
             r"([A-Za-z0-9._~+/-]{8,}=*)"
         ),
-        _has_low("bearer", "authorization"),
+        has_low("bearer", "authorization"),
         groups=(2,),
         accept=_bearer_accept,
     ),
@@ -486,19 +399,19 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "cli_password",
         re.compile(r"\bmysql(?:dump|admin|import|sh)?\b[^\n]*?\s-p(?!\s)(['\"]?)(?P<v>[^\s'\"]+)\1"),
-        _has("mysql"),
+        has("mysql"),
         groups=("v",),
     ),
     Rule(
         "cli_password",
         re.compile(r"\bsshpass\s+-p\s*(['\"]?)(?P<v>[^\s'\"]+)\1|\"sshpass\",\s*\"-p\",\s*\"(?P<w>[^\"]+)\""),
-        _has("sshpass"),
+        has("sshpass"),
         groups=("v", "w"),
     ),
     Rule(
         "cli_password",
         re.compile(r"(?:\s-u|--user)[\s=]+(['\"]?)[^\s:'\"]+:(?P<v>[^\s'\"]+)\1"),
-        _has("-u", "--user"),
+        has("-u", "--user"),
         groups=("v",),
     ),
     Rule(
@@ -507,19 +420,19 @@ RULES: tuple[Rule, ...] = (
             r"(?i)--(?:http-)?(?:password|passwd|pass|api[-_]key|token|secret|client[-_]secret|auth[-_]token"
             r"|access[-_]token)(?:=|\s+)(['\"]?)(?P<v>[^\s'\"]+)\1"
         ),
-        _has("--"),
+        has("--"),
         groups=("v",),
     ),
     Rule(
         "netrc_password",
         re.compile(r"(?i)\blogin\s+\S+[\s+>]+password\s+(?P<v>\S+)"),
-        _has_low("login"),
+        has_low("login"),
         groups=("v",),
     ),
     Rule(
         "pgpass_password",
         re.compile(r"(?<![\w.:/@-])[A-Za-z0-9_.*-]+:(?:\d{2,5}|\*):[\w*.-]+:[\w*.@-]+:(?P<v>[^\s:][^\s]*)"),
-        _has(":"),
+        has(":"),
         groups=("v",),
         accept=lambda m: not m.group("v").isdigit(),
     ),
@@ -530,78 +443,8 @@ RULES: tuple[Rule, ...] = (
             r"(?:\"(?P<v1>[^\"\n]{3,})\"|'(?P<v2>[^'\n]{3,})'|`(?P<v3>[^`\n]{3,})`"
             r"|(?P<v4>[^\s\"'`]{3,}))"
         ),
-        _has_low("pass", "pwd", "secret", "token", "key", "credential", "auth"),
+        has_low("pass", "pwd", "secret", "token", "key", "credential", "auth"),
         groups=("v1", "v2", "v3", "v4"),
         accept=_generic_accept,
-    ),
-    # --- numbers with check digits (validated before they are redacted) ---
-    Rule(
-        "credit_card",
-        re.compile(r"(?<![\w.-])\d{4}(?:[ -]?\d{2,6}){2,4}(?![\w-]|\.\d)"),
-        _digits(),
-        accept=_card_accept,
-    ),
-    Rule(
-        "iban",
-        re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"),
-        _digits(),
-        accept=_validator(lambda v: std_iban.is_valid(v, check_country=False)),
-    ),
-    Rule("us_ssn", re.compile(r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])"), _digits("-"), accept=_validator(ssn.is_valid)),
-    Rule(
-        "br_cpf",
-        re.compile(r"(?<![\d.])\d{3}\.\d{3}\.\d{3}-\d{2}(?!\d)"),
-        _digits("."),
-        accept=_validator(cpf.is_valid),
-    ),
-    Rule("es_dni", re.compile(r"\b\d{8}[A-HJ-NP-TV-Z]\b"), _digits(), accept=_validator(dni.is_valid)),
-    Rule("ca_sin", re.compile(r"(?<![\d-])\d{3}-\d{3}-\d{3}(?![\d-])"), _digits("-"), accept=_validator(sin.is_valid)),
-    Rule(
-        "national_id",
-        re.compile(
-            r"(?i)\b(?P<label>ssn|sin|bsn|cpf|burgerservicenummer|social (?:security|insurance) (?:number|no\.?))"
-            r"[\"']?\s*[:=]?\s*[\"']?(?P<v>\d{9}|\d{11})\b"
-        ),
-        _digits(),
-        groups=("v",),
-        accept=_labelled_id_accept,
-    ),
-    Rule(
-        "uk_nino",
-        re.compile(r"\b(?!BG|GB|NK|KN|TN|NT|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b"),
-        _digits(),
-    ),
-    # --- personal data ---
-    Rule(
-        "email",
-        re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"),
-        _has("@"),
-        accept=_email_accept,
-    ),
-    Rule(
-        # Written-out numbers phonenumbers does not know (unassigned ranges, test data); detect.py runs
-        # phonenumbers for the rest. A bare run of digits is an id, not a phone number.
-        "phone_number",
-        re.compile(
-            r"(?<![\w.+-])(?:\+[1-9]\d{0,2}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{2,4}){1,4}"
-            r"|\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}|\d{3}[.-]\d{3}[.-]\d{4}|\d{3} \d{3} \d{4})(?![\w-]|\.\d)"
-        ),
-        _digits(),
-        accept=_phone_accept,
-    ),
-    Rule(
-        "ipv6_address",
-        re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?![\w:])"),
-        lambda text, _low: "::" in text or text.count(":") >= 7,
-        accept=_ipv6_accept,
-    ),
-    Rule(
-        "ipv4_address",
-        re.compile(
-            r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
-            r"(?![\w]|\.\d)"
-        ),
-        _digits("."),
-        accept=_ipv4_accept,
     ),
 )
