@@ -1,4 +1,6 @@
-"""Benchmarks for the data subagent: parse+hash throughput, scrub recall/false positives, curation speed.
+"""Benchmarks for the data subagent: parse+hash throughput, scrub recall/false positives on the old fixture,
+the scrubber's and the clustering's cost per record, curation speed, and the snapshot write with its final pass.
+Recall and precision on the generated corpus: bench/bench_scrub.py.
 
 Run: ``python bench/bench_curate.py [N]`` (N records to curate, default 100000). Prints figures; asserts nothing.
 """
@@ -16,9 +18,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import contextlib
 
+from subagents.data.clusters import TaskItem, task_clusters
 from subagents.data.curate import CurationConfig, curate
+from subagents.data.detect import find
 from subagents.data.samples import generate_demo_records
-from subagents.data.schema import RecordError, content_hash, parse_jsonl_line
+from subagents.data.schema import ExecutionRecord, RecordError, content_hash, parse_jsonl_line
 from subagents.data.scrub import scrub
 from subagents.data.snapshot import write_snapshot
 
@@ -58,6 +62,26 @@ def bench_scrub() -> None:
     print(f"  false-positive rate on clean look-alikes: {changed}/{clean} = {changed / clean:.2%}")
 
 
+def bench_scrub_per_record(records: list[ExecutionRecord]) -> None:
+    """What the scrubber costs curation: every record's prompt, output and tests (the fields curation scrubs),
+    and the final pass's detectors over the same texts once scrubbed."""
+    sample = records[:20_000]
+    t = time.perf_counter()
+    scrubbed = [scrub(text).text for r in sample for text in (r.prompt, r.output, r.tests)]
+    elapsed = time.perf_counter() - t
+    t = time.perf_counter()
+    for text in scrubbed:
+        find(text)
+    final = time.perf_counter() - t
+    print(
+        f"scrub per record (prompt+output+tests): {elapsed / len(sample) * 1e6:.0f} us; "
+        f"final-pass detectors on the scrubbed text: {final / len(sample) * 1e6:.0f} us ({len(sample):,} records)"
+    )
+    t = time.perf_counter()
+    task_clusters([TaskItem(r.prompt, r.output) for r in records])
+    print(f"task clusters over {len(records):,} records: {time.perf_counter() - t:.1f}s")
+
+
 def bench_curate(n: int) -> None:
     t = time.perf_counter()
     lines = generate_demo_records(n, seed=1)
@@ -66,6 +90,7 @@ def bench_curate(n: int) -> None:
     for line in lines:
         with contextlib.suppress(RecordError):
             records.append(parse_jsonl_line(line))
+    bench_scrub_per_record(records)
     t = time.perf_counter()
     result = curate(records, CurationConfig())
     elapsed = time.perf_counter() - t
@@ -75,7 +100,10 @@ def bench_curate(n: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         manifest = write_snapshot(result, Path(tmp) / "snap", source={"bench": True})
-        print(f"write_snapshot: {time.perf_counter() - t:.2f}s, content hash {manifest.content_hash[:16]}")
+        print(
+            f"write_snapshot (with the final pass over every file): {time.perf_counter() - t:.2f}s, "
+            f"content hash {manifest.content_hash[:16]}; task clusters {result.task_clusters}"
+        )
 
 
 def main() -> None:

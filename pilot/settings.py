@@ -81,6 +81,13 @@ class CurationSettings(_Section):
     near_dup_threshold: float = Field(0.85, gt=0, le=1, description="Jaccard similarity above which two are dups.")
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="Share of tasks in the eval split (hash-stable).")
     golden_fraction: float = Field(0.15, gt=0, lt=1, description="Share of tasks in the frozen golden split.")
+    cluster_threshold: float = Field(
+        0.6,
+        gt=0,
+        le=1,
+        description="Content-token Jaccard at or above which two records are one task (a reworded retry), in any "
+        "domain; a task cluster goes whole to one split. Records with the same answer join at a lower bar.",
+    )
 
 
 class TrainingSettings(_Section):
@@ -98,6 +105,13 @@ class TrainingSettings(_Section):
     )
     modules_to_save: list[str] = Field(default_factory=list, description="Fully trained modules (tiny models).")
     seq_len: int = Field(1024, ge=16)
+    max_truncated_share: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="When more than this share of training examples is longer than seq_len (the job cuts them), the "
+        "plan says so and proposes the length that fits (subagents/training.py: truncation_report).",
+    )
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
     learning_rate: float = Field(2e-4, gt=0)
@@ -132,6 +146,43 @@ class EvaluationSettings(_Section):
     bootstrap_samples: int = Field(2000, ge=100)
     max_eval_loss_increase: float = Field(0.0, ge=0, description="Relative eval-loss increase tolerated.")
     min_items: int = Field(20, ge=1, description="Fewer golden items than this: reject, nothing to judge on.")
+    min_score: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Absolute floor: a candidate whose mean golden score is below this is not promoted, whatever "
+        "the champion scores (a margin over a base that scores 0 proves nothing). A sensible floor is the score "
+        "you would accept from the model in production: 0.5 at the least for exact-match tasks, 0.7-0.9 once a "
+        "champion exists. 0 disables.",
+    )
+    min_domain_score: float = Field(
+        0.0, ge=0, le=1, description="Floor on every domain's mean golden score (0 disables); see domain_floors."
+    )
+    domain_floors: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per-domain floors that override min_domain_score, e.g. {python-naming = 0.8}.",
+    )
+    max_golden_contamination: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Refuse to promote when more than this share of golden items has a near-duplicate (the same "
+        "task, reworded) in the candidate's training split: the score would measure memorisation.",
+    )
+    max_label_disagreement: float = Field(
+        0.10,
+        ge=0,
+        le=1,
+        description="With a trusted golden_path: when the training answers contradict it on more than this share "
+        "of its near-duplicate tasks (poisoned labels?), a candidate that would be promoted is held for a human.",
+    )
+    max_truncated_share: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="When more than this share of golden answers hit max_new_tokens, the evaluation says so and "
+        "proposes the length that fits (answers cut short score as wrong).",
+    )
     max_new_tokens: int = Field(32, ge=1)
     batch_size: int = Field(32, ge=1)
     golden_path: Path | None = Field(

@@ -9,11 +9,21 @@ Invariants:
   (two-sided binomial on wins vs losses, ties dropped).
 - The verdict rules, in order (the first that fires decides, and ``reason`` names its figures):
   1. reject: fewer than ``min_items`` paired items;
-  2. reject: eval loss got worse beyond ``max_eval_loss_increase`` (relative);
-  3. reject: some domain's mean difference is below ``-max_domain_regression``;
-  4. reject: the point difference is not above ``margin``;
-  5. promote: the bootstrap lower bound ``ci_low`` is above ``margin``;
-  6. otherwise inconclusive: better on average, not surely enough — a human decides.
+  2. reject: the golden set's contamination (the share of golden items with a near-duplicate in the candidate's
+     training split, subagents/data/clusters.py) is over ``max_contamination``: the score would measure
+     memorisation, not skill;
+  3. reject: eval loss got worse beyond ``max_eval_loss_increase`` (relative);
+  4. reject: the candidate's mean score is below the absolute floor ``min_score``, whatever the champion
+     scores (a margin over a base that scores 0 proves nothing), or some domain's mean is below its floor
+     (``domain_floors[domain]``, else ``min_domain_score``);
+  5. reject: some domain's mean difference is below ``-max_domain_regression``;
+  6. reject: the point difference is not above ``margin``;
+  7. inconclusive: it would promote, but the training answers disagree with a trusted golden file on
+     near-duplicate tasks more than ``max_label_disagreement`` (poisoned labels?) — a human decides;
+  8. promote: the bootstrap lower bound ``ci_low`` is above ``margin``;
+  9. otherwise inconclusive: better on average, not surely enough — a human decides.
+- Floors and contamination apply only when given: ``min_score`` 0 and ``contamination=None`` (not measured)
+  disable them, so the gate's figures stay comparable with reports written before they existed.
 """
 
 from __future__ import annotations
@@ -114,6 +124,11 @@ class GateConfig:
     seed: int = 0
     max_eval_loss_increase: float = 0.0
     min_items: int = 20
+    min_score: float = 0.0  # absolute floor on the candidate's mean score; 0 disables
+    min_domain_score: float = 0.0  # floor on every domain's mean score; 0 disables
+    domain_floors: Mapping[str, float] = field(default_factory=dict)  # per-domain floors (override the above)
+    max_contamination: float = 0.05  # share of golden items with a near-duplicate in train
+    max_label_disagreement: float = 0.10  # share of trusted golden items the training answers contradict
 
     def __post_init__(self) -> None:
         if not 0.0 < self.confidence < 1.0:
@@ -122,6 +137,10 @@ class GateConfig:
             raise ValueError("bootstrap_samples must be at least 1")
         if self.max_domain_regression < 0 or self.max_eval_loss_increase < 0 or self.min_items < 1:
             raise ValueError(f"invalid gate config: {self}")
+        floors = [self.min_score, self.min_domain_score, *self.domain_floors.values()]
+        shares = [self.max_contamination, self.max_label_disagreement]
+        if not all(0.0 <= f <= 1.0 for f in floors + shares):
+            raise ValueError(f"gate floors and shares must be in [0, 1]: {self}")
 
 
 @dataclass(frozen=True)
@@ -146,6 +165,9 @@ class GateReport:
     per_domain: dict[str, DomainResult] = field(default_factory=dict)
     candidate_eval_loss: float | None = None
     champion_eval_loss: float | None = None
+    contamination: float | None = None  # share of golden items with a near-duplicate in train (None: not measured)
+    label_disagreement: float | None = None  # share of trusted golden items contradicted by training answers
+    min_score: float = 0.0  # the floor the candidate was held to
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -169,6 +191,9 @@ class GateReport:
             per_domain=per_domain,
             candidate_eval_loss=_opt_float(data.get("candidate_eval_loss")),
             champion_eval_loss=_opt_float(data.get("champion_eval_loss")),
+            contamination=_opt_float(data.get("contamination")),
+            label_disagreement=_opt_float(data.get("label_disagreement")),
+            min_score=float(data.get("min_score", 0.0)),
         )
 
 
@@ -230,9 +255,14 @@ def compare(
     candidate_eval_loss: float | None,
     champion_eval_loss: float | None,
     config: GateConfig,
+    contamination: float | None = None,
+    label_disagreement: float | None = None,
 ) -> GateReport:
     """Decide promote / reject / inconclusive for a candidate against the champion (rules in the module
-    docstring). Raises ``ValueError`` for malformed input (duplicate ids, NaN scores)."""
+    docstring). ``contamination``: the share of golden items with a near-duplicate in the candidate's train
+    split; ``label_disagreement``: the share of trusted golden items whose near-duplicate training answers
+    differ (both None when not measured). Raises ``ValueError`` for malformed input (duplicate ids, NaN
+    scores)."""
     _validate(items)
     n = len(items)
     level = f"{config.confidence:.0%}"
@@ -255,8 +285,27 @@ def compare(
     verdict: Verdict
     if n < config.min_items:
         verdict, reason = "reject", f"Only {n} paired items, fewer than the {config.min_items} required; {figures}."
+    elif contamination is not None and contamination > config.max_contamination + _EPS:
+        verdict = "reject"
+        reason = (
+            f"Golden set contamination {contamination:.1%} is over the allowed {config.max_contamination:.1%}: "
+            f"that share of golden items has a near-duplicate in the candidate's training split, so the score "
+            f"would measure memorisation; use a golden set that shares no task with training; {figures}."
+        )
     elif (loss := _loss_regression(candidate_eval_loss, champion_eval_loss, config)) is not None:
         verdict, reason = "reject", f"{loss}; {figures}."
+    elif config.min_score > 0 and cand_mean < config.min_score - _EPS:
+        verdict = "reject"
+        reason = (
+            f"Candidate scores {cand_mean:.3f}, below the floor {config.min_score:.3f} (evaluation.min_score), "
+            f"whatever the champion scores; {figures}."
+        )
+    elif (low := _below_floor(domains, config)) is not None:
+        name, result, floor = low
+        verdict = "reject"
+        reason = (
+            f"Domain {name!r} scores {result.candidate:.3f} (n={result.n}), below its floor {floor:.3f}; {figures}."
+        )
     elif (worst := _worst_domain(domains, config)) is not None:
         name, result = worst
         verdict = "reject"
@@ -267,6 +316,17 @@ def compare(
     elif diff <= config.margin + _EPS:
         verdict = "reject"
         reason = f"Difference {diff:+.3f} does not exceed the margin {config.margin:.3f}; {figures}."
+    elif (
+        ci_low > config.margin + _EPS
+        and label_disagreement is not None
+        and label_disagreement > config.max_label_disagreement + _EPS
+    ):
+        verdict = "inconclusive"
+        reason = (
+            f"Would promote, but the training answers disagree with the trusted golden set on "
+            f"{label_disagreement:.1%} of its near-duplicate tasks (allowed {config.max_label_disagreement:.1%}): "
+            f"the training data may carry wrong labels; held for a human; {figures}."
+        )
     elif ci_low > config.margin + _EPS:
         verdict = "promote"
         reason = f"Lower bound {ci_low:+.3f} clears the margin {config.margin:.3f}; {figures}."
@@ -289,7 +349,23 @@ def compare(
         per_domain=domains,
         candidate_eval_loss=candidate_eval_loss,
         champion_eval_loss=champion_eval_loss,
+        contamination=contamination,
+        label_disagreement=label_disagreement,
+        min_score=config.min_score,
     )
+
+
+def _below_floor(domains: Mapping[str, DomainResult], config: GateConfig) -> tuple[str, DomainResult, float] | None:
+    """The domain furthest below its floor, if any."""
+    low = []
+    for name, result in domains.items():
+        floor = config.domain_floors.get(name, config.min_domain_score)
+        if floor > 0 and result.candidate < floor - _EPS:
+            low.append((result.candidate - floor, name, result, floor))
+    if not low:
+        return None
+    _, name, result, floor = min(low)
+    return name, result, floor
 
 
 def _loss_regression(candidate: float | None, champion: float | None, config: GateConfig) -> str | None:

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from subagents.lengths import TruncationReport
 from tools.gpu.base import Instance, InstanceState, Offer, OfferRequirements
 from tools.gpu.offers import JobShape, rank_offers
 from tools.gpu.offers import requirements_for as offer_requirements
@@ -94,17 +95,29 @@ def expected_hours(params: TrainingParams, train_tokens: int, *, remote: bool) -
 
 
 def plan_training(
-    params: TrainingParams, offers: list[Offer], *, train_examples: int, train_tokens: int, remote: bool
+    params: TrainingParams,
+    offers: list[Offer],
+    *,
+    train_examples: int,
+    train_tokens: int,
+    remote: bool,
+    truncation: TruncationReport | None = None,
 ) -> TrainingPlan | None:
     """The offer with the lowest expected TOTAL cost of the job (not the lowest $/h). None when there is none.
 
     Rented offers are ranked by tools/gpu/offers.py's model: hours from the dataset's tokens and each offer's
     throughput, plus storage, bandwidth and the expected cost of retries. The local machine has one offer, priced
     from the configured throughput estimate.
+
+    ``truncation`` (``subagents.lengths.truncation_report`` of the train split at ``params.seq_len``) goes into
+    the figures as ``truncation``, with its one-line message, so the decision says how many examples the
+    configured ``seq_len`` cuts and proposes the length that fits: no silent truncation.
     """
     if not offers:
         return None
     figures: dict[str, Any] = {"train_examples": train_examples, "train_tokens": train_tokens}
+    if truncation is not None:
+        figures["truncation"] = truncation.to_dict()
     if remote:
         ranked = [(o, c) for o, c in rank_offers(offers, job_shape(params, train_tokens)) if c.total_usd < float("inf")]
         if not ranked:

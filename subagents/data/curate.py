@@ -6,7 +6,9 @@ The pipeline, in this order (each record leaves at the first step that rejects i
   3. exact dedup          ``content_hash``; the first occurrence in input order is kept   -> ``dropped``
   4. near dedup           MinHash + LSH + exact Jaccard on prompt+output, per domain      -> ``dropped``
   5. scrubbing            prompt, output and tests; counts by kind                       -> ``scrubbed``
-  6. split                by ``split_key(prompt)`` (split.py)
+  6. split                by task cluster (clusters.py: the same task reworded, across all domains): a
+                          cluster goes whole to the split of its first record's ``split_key(prompt)``
+                          (golden if a member's key is in ``frozen_golden``); its examples carry that key
   7. ``max_examples``     caps train only (eval and golden must stay comparable between snapshots)
 
 Invariants:
@@ -14,7 +16,12 @@ Invariants:
 - A record's ``tests`` (test code, optional) travel as the example's ``tests``, scrubbed like the messages; an
   example without tests serialises exactly as before the field existed (no key), so snapshot hashes of such
   data do not change.
-- The golden split never reaches train: an example's split is a function of its prompt alone.
+- The golden split never reaches train: no task cluster straddles two splits within a snapshot. Across
+  snapshots, records arrive in time order and clusters only merge, so a cluster keeps its first record's split;
+  a merge of two clusters (a record that bridges them) or a late, older record can move one, unless the caller
+  passes the previous golden prompts' keys as ``frozen_golden``, which keeps a golden cluster golden.
+  An example's ``split_key`` is its cluster's key, so ``assign_split(example.split_key)`` is its split (or it
+  is golden by ``frozen_golden``).
 - Deterministic: the same records in the same order and config give the same result.
 """
 
@@ -23,10 +30,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
+from subagents.data.clusters import TaskItem, task_clusters
 from subagents.data.dedup import near_duplicates
 from subagents.data.injection import screen
 from subagents.data.schema import ExecutionRecord, content_hash
@@ -56,6 +65,7 @@ class CurationConfig:
     require_tests_pass: bool = True  # tests_passed == tests_total, when both are reported
     min_rating: int | None = None  # drop records whose human rating is below this
     near_dup_threshold: float = 0.85  # Jaccard similarity at or above which a record is a near duplicate
+    cluster_threshold: float = 0.6  # content-token Jaccard at or above which two records are one task (clusters.py)
     eval_fraction: float = 0.1
     golden_fraction: float = 0.15
     max_examples: int | None = None  # cap on train examples (highest weight, then newest, are kept)
@@ -63,6 +73,8 @@ class CurationConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.near_dup_threshold <= 1.0:
             raise ValueError("near_dup_threshold must be in (0, 1]")
+        if not 0.0 < self.cluster_threshold <= 1.0:
+            raise ValueError("cluster_threshold must be in (0, 1]")
         if self.min_rating is not None and not 1 <= self.min_rating <= 5:
             raise ValueError("min_rating must be 1..5")
         if self.max_examples is not None and self.max_examples < 0:
@@ -111,6 +123,7 @@ class CurationResult:
     domain_counts: dict[str, dict[str, int]]  # split -> domain -> examples
     config: CurationConfig = field(default_factory=CurationConfig)
     records_in: int = 0
+    task_clusters: dict[str, int] = field(default_factory=dict)  # clusters, records in multi-record clusters, largest
 
     def split(self, name: Split | str) -> list[Example]:
         return {Split.TRAIN: self.train, Split.EVAL: self.eval, Split.GOLDEN: self.golden}[Split(name)]
@@ -152,8 +165,13 @@ def _screen_record(record: ExecutionRecord) -> str | None:
     return None
 
 
-def curate(records: Iterable[ExecutionRecord], config: CurationConfig | None = None) -> CurationResult:
-    """Filter, screen, deduplicate, scrub and split ``records`` (see the module docstring)."""
+def curate(
+    records: Iterable[ExecutionRecord], config: CurationConfig | None = None, *, frozen_golden: Collection[str] = ()
+) -> CurationResult:
+    """Filter, screen, deduplicate, scrub and split ``records`` (see the module docstring).
+
+    ``frozen_golden``: split keys that were golden before (``split_key`` of the previous snapshot's golden
+    prompts); a task cluster holding any of them is golden whatever else joined it."""
     config = config or CurationConfig()
     dropped: Counter[str] = Counter()
     samples: dict[str, list[str]] = defaultdict(list)
@@ -198,6 +216,23 @@ def curate(records: Iterable[ExecutionRecord], config: CurationConfig | None = N
     for idx in sorted(near):
         drop(DropReason.NEAR_DUPLICATE, kept[idx][0].record_id)
 
+    # Step 6's clusters, over every record that reached dedup (so a dropped near duplicate still links its
+    # cluster). A cluster goes whole to the split of its first record (timestamp, then record id): retries
+    # follow the original, new records do not move old clusters, and the golden share stays the configured
+    # fraction whatever the cluster sizes. A member key in ``frozen_golden`` makes the cluster golden.
+    cluster_of = task_clusters([TaskItem(r.prompt, r.output) for r, _ in kept], config.cluster_threshold)
+    first: dict[int, tuple[datetime, str, int]] = {}
+    frozen_clusters: set[int] = set()
+    for idx, (record, _) in enumerate(kept):
+        c = cluster_of[idx]
+        mark = (record.timestamp, record.record_id, idx)
+        if c not in first or mark < first[c]:
+            first[c] = mark
+        if frozen_golden and split_key(record.prompt) in frozen_golden:
+            frozen_clusters.add(c)
+    cluster_key = {c: split_key(kept[mark[2]][0].prompt) for c, mark in first.items()}
+    sizes = Counter(cluster_of)
+
     # Steps 5-6.
     scrubbed: Counter[str] = Counter()
     splits: dict[Split, list[tuple[Example, ExecutionRecord]]] = {s: [] for s in Split}
@@ -208,7 +243,7 @@ def curate(records: Iterable[ExecutionRecord], config: CurationConfig | None = N
         scrubbed.update(prompt.counts)
         scrubbed.update(output.counts)
         scrubbed.update(tests.counts)
-        key = split_key(record.prompt)
+        key = cluster_key[cluster_of[idx]]
         example = Example(
             id=f"ex-{hashlib.sha256(digest.encode()).hexdigest()[:20]}",
             domain=record.domain,
@@ -218,7 +253,10 @@ def curate(records: Iterable[ExecutionRecord], config: CurationConfig | None = N
             record_id=record.record_id,
             tests=tests.text,
         )
-        which = assign_split(key, eval_fraction=config.eval_fraction, golden_fraction=config.golden_fraction)
+        if cluster_of[idx] in frozen_clusters:
+            which = Split.GOLDEN
+        else:
+            which = assign_split(key, eval_fraction=config.eval_fraction, golden_fraction=config.golden_fraction)
         splits[which].append((example, record))
 
     # Step 7: cap train, keeping the highest weight, then the newest; the survivors keep input order.
@@ -244,4 +282,9 @@ def curate(records: Iterable[ExecutionRecord], config: CurationConfig | None = N
         domain_counts=domain_counts,
         config=config,
         records_in=n_in,
+        task_clusters={
+            "clusters": len(sizes),
+            "clustered_records": sum(n for n in sizes.values() if n > 1),
+            "largest": max(sizes.values(), default=0),
+        },
     )

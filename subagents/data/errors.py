@@ -6,7 +6,8 @@ The tree (rooted in ``tools.errors.PilotError``)::
     └── DataError                 the data subagent refused its input or could not write its output
         ├── RecordError           one execution record is invalid (also a ValueError); ``.reason`` names the field
         └── SnapshotError         a snapshot could not be written or read back intact
-            └── SnapshotExistsError   the snapshot directory already holds a snapshot (snapshots are immutable)
+            ├── SnapshotExistsError   the snapshot directory already holds a snapshot (snapshots are immutable)
+            └── ResidualSecretError   the final scan still found a secret or PII after scrubbing; nothing shipped
 """
 
 from __future__ import annotations
@@ -34,3 +35,16 @@ class SnapshotError(DataError):
 
 class SnapshotExistsError(SnapshotError):
     """The target directory already holds a snapshot; snapshots are never overwritten."""
+
+
+class ResidualSecretError(SnapshotError):
+    """The final pass (final_pass.py) still found secrets or PII in what was about to be written.
+
+    ``record_ids`` names the items (record ids for snapshot lines, point ids for knowledge-base payloads);
+    ``kinds`` the detector kinds. The values themselves are never carried: this error is logged.
+    """
+
+    def __init__(self, message: str, *, record_ids: list[str], kinds: list[str]) -> None:
+        super().__init__(message)
+        self.record_ids = record_ids
+        self.kinds = kinds

@@ -8,6 +8,8 @@ Invariants:
 - ``Manifest.content_hash`` is sha256 over the three files' sha256 digests, so it names the data exactly
   (same examples in the same order give the same hash) and does not depend on ``created_at`` or ``source``.
   ``verify_snapshot`` recomputes it from the files.
+- Nothing ships that the scrubber's detectors still find: every file is scanned as written before the rename
+  (final_pass.py); a finding raises ``ResidualSecretError`` with the record ids and nothing is published.
 - A line is ``Example.to_json()``: id, domain, weight, messages, and ``tests`` (scrubbed test code) only for
   examples that have some; ``Manifest.with_tests`` counts those per split (absent in manifests written before
   the field existed, read back as empty).
@@ -27,6 +29,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 from subagents.data.curate import CurationResult
 from subagents.data.errors import SnapshotError, SnapshotExistsError
+from subagents.data.final_pass import refuse, scan_snapshot_dir
 
 __all__ = ["SPLIT_FILES", "FileEntry", "Manifest", "read_manifest", "verify_snapshot", "write_snapshot"]
 
@@ -70,6 +73,7 @@ class Manifest(BaseModel):
     scrubbed: dict[str, int]
     source: dict[str, Any]
     with_tests: dict[str, int] = Field(default_factory=dict)  # split -> examples carrying test code
+    task_clusters: dict[str, int] = Field(default_factory=dict)  # clusters, clustered_records, largest (curate.py)
 
 
 def _combined_hash(files: dict[str, FileEntry]) -> str:
@@ -128,12 +132,17 @@ def write_snapshot(
             scrubbed=result.scrubbed,
             source=source,
             with_tests={s: sum(1 for e in result.split(s) if e.tests) for s in SPLIT_FILES},
+            task_clusters=result.task_clusters,
         )
         with (tmp / MANIFEST).open("w", encoding="utf-8") as fh:
             fh.write(manifest.model_dump_json(indent=2))
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp / MANIFEST, 0o444)
+        # Defence in depth: what was written is scanned again with the scrubber's detectors; a hit refuses
+        # the snapshot (ResidualSecretError names the records) and the temporary directory goes.
+        line_ids = {name: [e.record_id for e in result.split(split)] for split, name in SPLIT_FILES.items()}
+        refuse(scan_snapshot_dir(tmp, line_ids), f"snapshot {directory.name}")
         _fsync_dir(tmp)
         try:
             # rename(2) replaces only an *empty* directory; a non-empty one makes it fail, which is the

@@ -309,3 +309,92 @@ def test_score_code_runs_the_sandbox() -> None:
     assert score_code(good, SNAKE_TESTS, limits=LIMITS) == 1.0
     assert score_code(bad, SNAKE_TESTS, limits=LIMITS) == 0.0
     assert score_code("while True:\n    pass", SNAKE_TESTS, limits=LIMITS) == 0.0
+
+
+# ------------------------------------------------------------------------------- floors and contamination
+
+# The case: on 150 trusted items the candidate (trained on 60% poisoned answers) is right on 45, the
+# base it is compared with scores 0. A margin alone promotes it; a floor does not.
+POISONED = domain_items("ops", n=150, wins=45)
+
+
+FLOOR_CASES = [
+    # (id, items, compare kwargs, config overrides, verdict, phrase in reason)
+    ("margin only promotes a weak candidate", POISONED, {}, {}, "promote", "clears the margin"),
+    (
+        "the floor rejects it whatever the champion scores",
+        POISONED,
+        {},
+        {"min_score": 0.5},
+        "reject",
+        "Candidate scores 0.300, below the floor 0.500 (evaluation.min_score), whatever the champion scores",
+    ),
+    ("a candidate at the floor passes it", POISONED, {}, {"min_score": 0.3}, "promote", "clears the margin"),
+    (
+        "a per-domain floor names the domain",
+        items(domain_items("python-naming", n=60, wins=50), domain_items("cli-flags", n=60, wins=20)),
+        {},
+        {"min_score": 0.5, "domain_floors": {"cli-flags": 0.5}},
+        "reject",
+        "Domain 'cli-flags' scores 0.333 (n=60), below its floor 0.500",
+    ),
+    (
+        "the default domain floor applies to every domain",
+        items(domain_items("python-naming", n=60, wins=50), domain_items("cli-flags", n=60, wins=20)),
+        {},
+        {"min_domain_score": 0.4},
+        "reject",
+        "Domain 'cli-flags' scores 0.333",
+    ),
+    (
+        "contamination over the ceiling refuses to promote",
+        CLEAR_WIN,
+        {"contamination": 0.12},
+        {},
+        "reject",
+        "Golden set contamination 12.0% is over the allowed 5.0%",
+    ),
+    ("contamination under the ceiling is fine", CLEAR_WIN, {"contamination": 0.04}, {}, "promote", "clears"),
+    (
+        "training answers contradicting a trusted golden set hold for a human",
+        CLEAR_WIN,
+        {"label_disagreement": 0.4},
+        {},
+        "inconclusive",
+        "disagree with the trusted golden set on 40.0%",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("items_", "kwargs", "overrides", "verdict", "phrase"),
+    [case[1:] for case in FLOOR_CASES],
+    ids=[str(case[0]) for case in FLOOR_CASES],
+)
+def test_floors_contamination_and_disagreement(
+    items_: list[PairedItem],
+    kwargs: dict[str, float],
+    overrides: dict[str, object],
+    verdict: str,
+    phrase: str,
+) -> None:
+    config = replace(GateConfig(bootstrap_samples=500), **overrides)
+    report = compare(items_, candidate_eval_loss=None, champion_eval_loss=None, config=config, **kwargs)
+    assert report.verdict == verdict, report.reason
+    assert phrase in report.reason
+    again = GateReport.from_dict(json.loads(json.dumps(report.to_dict())))
+    assert again == report
+
+
+def test_old_reports_without_the_new_fields_still_load() -> None:
+    data = compare(CLEAR_WIN, candidate_eval_loss=None, champion_eval_loss=None, config=GateConfig()).to_dict()
+    for key in ("contamination", "label_disagreement", "min_score"):
+        data.pop(key)
+    report = GateReport.from_dict(data)
+    assert report.contamination is None and report.min_score == 0.0
+
+
+@pytest.mark.parametrize("bad", [{"min_score": 1.5}, {"max_contamination": -0.1}, {"domain_floors": {"x": 2.0}}])
+def test_bad_floors_are_refused(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        GateConfig(**bad)  # type: ignore[arg-type]

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import random
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -9,7 +12,8 @@ import pytest
 from data_factories import record
 
 from subagents.data.curate import CurationConfig, curate
-from subagents.data.errors import SnapshotError, SnapshotExistsError
+from subagents.data.errors import ResidualSecretError, SnapshotError, SnapshotExistsError
+from subagents.data.final_pass import check_payloads
 from subagents.data.samples import generate_demo_records
 from subagents.data.schema import parse_jsonl_line
 from subagents.data.snapshot import Manifest, read_manifest, verify_snapshot, write_snapshot
@@ -97,3 +101,45 @@ def test_verify_detects_tampering(tmp_path: Path) -> None:
         verify_snapshot(tmp_path / "s")
     with pytest.raises(SnapshotError):
         read_manifest(tmp_path / "missing")
+
+
+def _planted_aws_key() -> str:
+    # Built at run time from the format (AKIA + 16 of A-Z2-7): no secret-shaped literal in the repository.
+    return "AKIA" + "".join(random.Random(3).choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567") for _ in range(16))
+
+
+def test_final_pass_refuses_a_snapshot_with_a_value_that_slipped_past_scrubbing(tmp_path: Path) -> None:
+    result = result_for(200)
+    victim = result.train[3]
+    key = _planted_aws_key()
+    # Injected after scrubbing, as a later step or a bug would: the first pass never saw it.
+    leaked = dataclasses.replace(
+        victim, messages=(victim.messages[0], {"role": "assistant", "content": f"use {key} for the upload"})
+    )
+    tampered = dataclasses.replace(result, train=[*result.train[:3], leaked, *result.train[4:]])
+    with pytest.raises(ResidualSecretError) as info:
+        write_snapshot(tampered, tmp_path / "s", source={}, now=NOW)
+    assert info.value.record_ids == [victim.record_id]
+    assert victim.record_id in str(info.value) and "aws_access_key" in str(info.value)
+    assert key not in str(info.value)  # the error is logged: it names the record, never the value
+    assert list(tmp_path.iterdir()) == []  # nothing shipped, no temporary directory left
+
+
+def test_final_pass_also_scans_the_tests_field_and_the_manifest(tmp_path: Path) -> None:
+    result = result_for(100)
+    victim = result.golden[0]
+    tampered = dataclasses.replace(
+        result, golden=[dataclasses.replace(victim, tests=f"KEY = '{_planted_aws_key()}'"), *result.golden[1:]]
+    )
+    with pytest.raises(ResidualSecretError, match=re.escape(victim.record_id)):
+        write_snapshot(tampered, tmp_path / "a", source={}, now=NOW)
+    with pytest.raises(ResidualSecretError, match=r"manifest\.json"):
+        write_snapshot(result, tmp_path / "b", source={"note": f"uploaded with {_planted_aws_key()}"}, now=NOW)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_knowledge_base_payloads_are_checked_the_same_way() -> None:
+    check_payloads([("p1", {"task": "Rename getUserName to snake_case", "solution": "get_user_name"})])
+    with pytest.raises(ResidualSecretError) as info:
+        check_payloads([("p1", {"task": "ok"}), ("p2", {"solution": {"text": f"key {_planted_aws_key()}"}})])
+    assert info.value.record_ids == ["p2"] and info.value.kinds == ["aws_access_key"]
