@@ -27,6 +27,7 @@ from sqlalchemy import case, func
 from sqlmodel import Session, col, select
 
 from pilot.context import PilotContext
+from subagents.data.final_pass import check_payloads
 from pilot.data.snapshots import curation_config, iter_records, newest_record_pk
 from pilot.settings import Settings
 from pilot.store.models import ExecutionRecordRow, PilotState, utcnow
@@ -195,6 +196,8 @@ def refresh_knowledge_base(ctx: PilotContext, *, kb: KnowledgeBase | None = None
                 solutions = solutions_from(records, ctx, report)
                 rates = _success_rates(session, sorted({s.key for s in solutions}))
             solutions = [_with_rate(s, rates) for s in solutions]
+            # The payloads are served into the product's prompts: the final pass refuses any still holding a secret.
+            check_payloads((s.key, s.payload()) for s in solutions)
             report.upserted += base.upsert_solutions(solutions)
             report.records_read += len(records)
             with ctx.store.session(write=True) as session:

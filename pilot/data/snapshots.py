@@ -7,7 +7,9 @@ cost grows with new records, not with the store.
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -17,6 +19,8 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from pilot.context import PilotContext
+from subagents.data.errors import SnapshotError
+from subagents.data.split import split_key
 from pilot.store.models import DatasetSnapshot, ExecutionRecordRow, TrainingRun
 from pilot.store.status import EntityType, RunStatus
 from pilot.store.writers import record_event
@@ -47,7 +51,25 @@ def curation_config(ctx: PilotContext) -> CurationConfig:
         near_dup_threshold=c.near_dup_threshold,
         eval_fraction=c.eval_fraction,
         golden_fraction=c.golden_fraction,
+        cluster_threshold=c.cluster_threshold,
     )
+
+
+def frozen_golden(session: Session) -> set[str]:
+    """The split keys of the newest snapshot's golden prompts: a task once golden stays golden (its whole
+    cluster with it), so the gate never measures a candidate on tasks it trained on."""
+    last = session.exec(select(DatasetSnapshot).order_by(col(DatasetSnapshot.created_at).desc())).first()
+    path = Path(last.path) / "golden.jsonl" if last is not None else None
+    if path is None or not path.is_file():
+        return set()
+    keys: set[str] = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        messages = json.loads(line).get("messages", [])
+        prompt = next((str(m.get("content", "")) for m in messages if m.get("role") == "user"), "")
+        keys.add(split_key(prompt))
+    return keys
 
 
 def iter_records(session: Session, *, after_pk: int = 0, upto_pk: int | None = None) -> Iterator[ExecutionRecord]:
@@ -102,11 +124,24 @@ def make_snapshot(ctx: PilotContext, *, actor: str = "supervisor") -> tuple[Data
     with ctx.store.session() as session:
         newest = newest_record_pk(session)
         records = list(iter_records(session, upto_pk=newest))
-    result = curate(records, curation_config(ctx))
+        golden_keys = frozen_golden(session)
+    result = curate(records, curation_config(ctx), frozen_golden=golden_keys)
     root = ctx.settings.snapshots_dir
     root.mkdir(parents=True, exist_ok=True)
     staging = root / f".staging-{uuid.uuid4().hex[:8]}"
-    manifest = write_snapshot(result, staging, source={"records": len(records), "max_record_pk": newest})
+    try:  # the final pass refuses to write a snapshot that still holds a secret or PII (ResidualSecretError)
+        manifest = write_snapshot(result, staging, source={"records": len(records), "max_record_pk": newest})
+    except SnapshotError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        with ctx.store.session(write=True) as session:
+            record_event(
+                session,
+                entity_type=EntityType.DATASET_SNAPSHOT,
+                entity_id="refused",
+                actor=actor,
+                reason=f"snapshot refused: {exc}"[:2000],
+            )
+        raise
     snapshot_id = f"snap-{manifest.content_hash[:12]}"
     final = root / snapshot_id
     with ctx.store.session(write=True) as session:

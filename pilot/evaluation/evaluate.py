@@ -53,8 +53,10 @@ from pilot.serving.registry import CHAMPION, get_version
 from pilot.spend.ledger import LLM_EVENT, record_spend
 from pilot.store.models import DatasetSnapshot, ModelVersion
 from pilot.store.writers import alias_target, record_event
+from subagents.data.clusters import file_contamination, file_label_disagreement
 from subagents.data.split import split_key
 from subagents.evaluation import GateConfig, GateReport, PairedItem, compare, extract_code, score_normalised
+from subagents.lengths import generation_report
 from tools.artifacts.base import sha256_file
 from tools.errors import IntegrityError
 from tools.gpu.base import InstanceState, LaunchSpec
@@ -197,6 +199,11 @@ def gate_config(ctx: PilotContext) -> GateConfig:
         bootstrap_samples=e.bootstrap_samples,
         max_eval_loss_increase=e.max_eval_loss_increase,
         min_items=e.min_items,
+        min_score=e.min_score,
+        min_domain_score=e.min_domain_score,
+        domain_floors=dict(e.domain_floors),
+        max_contamination=e.max_golden_contamination,
+        max_label_disagreement=e.max_label_disagreement,
     )
 
 
@@ -457,6 +464,13 @@ def evaluate_version(
         raise EvaluationError(f"{version_id} has no golden set to be evaluated on ({golden or 'no snapshot'})")
     items = _golden_items(golden)
     overlap = _train_overlap(Path(snapshot.path) / "train.jsonl", golden) if snapshot is not None else 0
+    train_file = Path(snapshot.path) / "train.jsonl" if snapshot is not None else None
+    contaminated = file_contamination(golden, train_file) if train_file and train_file.is_file() else None
+    disagreement = (
+        file_label_disagreement(golden, train_file)
+        if trusted is not None and train_file is not None and train_file.is_file()
+        else None
+    )
     workdir = ctx.settings.work_dir / "eval" / version_id
     workdir.mkdir(parents=True, exist_ok=True)
     label_base = f"learning-pilot/{ctx.settings.env}/eval-{version_id}"
@@ -503,6 +517,8 @@ def evaluate_version(
         candidate_eval_loss=cand.get("eval_loss"),
         champion_eval_loss=champ.get("eval_loss"),
         config=gate_config(ctx),
+        contamination=contaminated.share if contaminated is not None else None,
+        label_disagreement=disagreement.share if disagreement is not None and disagreement.matched else None,
     )
     skipped = scoring.get("sandbox", {}).get("not_evaluated_items") or []
     if skipped:  # the sandbox could not isolate untrusted code: no automatic verdict, a human reviews
@@ -555,6 +571,17 @@ def evaluate_version(
         "golden_sha256": sha256_file(golden),
         "golden_items": len(items),
         "golden_prompts_in_train": overlap,
+        "golden_contamination": None
+        if contaminated is None
+        else {"share": contaminated.share, "items": contaminated.contaminated, "ids": list(contaminated.ids)},
+        "label_disagreement": None
+        if disagreement is None
+        else {"share": disagreement.share, "matched": disagreement.matched, "ids": list(disagreement.ids)},
+        "generation_lengths": generation_report(
+            [str(i["ref"]) for i in items],
+            ctx.settings.evaluation.max_new_tokens,
+            max_share=ctx.settings.evaluation.max_truncated_share,
+        ).to_dict(),
         "confidence": ctx.settings.evaluation.confidence,
         "scoring": scoring["method"],
         "scoring_modes": scoring["modes"],

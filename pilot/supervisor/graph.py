@@ -60,6 +60,10 @@ def after_decide(state: CycleState) -> Literal["snapshot", "finish"]:
     return "snapshot" if state["action"] == DecisionAction.FINETUNE else "finish"
 
 
+def after_snapshot(state: CycleState) -> Literal["plan", "finish"]:
+    return "finish" if state.get("outcome") else "plan"
+
+
 def after_plan(state: CycleState) -> Literal["request_approval", "train", "finish"]:
     if state["action"] != DecisionAction.FINETUNE:
         return "finish"
@@ -99,7 +103,7 @@ def build_graph(ctx: PilotContext) -> StateGraph:
     graph.add_conditional_edges("monitor", after_monitor)
     graph.add_edge("observe", "decide")
     graph.add_conditional_edges("decide", after_decide)
-    graph.add_edge("snapshot", "plan")
+    graph.add_conditional_edges("snapshot", after_snapshot)
     graph.add_conditional_edges("plan", after_plan)
     graph.add_edge("request_approval", "await_approval")
     graph.add_conditional_edges("await_approval", after_approval)

@@ -26,6 +26,8 @@ from pilot.supervisor import approvals, notify
 from pilot.supervisor.agent import decide_with_agent, recent_decisions
 from pilot.supervisor.facts import gather_facts
 from pilot.supervisor.state import CycleState, get_decision, log_line, run_for_decision, update_decision
+from subagents.data.errors import SnapshotError
+from subagents.lengths import truncation_report
 from subagents.training import TrainingPlan, count_tokens, plan_training, requirements_for
 from tools.errors import PilotError
 
@@ -39,7 +41,12 @@ def price_run(ctx: PilotContext, snapshot_id: str) -> tuple[DatasetSnapshot, Tra
     params = training_params(ctx)
     offers = ctx.gpu.search_offers(requirements_for(params, max_dph=ctx.settings.budget.max_dph))
     remote = ctx.gpu.name != "local"
-    return snap, plan_training(params, offers, train_examples=examples, train_tokens=tokens, remote=remote)
+    cut = truncation_report(
+        Path(snap.path) / "train.jsonl", params.seq_len, max_share=ctx.settings.training.max_truncated_share
+    )
+    return snap, plan_training(
+        params, offers, train_examples=examples, train_tokens=tokens, remote=remote, truncation=cut
+    )
 
 
 def max_spend(ctx: PilotContext, training: TrainingPlan) -> float:
@@ -130,7 +137,12 @@ def decide(ctx: PilotContext, state: CycleState) -> dict[str, Any]:
 
 
 def snapshot(ctx: PilotContext, state: CycleState) -> dict[str, Any]:
-    snap, result = make_snapshot(ctx)
+    try:
+        snap, result = make_snapshot(ctx)
+    except SnapshotError as exc:  # the final pass found a secret the scrubber missed: nothing ships
+        why = f"snapshot refused: {exc}"
+        update_decision(ctx, state["decision_id"], action=DecisionAction.WAIT, reason=why[:500])
+        return {"action": DecisionAction.WAIT.value, "outcome": why, "log": log_line(state, why)}
     line = (
         f"snapshot {snap.id}: {snap.train_count} train / {snap.eval_count} eval / {snap.golden_count} golden; "
         f"dropped {dict(result.dropped)}; scrubbed {dict(result.scrubbed)}; quarantined {len(result.quarantined)}"
@@ -166,6 +178,9 @@ def plan(ctx: PilotContext, state: CycleState) -> dict[str, Any]:
         f"${training.offer.dph_total:.3f}/h, ~{training.expected_hours:.3f} h, est. ${training.estimated_cost_usd:.4f} "
         f"(at most ${max_spend(ctx, training):.4f}); {ruling.reason}"
     )
+    cut = training.figures.get("truncation") or {}
+    if cut.get("too_many"):
+        line += f"; {cut.get('message')}"
     return {"verdict": ruling.verdict.value, "log": log_line(state, line)}
 
 

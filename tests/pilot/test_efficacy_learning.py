@@ -3,7 +3,7 @@ evaluation by generation on the golden set -> the gate -> registry and serving t
 
 (a) A task where fine-tuning helps: the cycle promotes a candidate whose improvement is significant (the
     bootstrap lower bound clears the margin), deploys it, and reports the gate to Slack.
-(b) A poisoned dataset (75% of the successful records carry a consistently wrong answer): the candidate is never
+(b) A poisoned dataset (60% of the successful records carry a consistently wrong answer): the candidate is never
     promoted. The gate is judged on a trusted golden file (``evaluation.golden_path``): a golden split drawn from
     the poisoned records would share their wrong labels and could not catch them (see pilot/evaluation/evaluate.py).
 
@@ -120,7 +120,10 @@ def test_finetuning_that_helps_is_promoted_with_a_significant_improvement(
     make_settings: Callable[..., Settings], slack: FakeSlack
 ) -> None:
     settings = loop_settings(
-        make_settings, slack={"enabled": True, "bot_token": slack.token, "base_url": slack.base_url}
+        make_settings,
+        slack={"enabled": True, "bot_token": slack.token, "base_url": slack.base_url},
+        # A 0.3 floor for a tiny model trained for 60 steps on CPU (the default 0.5 is for real models).
+        evaluation={"min_score": 0.3},
     )
     store = Store(settings.database_url)
     store.migrate()
@@ -147,13 +150,15 @@ def test_finetuning_that_helps_is_promoted_with_a_significant_improvement(
 
 
 def test_poisoned_dataset_is_never_promoted(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    """60% of the successful records carry the wrong answer; the base scores 0 on the trusted golden file, so a
+    margin alone would promote anything that learned a little: the floor (and the label disagreement) stop it."""
     golden = trusted_golden(tmp_path / "golden.jsonl", n=70, seed=99)
     settings = loop_settings(make_settings, evaluation={"golden_path": golden, "min_items": 20})
     store = Store(settings.database_url)
     store.migrate()
     try:
         ctx = build_context(settings, store=store)
-        lines, poisoned, successful = poison(generate_demo_records(420, seed=3, malformed=0.0), fraction=0.75, seed=1)
+        lines, poisoned, successful = poison(generate_demo_records(420, seed=3, malformed=0.0), fraction=0.6, seed=1)
         assert poisoned >= 0.5 * successful
         ingest_lines(store, lines, source="agent")
         [cycle] = run_cycle(ctx, ingest=False)
@@ -163,6 +168,8 @@ def test_poisoned_dataset_is_never_promoted(make_settings: Callable[..., Setting
         assert version.status in (ModelStatus.REJECTED, ModelStatus.AWAITING_REVIEW), cycle.outcome
         assert version.eval_report["golden_source"] == str(golden)
         assert version.eval_report["verdict"] != "promote"
+        reason = version.eval_report["reason"]
+        assert "floor" in reason or "disagree" in reason or "contaminat" in reason, reason
         with store.session() as session:
             assert registry.alias_target(session, registry.CHAMPION) is None
         assert not pointer_path(settings).exists()  # nothing was deployed
