@@ -65,6 +65,7 @@ DEFAULT_IMAGE = "pytorch/pytorch:2.4.1-cuda12.4-cudnn9-runtime"
 MAX_ENTRYPOINT_CHARS = 4096
 _LOADING_STATES = {None, "", "created", "loading", "rebooting", "starting", "restarting", "scheduling"}
 _EXIT_CODE = re.compile(r"exit(?:ed)?(?: with)?(?: code)?[ (]+(-?\d+)", re.IGNORECASE)
+_PACE_MARGIN_S = 0.05
 _PAGE_LIMIT = 25  # the v1 list's maximum page size (show_instances.yaml)
 _MAX_PAGES = 10_000  # a safety bound on a paginated list (250,000 instances), not a retry budget
 
@@ -161,6 +162,10 @@ def instance_from_row(row: Mapping[str, Any]) -> Instance:
         started_at=float(start) if isinstance(start, int | float) else None,
         detail=msg,
     )
+
+
+class _PastDeadline(ProviderUnavailable):
+    """A paced call that could not be sent before its deadline (nothing was sent)."""
 
 
 def _vast_id(instance_id: str) -> int | None:
@@ -345,54 +350,70 @@ class VastGpuProvider(GpuProvider):
     def terminate_many(self, instance_ids: Iterable[str], *, deadline_s: float = 30.0) -> TerminateReport:
         """One bulk destroy, verified by one paginated list of those ids; singles for what it left; until the deadline.
 
-        Never raises for a provider failure: ids not confirmed gone by the deadline are in ``not_gone`` with the last
-        reason (still listed, 429s, list failed). Ids that are not Vast ids are gone (Vast cannot know them).
+        Never raises for a provider failure: ids not confirmed gone by the deadline are in ``not_gone`` with the
+        reason from the last round (bulk or single destroy failed, still listed, list failed). Ids that are not Vast
+        ids are gone (Vast cannot know them). A quarter of the deadline (at most 5 s) is kept for the last
+        verification, so a 429 storm on destroy still ends with an answer about each id.
         """
         started = self._clock()
         deadline = started + deadline_s
+        destroy_by = deadline - min(0.25 * deadline_s, 5.0)
         requested = list(dict.fromkeys(str(i) for i in instance_ids))
         pending = [i for i in requested if _vast_id(i) is not None]
         why: dict[str, str] = {}
-        bulk_answered = False  # the bulk call was accepted: what is still listed gets single destroys
+        use_singles = False  # after an accepted (or unsupported) bulk call: single destroys for what is left
         rounds = 0
         while pending:
             rounds += 1
-            if not bulk_answered:
+            failed: dict[str, str] = {}
+            out_of_time: set[str] = set()  # not attempted this round: the deadline came first
+            if not use_singles:
                 try:
                     self._call(
                         "bulk destroy",
                         lambda ids=[int(i) for i in pending]: self._client.destroy_instances(ids),  # type: ignore[misc]
                         endpoint="bulk_destroy",
-                        deadline=deadline,
+                        deadline=destroy_by,
                     )
-                    bulk_answered = True
-                except ProviderError as exc:
-                    for i in pending:
-                        why[i] = f"bulk destroy failed: {exc}"
-                    logger.warning("Vast bulk destroy of %d instances failed: %s", len(pending), exc)
+                    use_singles = True
+                except ProviderUnavailable as exc:
+                    failed = dict.fromkeys(pending, f"bulk destroy failed: {exc}")
+                except ProviderError as exc:  # refused outright: singles will do it
+                    failed = dict.fromkeys(pending, f"bulk destroy refused: {exc}")
+                    use_singles = True
+                if failed:
+                    logger.warning(
+                        "Vast bulk destroy of %d instances failed: %s", len(pending), next(iter(failed.values()))
+                    )
             else:
-                for instance_id in pending:
+                for n, instance_id in enumerate(pending):
                     try:
-                        self._terminate_by(instance_id, deadline)
+                        self._terminate_by(instance_id, destroy_by)
+                    except _PastDeadline:
+                        out_of_time.update(pending[n:])
+                        break
                     except ProviderError as exc:
-                        why[instance_id] = f"destroy failed: {exc}"
-                        if self._clock() >= deadline:
+                        failed[instance_id] = f"destroy failed: {exc}"
+                        if self._clock() >= destroy_by:
+                            out_of_time.update(pending[n + 1 :])
                             break
             try:
                 listed = self._list_rows({"id": {"in": [int(i) for i in pending]}}, deadline=deadline)
             except ProviderError as exc:
                 for i in pending:
-                    why[i] = f"could not verify with a list: {exc}"
+                    why[i] = f"could not verify with a list: {exc}; before that: {failed.get(i, 'destroy sent')}"
             else:
                 still = {str(r["id"]) for r in listed if instance_from_row(r).state is not InstanceState.GONE}
-                for i in pending:
-                    if i in still:
-                        why[i] = "still listed after destroy"
                 pending = [i for i in pending if i in still]
+                for i in pending:
+                    if i in out_of_time:
+                        why[i] = f"{why.get(i, 'still listed')}; no time left for another destroy before the deadline"
+                    else:
+                        why[i] = failed.get(i, "still listed after destroy")
             if not pending:
                 break
             delay = self._backoff_delay(rounds - 1)
-            if self._clock() + delay >= deadline:
+            if self._clock() + delay >= destroy_by:
                 break
             logger.warning(
                 "Vast: %d instances not gone yet; destroy round %d in %.2fs", len(pending), rounds + 1, delay
@@ -525,15 +546,20 @@ class VastGpuProvider(GpuProvider):
         ceiling = min(self.backoff_max_s, self.backoff_base_s * 2**attempt)
         return ceiling * (0.5 + 0.5 * self._rng.random())
 
-    def _pace(self, endpoint: str) -> None:
-        """Wait for this endpoint's next free slot (per key: this client has one key), reserving it first."""
+    def _pace(self, endpoint: str, what: str, deadline: float | None) -> None:
+        """Wait for this endpoint's next free slot (per key: this client has one key), reserving it first.
+
+        Raises ``_PastDeadline`` (a ``ProviderUnavailable``) instead of waiting past ``deadline``."""
         interval = self.min_intervals.get(endpoint, 0.0)
         if interval <= 0:
             return
         with self._pace_lock:
             now = self._clock()
             slot = max(now, self._next_slot.get(endpoint, now))
-            self._next_slot[endpoint] = slot + interval
+            if deadline is not None and slot > deadline:
+                raise _PastDeadline(f"Vast {what}: the next free {endpoint} slot is past the deadline")
+            # The margin absorbs jitter between our clock and the request's arrival, so pacing never earns a 429.
+            self._next_slot[endpoint] = slot + interval + _PACE_MARGIN_S
         if slot > now:
             self._sleep(slot - now)
 
@@ -567,7 +593,7 @@ class VastGpuProvider(GpuProvider):
         translation into tools.errors (see the module docstring)."""
         for attempt in range(1_000_000):
             last = deadline is None and attempt + 1 >= self.retry_attempts
-            self._pace(endpoint)
+            self._pace(endpoint, what, deadline)
             try:
                 result = fn()
             except requests.HTTPError as exc:

@@ -197,6 +197,7 @@ class _Rule:
     after_handling: bool = False  # act on the request, then answer the failure (the answer is lost, not the act)
     every: int = 0  # > 0: only every n-th matching request fails (``fail_every``), ``remaining`` counts failures
     seen: int = 0
+    skip: int = 0  # the first ``skip`` matching requests pass untouched (e.g. fail from the third list page on)
 
     def matches(self, method: str, path: str) -> bool:
         return (self.method is None or self.method == method) and (self.path is None or self.path in path)
@@ -350,8 +351,11 @@ class VastServer:
         path: str | None = None,
         body: str = "",
         after_handling: bool = False,
+        skip: int = 0,
     ) -> None:
         """The next ``count`` matching requests answer ``status`` (429: Vast's plain text, no Retry-After).
+
+        ``skip`` lets the first matching requests through first (a list that fails from its third page on).
 
         With ``after_handling`` the request is carried out first (an instance really gets created), and only the
         answer is the failure: the "create failed but the instance exists and bills" case.
@@ -363,7 +367,9 @@ class VastServer:
                 else json.dumps({"success": False, "error": "server_error", "msg": f"injected {status}"})
             )
         with self._lock:
-            self._rules.append(_Rule(count, method, path, status=status, body=body, after_handling=after_handling))
+            self._rules.append(
+                _Rule(count, method, path, status=status, body=body, after_handling=after_handling, skip=skip)
+            )
 
     def slow_next(self, delay_s: float, count: int = 1, *, method: str | None = None, path: str | None = None) -> None:
         with self._lock:
@@ -431,6 +437,40 @@ class VastServer:
             _kill(inst)
             inst.actual = inst.intended = inst.cur_state = "stopped"
             inst.status_msg = "outbid: stopped by a higher bid"
+
+    def seed_instances(self, labels: Iterable[str], *, dph_base: float = 0.3, storage_cost: float = 0.1) -> list[int]:
+        """Instances already on the account, ``running`` with no process (another deployment's, or many of ours for a
+        benchmark), one per label; no offer is consumed and no request is logged. Returns their ids."""
+        ids: list[int] = []
+        with self._lock:
+            now = self.clock()
+            for label in labels:
+                self._next_id += 1
+                inst_id = self._next_id
+                offer = {"id": -inst_id, "gpu_name": "RTX 4090", "num_gpus": 1, "dph_base": dph_base}
+                offer["storage_cost"] = storage_cost
+                self._instances[inst_id] = _Instance(
+                    id=inst_id,
+                    offer=offer,
+                    label=label,
+                    image="seeded",
+                    env={},
+                    extra_env=[],
+                    argv=[],
+                    onstart="",
+                    runtype="args",
+                    disk=10.0,
+                    bid=None,
+                    api_key=secrets.token_hex(16),
+                    created_at=now,
+                    directory=self._workdir,
+                    actual="running",
+                    status_msg="success, running seeded",
+                    running_at=now,
+                    last_tick=now,
+                )
+                ids.append(inst_id)
+        return ids
 
     # -- inspection -----------------------------------------------------------------------------------------
     def live_instances(self) -> list[int]:
@@ -882,6 +922,9 @@ class VastServer:
         with self._lock:
             for rule in self._rules:
                 if rule.remaining > 0 and rule.matches(method, path):
+                    if rule.skip > 0:
+                        rule.skip -= 1
+                        continue
                     if rule.every:
                         rule.seen += 1
                         if rule.seen % rule.every:
