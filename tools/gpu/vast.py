@@ -210,6 +210,7 @@ class VastGpuProvider(GpuProvider):
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._clock = clock
+        self._skew = 0.0  # waits that returned early, still counted as time spent (see ``_wait``)
         self.min_intervals = dict(VAST_MIN_INTERVALS if min_intervals is None else min_intervals)
         # A 429 waits at least the endpoint's window (search: 6 s, its 10/min); custom intervals replace the floors.
         self._retry_floors = dict(_RETRY_FLOOR_S if min_intervals is None else min_intervals)
@@ -355,7 +356,7 @@ class VastGpuProvider(GpuProvider):
         ids are gone (Vast cannot know them). A quarter of the deadline (at most 5 s) is kept for the last
         verification, so a 429 storm on destroy still ends with an answer about each id.
         """
-        started = self._clock()
+        started = self._now()
         deadline = started + deadline_s
         destroy_by = deadline - min(0.25 * deadline_s, 5.0)
         requested = list(dict.fromkeys(str(i) for i in instance_ids))
@@ -394,7 +395,7 @@ class VastGpuProvider(GpuProvider):
                         break
                     except ProviderError as exc:
                         failed[instance_id] = f"destroy failed: {exc}"
-                        if self._clock() >= destroy_by:
+                        if self._now() >= destroy_by:
                             out_of_time.update(pending[n + 1 :])
                             break
             try:
@@ -413,12 +414,12 @@ class VastGpuProvider(GpuProvider):
             if not pending:
                 break
             delay = self._backoff_delay(rounds - 1)
-            if self._clock() + delay >= destroy_by:
+            if self._now() + delay >= destroy_by:
                 break
             logger.warning(
                 "Vast: %d instances not gone yet; destroy round %d in %.2fs", len(pending), rounds + 1, delay
             )
-            self._sleep(delay)
+            self._wait(delay)
         for i in pending:
             logger.error(
                 "Failed to terminate instance %s (%s). Terminate it manually to avoid accumulating charges.",
@@ -426,7 +427,7 @@ class VastGpuProvider(GpuProvider):
                 why.get(i, "not confirmed gone"),
             )
         gone = tuple(i for i in requested if i not in pending)
-        return TerminateReport(gone, {i: why.get(i, "not confirmed gone") for i in pending}, self._clock() - started)
+        return TerminateReport(gone, {i: why.get(i, "not confirmed gone") for i in pending}, self._now() - started)
 
     def list_owned(self, label_prefix: str) -> list[Instance]:
         owned = [instance_from_row(r) for r in self._list_rows({})]
@@ -493,7 +494,7 @@ class VastGpuProvider(GpuProvider):
     def _list_rows(self, filters: dict[str, Any], *, deadline: float | None = None) -> list[dict[str, Any]]:
         """Every row of ``GET /api/v1/instances/`` matching ``filters``, page by page (see the module docstring)."""
         client = self._client.client
-        deadline = self._clock() + self.list_deadline_s if deadline is None else deadline
+        deadline = self._now() + self.list_deadline_s if deadline is None else deadline
         params: dict[str, Any] = {
             "select_filters": filters,
             "order_by": [{"col": "id", "dir": "asc"}],
@@ -542,6 +543,19 @@ class VastGpuProvider(GpuProvider):
         if any(self._api_key in s for s in sent):
             raise LaunchFailed(f"refusing to send the Vast API key to a rented host (launch {spec.label})")
 
+    def _now(self) -> float:
+        return self._clock() + self._skew
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep, and count at least ``seconds`` against every deadline even if the sleep returned early (a test's
+        no-op sleep, an interrupted one): a deadline is spent waiting, never hammering the API."""
+        before = self._clock()
+        self._sleep(seconds)
+        short = seconds - (self._clock() - before)
+        if short > 0:
+            with self._pace_lock:
+                self._skew += short
+
     def _backoff_delay(self, attempt: int) -> float:
         ceiling = min(self.backoff_max_s, self.backoff_base_s * 2**attempt)
         return ceiling * (0.5 + 0.5 * self._rng.random())
@@ -554,14 +568,14 @@ class VastGpuProvider(GpuProvider):
         if interval <= 0:
             return
         with self._pace_lock:
-            now = self._clock()
+            now = self._now()
             slot = max(now, self._next_slot.get(endpoint, now))
             if deadline is not None and slot > deadline:
                 raise _PastDeadline(f"Vast {what}: the next free {endpoint} slot is past the deadline")
             # The margin absorbs jitter between our clock and the request's arrival, so pacing never earns a 429.
             self._next_slot[endpoint] = slot + interval + _PACE_MARGIN_S
         if slot > now:
-            self._sleep(slot - now)
+            self._wait(slot - now)
 
     def _retry_or_raise(
         self, attempt: int, last: bool, deadline: float | None, what: str, why: str, floor: float
@@ -569,12 +583,12 @@ class VastGpuProvider(GpuProvider):
         """Back off and return True to retry, or False when the budget (count, or deadline) is spent."""
         delay = max(self._backoff_delay(attempt), floor)
         if deadline is not None:
-            if self._clock() + delay > deadline:
+            if self._now() + delay > deadline:
                 return False
         elif last:
             return False
         logger.warning("Vast %s: %s; retrying in %.2fs (attempt %d)", what, why, delay, attempt + 1)
-        self._sleep(delay)
+        self._wait(delay)
         return True
 
     def _call(
