@@ -1,7 +1,9 @@
 """The GpuProvider contract (tools/gpu/base.py), run against every provider.
 
 Local runs a real subprocess; Fake steps on each poll; Vast goes through the real ``vastai`` client over HTTP to the
-local Vast server, whose instances run the command as a real process.
+local Vast server, whose instances run the command as a real process. The Vast server enforces the contract's rate
+limits; the provider's pacing and backoff sleep on a ``ShiftableClock`` shared with the server, so the windows are
+real for both sides and the suite still runs in seconds.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from tools.gpu.base import (
 from tools.gpu.fake import FakeGpuProvider
 from tools.gpu.local import LocalGpuProvider
 from tools.gpu.vast import VastGpuProvider
-from tools.gpu.vast_server import VastServer, load_offer_book
+from tools.gpu.vast_server import ShiftableClock, VastServer, load_offer_book
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "vast_offers.json"
 HELLO = [sys.executable, "-c", "print('hello from the job')"]
@@ -56,10 +58,11 @@ def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]
     elif request.param == "fake":
         yield Harness(FakeGpuProvider(), OfferRequirements(min_gpu_ram_gb=16))
     else:
+        clock = ShiftableClock()
         with VastServer(
-            load_offer_book(FIXTURE), api_key="contract-key", loading_s=0.1, workdir=tmp_path / "vast"
+            load_offer_book(FIXTURE), api_key="contract-key", loading_s=0.1, workdir=tmp_path / "vast", clock=clock
         ) as server:
-            provider = VastGpuProvider("contract-key", api_url=server.url, backoff_base_s=0.01, sleep=lambda s: None)
+            provider = VastGpuProvider("contract-key", api_url=server.url, sleep=clock.sleep, clock=clock)
             yield Harness(provider, OfferRequirements(min_gpu_ram_gb=16, min_reliability=0.9), server)
             assert server.live_instances() == [], "the Vast contract run left paid instances behind"
 
@@ -69,6 +72,11 @@ def _offer_ids(h: Harness, n: int) -> list[str | None]:
     assert offers
     # Local/fake accept any offer id (or reuse one); Vast rents each offer once, so take distinct ones.
     return [offers[i % len(offers)].id for i in range(n)]
+
+
+def _sleepers(h: Harness, n: int) -> list[Instance]:
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    return [h.provider.launch(h.spec("contract", offer_id=o, command=sleeper)) for o in _offer_ids(h, n)]
 
 
 def _poll_until(h: Harness, instance_id: str, states: set[InstanceState], timeout_s: float = 20) -> Instance:
@@ -132,3 +140,24 @@ def test_list_owned_by_label_prefix_and_nothing_left(harness: Harness) -> None:
     assert harness.provider.list_owned(label_prefix("contract-b")) == []
     if harness.server is not None:
         assert harness.server.live_instances() == []
+
+
+def test_terminate_many_confirms_every_id_gone_and_unknown_ids_are_gone(harness: Harness) -> None:
+    instances = _sleepers(harness, 3)
+    ids = [i.id for i in instances]
+    report = harness.provider.terminate_many([*ids, ids[0], "987654321", "no-such-instance"], deadline_s=30)
+    assert report.ok and report.not_gone == {}
+    assert sorted(report.gone) == sorted([*ids, "987654321", "no-such-instance"]), "each id once, duplicates folded"
+    assert all(harness.provider.poll(i).state is InstanceState.GONE for i in ids)
+    assert harness.provider.list_owned(label_prefix("contract")) == []
+    again = harness.provider.terminate_many(ids, deadline_s=10)
+    assert again.ok and sorted(again.gone) == sorted(ids), "idempotent: already destroyed is gone"
+    assert harness.provider.terminate_many([], deadline_s=1).gone == ()
+
+
+def test_terminate_many_leaves_other_instances_alone(harness: Harness) -> None:
+    mine, other = _sleepers(harness, 2)
+    report = harness.provider.terminate_many([mine.id], deadline_s=30)
+    assert report.gone == (mine.id,)
+    assert harness.provider.poll(other.id).state is not InstanceState.GONE
+    harness.provider.terminate(other.id)

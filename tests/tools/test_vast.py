@@ -26,14 +26,17 @@ KEY = "unit-key"
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[VastServer]:
-    with VastServer(load_offer_book(FIXTURE), api_key=KEY, loading_s=0.1, workdir=tmp_path / "vast", page_cap=2) as s:
+    # Limits off: these tests check wire formats and billing, not pacing (tests/tools/test_vast_limits.py does).
+    with VastServer(
+        load_offer_book(FIXTURE), api_key=KEY, loading_s=0.1, workdir=tmp_path / "vast", page_cap=2, rate_limits=False
+    ) as s:
         yield s
         assert s.live_instances() == []
 
 
 @pytest.fixture
 def provider(server: VastServer) -> VastGpuProvider:
-    return VastGpuProvider(KEY, api_url=server.url, backoff_base_s=0.01, sleep=lambda s: None)
+    return VastGpuProvider(KEY, api_url=server.url, backoff_base_s=0.01, sleep=lambda s: None, min_intervals={})
 
 
 def _spec(offer_id: str, command: list[str], env: dict[str, str] | None = None) -> LaunchSpec:

@@ -55,7 +55,10 @@ class Rig:
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
-    with VastServer(load_offer_book(FIXTURE), api_key=KEY, loading_s=0.1, workdir=tmp_path / "vast") as server:
+    # Limits off and no pacing: these tests count the provider's backoff sleeps for each injected fault exactly.
+    with VastServer(
+        load_offer_book(FIXTURE), api_key=KEY, loading_s=0.1, workdir=tmp_path / "vast", rate_limits=False
+    ) as server:
         sleeps: list[float] = []
         provider = VastGpuProvider(
             KEY,
@@ -66,6 +69,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
             request_timeout_s=2.0,
             sleep=sleeps.append,
             rng=random.Random(7),
+            min_intervals={},
         )
         rig = Rig(server, provider, sleeps)
         yield rig
@@ -142,7 +146,7 @@ def test_offer_taken_between_search_and_rent(rig: Rig) -> None:
 
 def test_slow_answers_time_out_as_provider_unavailable(rig: Rig) -> None:
     fast = VastGpuProvider(
-        KEY, api_url=rig.server.url, retry_attempts=2, request_timeout_s=0.2, sleep=rig.sleeps.append
+        KEY, api_url=rig.server.url, retry_attempts=2, request_timeout_s=0.2, sleep=rig.sleeps.append, min_intervals={}
     )
     rig.server.slow_next(0.6, 2, path="/bundles/")
     with pytest.raises(ProviderUnavailable, match="Timeout"):
@@ -221,7 +225,7 @@ def test_destroy_answering_429_is_retried_never_taken_as_destroyed(rig: Rig) -> 
 
 
 def test_bad_api_key_is_a_provider_error_not_a_retry(rig: Rig) -> None:
-    wrong = VastGpuProvider("wrong-key", api_url=rig.server.url, sleep=rig.sleeps.append)
+    wrong = VastGpuProvider("wrong-key", api_url=rig.server.url, sleep=rig.sleeps.append, min_intervals={})
     with pytest.raises(ProviderError) as caught:
         wrong.list_owned("learning-pilot/")
     assert not isinstance(caught.value, ProviderUnavailable)

@@ -2,8 +2,9 @@
 
 Instances move LOADING -> RUNNING -> EXITED as ``poll`` is called (one step per poll by default), and run an
 optional ``job`` callable when they start, so a test can make a "job" write real output files. Fault switches
-(``fail_next_launch``, ``orphan_on_failed_launch``, ``vanish``) let contract and scenario tests drive the same
-paths a real provider takes.
+(``fail_next_launch``, ``orphan_on_failed_launch``, ``vanish``, ``stubborn`` for instances that survive
+``terminate``, ``fail_terminate`` for a provider that refuses it) let contract and scenario tests drive the same paths a
+real provider takes. ``terminate_many`` is the interface's default (terminate, then confirm with ``poll``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import replace
 
-from tools.errors import LaunchFailed
+from tools.errors import LaunchFailed, ProviderUnavailable
 from tools.gpu.base import GpuProvider, Instance, InstanceState, LaunchSpec, Offer, OfferRequirements
 
 
@@ -57,6 +58,8 @@ class FakeGpuProvider(GpuProvider):
         self.exit_code = exit_code
         self.job = job
         self.fail_next_launch = False
+        self.stubborn: dict[str, int] = {}  # instance id -> terminate calls it still survives
+        self.fail_terminate = 0  # the next n terminate calls raise ProviderUnavailable (a 429 burst)
         self.launched: list[LaunchSpec] = []
         self.terminated: list[str] = []
         self._ids = itertools.count(1)
@@ -110,6 +113,12 @@ class FakeGpuProvider(GpuProvider):
 
     def terminate(self, instance_id: str) -> None:
         with self._lock:
+            if self.fail_terminate > 0:
+                self.fail_terminate -= 1
+                raise ProviderUnavailable(f"fake provider: too many requests (terminate {instance_id})")
+            if self.stubborn.get(instance_id, 0) > 0:
+                self.stubborn[instance_id] -= 1
+                return
             if self._instances.pop(instance_id, None) is not None:
                 self.terminated.append(instance_id)
 

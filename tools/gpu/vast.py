@@ -11,8 +11,17 @@ Invariants:
   retry 5xx and timeouts. Create retries only 429 (the request was refused before it was processed); after any other
   failure an instance may exist, so every instance carrying our label is destroyed *before* the error is raised.
   The same cleanup runs when create answers ``success: false``; then ``LaunchFailed`` is raised.
+- Calls are paced per endpoint to the contract's minimum intervals (``VAST_MIN_INTERVALS``, reference/vast-api.md
+  §1.3: destroy 3 s, list 1 s, show 2 s, create 4.5 s...), so a burst of our own calls does not earn 429s; a 429
+  still waits at least the endpoint's interval. Pacing and backoff go through the injectable ``sleep``/``clock``.
 - ``terminate`` is idempotent (unknown id, ``no_such_instance``: fine) and never reports "destroyed" on a 429: it
   retries, and raises ``ProviderUnavailable`` if the instance may still exist.
+- ``terminate_many`` is one bulk destroy (``DELETE /api/v0/instances/`` ``{"instance_ids": [...]}``, §2.5) verified by
+  ONE paginated list of those ids; single destroys only for what the bulk call did not remove; rounds repeat with
+  backoff until the deadline (not a fixed count). It reports each id gone or not (and why); it never raises.
+- Listing pages ``GET /api/v1/instances/`` itself: each page is retried on its own (backoff, until the list's
+  deadline), resuming at its ``after_token``, never restarting from page 1. A list that cannot be completed by its
+  deadline raises ``ProviderUnavailable``: never an empty or partial list taken as complete.
 - Many instances are polled with ONE paginated ``GET /api/v1/instances/`` (``poll_many``), never N single GETs.
 - The Vast API key never leaves this process: ``launch`` refuses a spec whose env, script, image or label contains
   it. The host gets only what the spec says (presigned URLs, not credentials).
@@ -26,6 +35,7 @@ import logging
 import random
 import re
 import shlex
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -36,7 +46,15 @@ from vastai import VastAI
 from vastai.api import instances as vast_instances
 
 from tools.errors import LaunchFailed, OfferUnavailable, ProviderError, ProviderUnavailable
-from tools.gpu.base import GpuProvider, Instance, InstanceState, LaunchSpec, Offer, OfferRequirements
+from tools.gpu.base import (
+    GpuProvider,
+    Instance,
+    InstanceState,
+    LaunchSpec,
+    Offer,
+    OfferRequirements,
+    TerminateReport,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +65,23 @@ DEFAULT_IMAGE = "pytorch/pytorch:2.4.1-cuda12.4-cudnn9-runtime"
 MAX_ENTRYPOINT_CHARS = 4096
 _LOADING_STATES = {None, "", "created", "loading", "rebooting", "starting", "restarting", "scheduling"}
 _EXIT_CODE = re.compile(r"exit(?:ed)?(?: with)?(?: code)?[ (]+(-?\d+)", re.IGNORECASE)
+_PACE_MARGIN_S = 0.05
+_PAGE_LIMIT = 25  # the v1 list's maximum page size (show_instances.yaml)
+_MAX_PAGES = 10_000  # a safety bound on a paginated list (250,000 instances), not a retry budget
+
+# Minimum seconds between two calls to one endpoint with one key: reference/vast-api.md §1.3 (x-rate-limit).
+# Search is "10 requests/minute per IP": not paced (a search is rare), a 429 on it waits 6 s.
+# The bulk destroy is not in the table: paced like the single destroy.
+VAST_MIN_INTERVALS: Mapping[str, float] = {
+    "create": 4.5,
+    "list": 1.0,
+    "show": 2.0,
+    "manage": 1.0,
+    "destroy": 3.0,
+    "bulk_destroy": 3.0,
+    "charges": 1.0,
+}
+_RETRY_FLOOR_S: Mapping[str, float] = {**VAST_MIN_INTERVALS, "search": 6.0}
 
 
 @dataclass(frozen=True)
@@ -129,6 +164,10 @@ def instance_from_row(row: Mapping[str, Any]) -> Instance:
     )
 
 
+class _PastDeadline(ProviderUnavailable):
+    """A paced call that could not be sent before its deadline (nothing was sent)."""
+
+
 def _vast_id(instance_id: str) -> int | None:
     return int(instance_id) if instance_id.isdigit() else None
 
@@ -148,7 +187,14 @@ class VastGpuProvider(GpuProvider):
         request_timeout_s: float = 30.0,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        min_intervals: Mapping[str, float] | None = None,
+        list_deadline_s: float = 60.0,
     ) -> None:
+        """``retry_attempts`` bounds the retries of one ordinary call; listing and ``terminate_many`` retry until a
+        deadline instead (``list_deadline_s``, ``deadline_s``). ``min_intervals`` (default ``VAST_MIN_INTERVALS``;
+        ``{}`` for none) paces our calls per endpoint; ``clock`` (seconds, any origin) measures windows and deadlines.
+        """
         if not api_key:
             raise ValueError("a Vast API key is required")
         if retry_attempts < 1:
@@ -163,6 +209,14 @@ class VastGpuProvider(GpuProvider):
         self.backoff_max_s = backoff_max_s
         self._sleep = sleep
         self._rng = rng or random.Random()
+        self._clock = clock
+        self._skew = 0.0  # waits that returned early, still counted as time spent (see ``_wait``)
+        self.min_intervals = dict(VAST_MIN_INTERVALS if min_intervals is None else min_intervals)
+        # A 429 waits at least the endpoint's window (search: 6 s, its 10/min); custom intervals replace the floors.
+        self._retry_floors = dict(_RETRY_FLOOR_S if min_intervals is None else min_intervals)
+        self.list_deadline_s = list_deadline_s
+        self._next_slot: dict[str, float] = {}
+        self._pace_lock = threading.Lock()
         self._offer_prices: dict[str, float] = {}
 
     def __repr__(self) -> str:  # never print the key
@@ -190,7 +244,8 @@ class VastGpuProvider(GpuProvider):
             query["dph_total"] = {"lte": requirements.max_dph}
         rows = self._call(
             "search offers",
-            lambda: self._client.search_offers(
+            endpoint="search",
+            fn=lambda: self._client.search_offers(
                 query=query,
                 type="bid" if requirements.interruptible else "on-demand",
                 order="dph_total",
@@ -231,7 +286,9 @@ class VastGpuProvider(GpuProvider):
             )
 
         try:
-            answer = self._call("create instance", create, idempotent=False, gone=OfferUnavailable, check=False)
+            answer = self._call(
+                "create instance", create, endpoint="create", idempotent=False, gone=OfferUnavailable, check=False
+            )
         except OfferUnavailable:
             raise
         except ProviderError:
@@ -259,7 +316,7 @@ class VastGpuProvider(GpuProvider):
         vast_id = _vast_id(instance_id)
         if vast_id is None:
             return Instance(instance_id, "", InstanceState.GONE)
-        row = self._call("show instance", lambda: self._client.show_instance(vast_id))
+        row = self._call("show instance", lambda: self._client.show_instance(vast_id), endpoint="show")
         if not row:
             return Instance(instance_id, "", InstanceState.GONE)
         return instance_from_row(row)
@@ -273,15 +330,104 @@ class VastGpuProvider(GpuProvider):
         return {i: found.get(i, Instance(i, "", InstanceState.GONE)) for i in ids}
 
     def terminate(self, instance_id: str) -> None:
+        self._terminate_by(instance_id, None)
+
+    def _terminate_by(self, instance_id: str, deadline: float | None) -> None:
         vast_id = _vast_id(instance_id)
         if vast_id is None:
             return
         answer = self._call(
-            "destroy instance", lambda: self._client.destroy_instance(vast_id), missing_ok=True, check=False
+            "destroy instance",
+            lambda: self._client.destroy_instance(vast_id),
+            endpoint="destroy",
+            missing_ok=True,
+            check=False,
+            deadline=deadline,
         )
         if isinstance(answer, dict) and answer.get("success") is False and answer.get("error") != "no_such_instance":
             raise ProviderError(f"Vast did not destroy instance {instance_id}: {answer.get('msg')}")
         logger.info("Destroyed Vast instance %s", instance_id)
+
+    def terminate_many(self, instance_ids: Iterable[str], *, deadline_s: float = 30.0) -> TerminateReport:
+        """One bulk destroy, verified by one paginated list of those ids; singles for what it left; until the deadline.
+
+        Never raises for a provider failure: ids not confirmed gone by the deadline are in ``not_gone`` with the
+        reason from the last round (bulk or single destroy failed, still listed, list failed). Ids that are not Vast
+        ids are gone (Vast cannot know them). A quarter of the deadline (at most 5 s) is kept for the last
+        verification, so a 429 storm on destroy still ends with an answer about each id.
+        """
+        started = self._now()
+        deadline = started + deadline_s
+        destroy_by = deadline - min(0.25 * deadline_s, 5.0)
+        requested = list(dict.fromkeys(str(i) for i in instance_ids))
+        pending = [i for i in requested if _vast_id(i) is not None]
+        why: dict[str, str] = {}
+        use_singles = False  # after an accepted (or unsupported) bulk call: single destroys for what is left
+        rounds = 0
+        while pending:
+            rounds += 1
+            failed: dict[str, str] = {}
+            out_of_time: set[str] = set()  # not attempted this round: the deadline came first
+            if not use_singles:
+                try:
+                    self._call(
+                        "bulk destroy",
+                        lambda ids=[int(i) for i in pending]: self._client.destroy_instances(ids),  # type: ignore[misc]
+                        endpoint="bulk_destroy",
+                        deadline=destroy_by,
+                    )
+                    use_singles = True
+                except ProviderUnavailable as exc:
+                    failed = dict.fromkeys(pending, f"bulk destroy failed: {exc}")
+                except ProviderError as exc:  # refused outright: singles will do it
+                    failed = dict.fromkeys(pending, f"bulk destroy refused: {exc}")
+                    use_singles = True
+                if failed:
+                    logger.warning(
+                        "Vast bulk destroy of %d instances failed: %s", len(pending), next(iter(failed.values()))
+                    )
+            else:
+                for n, instance_id in enumerate(pending):
+                    try:
+                        self._terminate_by(instance_id, destroy_by)
+                    except _PastDeadline:
+                        out_of_time.update(pending[n:])
+                        break
+                    except ProviderError as exc:
+                        failed[instance_id] = f"destroy failed: {exc}"
+                        if self._now() >= destroy_by:
+                            out_of_time.update(pending[n + 1 :])
+                            break
+            try:
+                listed = self._list_rows({"id": {"in": [int(i) for i in pending]}}, deadline=deadline)
+            except ProviderError as exc:
+                for i in pending:
+                    why[i] = f"could not verify with a list: {exc}; before that: {failed.get(i, 'destroy sent')}"
+            else:
+                still = {str(r["id"]) for r in listed if instance_from_row(r).state is not InstanceState.GONE}
+                pending = [i for i in pending if i in still]
+                for i in pending:
+                    if i in out_of_time:
+                        why[i] = f"{why.get(i, 'still listed')}; no time left for another destroy before the deadline"
+                    else:
+                        why[i] = failed.get(i, "still listed after destroy")
+            if not pending:
+                break
+            delay = self._backoff_delay(rounds - 1)
+            if self._now() + delay >= destroy_by:
+                break
+            logger.warning(
+                "Vast: %d instances not gone yet; destroy round %d in %.2fs", len(pending), rounds + 1, delay
+            )
+            self._wait(delay)
+        for i in pending:
+            logger.error(
+                "Failed to terminate instance %s (%s). Terminate it manually to avoid accumulating charges.",
+                i,
+                why.get(i, "not confirmed gone"),
+            )
+        gone = tuple(i for i in requested if i not in pending)
+        return TerminateReport(gone, {i: why.get(i, "not confirmed gone") for i in pending}, self._now() - started)
 
     def list_owned(self, label_prefix: str) -> list[Instance]:
         owned = [instance_from_row(r) for r in self._list_rows({})]
@@ -292,14 +438,14 @@ class VastGpuProvider(GpuProvider):
         if vast_id is None:
             return ""
         try:
-            text = self._call("logs", lambda: self._client.logs(vast_id, tail=str(tail)))
+            text = self._call("logs", lambda: self._client.logs(vast_id, tail=str(tail)), endpoint="logs")
         except TimeoutError as exc:
             raise ProviderUnavailable(f"the logs of instance {instance_id} were not uploaded in time") from exc
         return text if isinstance(text, str) else ""
 
     # -- money ----------------------------------------------------------------------------------------------
     def current_user(self) -> VastAccount:
-        user = self._call("show user", self._client.show_user)
+        user = self._call("show user", self._client.show_user, endpoint="user")
         balance = float(user.get("balance") or 0.0)
         credit = user.get("credit")
         return VastAccount(str(user.get("username") or ""), float(credit) if credit is not None else balance, balance)
@@ -312,7 +458,11 @@ class VastGpuProvider(GpuProvider):
             params: dict[str, Any] = {"charges": True, "start_date": int(start), "end_date": int(end), "limit": 100}
             if token:
                 params["next_token"] = token
-            page = self._call("show charges", lambda p=params: self._client.show_invoices_v1(**p))  # type: ignore[misc]
+            page = self._call(
+                "show charges",
+                lambda p=params: self._client.show_invoices_v1(**p),  # type: ignore[misc]
+                endpoint="charges",
+            )
             for row in page.get("results") or []:
                 source = str(row.get("source") or "")
                 if not source.startswith("instance-"):
@@ -341,11 +491,35 @@ class VastGpuProvider(GpuProvider):
         return sum(c.amount_usd for c in rows) if rows else None
 
     # -- helpers --------------------------------------------------------------------------------------------
-    def _list_rows(self, filters: dict[str, Any]) -> list[dict[str, Any]]:
+    def _list_rows(self, filters: dict[str, Any], *, deadline: float | None = None) -> list[dict[str, Any]]:
+        """Every row of ``GET /api/v1/instances/`` matching ``filters``, page by page (see the module docstring)."""
         client = self._client.client
-        return self._call(
-            "list instances", lambda: vast_instances.show_instances(client, select_filters=filters), check=False
-        )
+        deadline = self._now() + self.list_deadline_s if deadline is None else deadline
+        params: dict[str, Any] = {
+            "select_filters": filters,
+            "order_by": [{"col": "id", "dir": "asc"}],
+            "limit": _PAGE_LIMIT,
+        }
+        rows: list[dict[str, Any]] = []
+        seen_tokens: set[str] = set()
+        for page_no in range(1, _MAX_PAGES + 1):
+            page = self._call(
+                f"list instances (page {page_no})",
+                lambda p=dict(params): vast_instances.show_instances_v1(client, p),  # type: ignore[misc]
+                endpoint="list",
+                deadline=deadline,
+            )
+            if not isinstance(page, dict):
+                raise ProviderError(f"Vast list instances (page {page_no}): unexpected answer {str(page)[:200]!r}")
+            rows.extend(r for r in page.get("instances") or [] if isinstance(r, dict))
+            token = page.get("next_token")
+            if not token:
+                return rows
+            if token in seen_tokens:
+                raise ProviderError(f"Vast list instances: page {page_no} repeated a next_token")
+            seen_tokens.add(str(token))
+            params["after_token"] = token
+        raise ProviderError(f"Vast list instances: more than {_MAX_PAGES} pages")
 
     def _destroy_label(self, label: str) -> None:
         try:
@@ -369,25 +543,71 @@ class VastGpuProvider(GpuProvider):
         if any(self._api_key in s for s in sent):
             raise LaunchFailed(f"refusing to send the Vast API key to a rented host (launch {spec.label})")
 
-    def _backoff(self, attempt: int, what: str, why: str) -> None:
+    def _now(self) -> float:
+        return self._clock() + self._skew
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep, and count at least ``seconds`` against every deadline even if the sleep returned early (a test's
+        no-op sleep, an interrupted one): a deadline is spent waiting, never hammering the API."""
+        before = self._clock()
+        self._sleep(seconds)
+        short = seconds - (self._clock() - before)
+        if short > 0:
+            with self._pace_lock:
+                self._skew += short
+
+    def _backoff_delay(self, attempt: int) -> float:
         ceiling = min(self.backoff_max_s, self.backoff_base_s * 2**attempt)
-        delay = ceiling * (0.5 + 0.5 * self._rng.random())
+        return ceiling * (0.5 + 0.5 * self._rng.random())
+
+    def _pace(self, endpoint: str, what: str, deadline: float | None) -> None:
+        """Wait for this endpoint's next free slot (per key: this client has one key), reserving it first.
+
+        Raises ``_PastDeadline`` (a ``ProviderUnavailable``) instead of waiting past ``deadline``."""
+        interval = self.min_intervals.get(endpoint, 0.0)
+        if interval <= 0:
+            return
+        with self._pace_lock:
+            now = self._now()
+            slot = max(now, self._next_slot.get(endpoint, now))
+            if deadline is not None and slot > deadline:
+                raise _PastDeadline(f"Vast {what}: the next free {endpoint} slot is past the deadline")
+            # The margin absorbs jitter between our clock and the request's arrival, so pacing never earns a 429.
+            self._next_slot[endpoint] = slot + interval + _PACE_MARGIN_S
+        if slot > now:
+            self._wait(slot - now)
+
+    def _retry_or_raise(
+        self, attempt: int, last: bool, deadline: float | None, what: str, why: str, floor: float
+    ) -> bool:
+        """Back off and return True to retry, or False when the budget (count, or deadline) is spent."""
+        delay = max(self._backoff_delay(attempt), floor)
+        if deadline is not None:
+            if self._now() + delay > deadline:
+                return False
+        elif last:
+            return False
         logger.warning("Vast %s: %s; retrying in %.2fs (attempt %d)", what, why, delay, attempt + 1)
-        self._sleep(delay)
+        self._wait(delay)
+        return True
 
     def _call(
         self,
         what: str,
         fn: Callable[[], T],
         *,
+        endpoint: str,
         idempotent: bool = True,
         gone: type[ProviderError] = ProviderError,
         missing_ok: bool = False,
         check: bool = True,
+        deadline: float | None = None,
     ) -> T:
-        """Run one client call: retries, then translation into tools.errors (see the module docstring)."""
-        for attempt in range(self.retry_attempts):
-            last = attempt + 1 >= self.retry_attempts
+        """Run one client call: pacing, retries (``retry_attempts``, or until ``deadline`` on our clock), then
+        translation into tools.errors (see the module docstring)."""
+        for attempt in range(1_000_000):
+            last = deadline is None and attempt + 1 >= self.retry_attempts
+            self._pace(endpoint, what, deadline)
             try:
                 result = fn()
             except requests.HTTPError as exc:
@@ -396,8 +616,10 @@ class VastGpuProvider(GpuProvider):
                 body = _error_text(response)
                 if missing_ok and status == 404:
                     return None  # type: ignore[return-value]
-                if (status == 429 or (idempotent and status >= 500)) and not last:
-                    self._backoff(attempt, what, f"HTTP {status}")
+                floor = self._retry_floors.get(endpoint, 0.0) if status == 429 else 0.0
+                if (status == 429 or (idempotent and status >= 500)) and self._retry_or_raise(
+                    attempt, last, deadline, what, f"HTTP {status}", floor
+                ):
                     continue
                 if status == 429 or status >= 500:
                     raise ProviderUnavailable(f"Vast {what}: HTTP {status}: {body}") from exc
@@ -405,8 +627,7 @@ class VastGpuProvider(GpuProvider):
                     raise gone(f"Vast {what}: HTTP {status}: {body}") from exc
                 raise ProviderError(f"Vast {what}: HTTP {status}: {body}") from exc
             except (requests.ConnectionError, requests.Timeout) as exc:
-                if idempotent and not last:
-                    self._backoff(attempt, what, type(exc).__name__)
+                if idempotent and self._retry_or_raise(attempt, last, deadline, what, type(exc).__name__, 0.0):
                     continue
                 raise ProviderUnavailable(f"Vast {what}: {type(exc).__name__}: {exc}") from exc
             except (requests.RequestException, ValueError, KeyError) as exc:
@@ -414,7 +635,7 @@ class VastGpuProvider(GpuProvider):
             if check and isinstance(result, dict) and result.get("success") is False:
                 raise ProviderError(f"Vast {what}: {result.get('error')}: {result.get('msg')}")
             return result
-        raise AssertionError("unreachable")  # the loop returns or raises on its last attempt
+        raise ProviderUnavailable(f"Vast {what}: gave up after a million attempts")  # only with a broken clock
 
 
 def _error_text(response: requests.Response | None) -> str:

@@ -15,10 +15,24 @@ Invariants:
 - ``stop()`` kills every child process; ``live_instances()`` lists what was not destroyed, so a test can assert
   that nothing is left behind.
 
+- Rate limits are ON by default (``rate_limits=False`` turns them off for unit tests that need speed): per endpoint
+  and per identity (the API key, else the client address), the minimum intervals of the contract's §1.3 table
+  (``RATE_LIMITS``), measured from the last request that was let through. A request inside the window answers 429
+  with the body the contract documents for that endpoint (plain text, or JSON for create and destroy) and no
+  Retry-After header. Search is "10 requests/minute per IP": a sliding 60 s window. Create's "penalty 12" is not
+  modelled. The bulk destroy (``DELETE /api/v0/instances/``), absent from the table, gets the single destroy's 3 s.
+- One clock (``clock``, a callable returning unix seconds, default ``time.time``) drives billing, boot times, log
+  readiness and rate-limit windows, so a test can move time on without sleeping (``ShiftableClock``).
+- ``latency_s`` delays every answer (real time), to measure what production's per-call latency costs.
+- ``request_log`` records every request (method, path, query, status, clock time) for assertions, e.g. that a
+  paginated list resumed at its ``after_token`` instead of restarting from page 1.
+
 Fault switches (methods on the server): ``fail_next`` (any status, e.g. 429 bursts with no Retry-After and 5xx),
 ``slow_next``, ``stuck_loading``, ``oci_fail_next``, ``host_offline``, ``outbid``, ``create_false_next`` (create
 answers ``success: false`` while the instance exists), ``take_offer`` (the offer is rented by someone else between
-search and rent). Destroy answering 429 is ``fail_next(429, method="DELETE")``.
+search and rent), ``bulk_destroy_leaves`` (a bulk destroy answers success but leaves some instances alive), and
+``fail_every`` (every n-th matching request answers a status, e.g. a 429 on every third list page). Destroy answering
+429 is ``fail_next(429, method="DELETE")``.
 """
 
 from __future__ import annotations
@@ -36,7 +50,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -64,6 +78,112 @@ _SEARCH_CAP = 64
 _PAGE_CAP = 25
 
 
+@dataclass(frozen=True)
+class RateLimit:
+    """One row of the contract's §1.3 table: ``method`` + ``path`` (a regex) at most once per ``interval_s``.
+
+    ``burst`` > 1 makes it a sliding window instead: at most ``burst`` requests in any ``burst * interval_s``.
+    ``body`` is the 429 answer: a string is sent as text/plain, a dict as JSON.
+    """
+
+    name: str
+    method: str
+    path: str
+    interval_s: float
+    body: str | dict[str, Any]
+    burst: int = 1
+
+
+def _too_frequent(threshold: float) -> str:
+    return f"API requests too frequent endpoint threshold={threshold}"
+
+
+# reference/vast-api.md §1.3 (x-rate-limit of the OpenAPI files), per endpoint and identity.
+RATE_LIMITS: tuple[RateLimit, ...] = (
+    RateLimit("search", "POST", r"/api/v0/bundles/?", 6.0, "API requests too frequent", burst=10),  # 10/min per IP
+    RateLimit("create", "PUT", r"/api/v0/asks/\d+/?", 4.5, {"detail": _too_frequent(4.5)}),
+    RateLimit("list", "GET", r"/api/v1/instances/?", 1.0, _too_frequent(1.0)),
+    RateLimit("show", "GET", r"/api/v0/instances/\d+/?", 2.0, _too_frequent(2.0)),
+    RateLimit("manage", "PUT", r"/api/v0/instances/\d+/?", 1.0, _too_frequent(1.0)),
+    RateLimit(
+        "destroy",
+        "DELETE",
+        r"/api/v0/instances/\d+/?",
+        3.0,
+        {"success": False, "error": "rate_limit_exceeded", "msg": _too_frequent(3.0)},
+    ),
+    RateLimit(  # not in the table: assumed to share the single destroy's threshold, as its own endpoint
+        "bulk_destroy",
+        "DELETE",
+        r"/api/v0/instances/?",
+        3.0,
+        {"success": False, "error": "rate_limit_exceeded", "msg": _too_frequent(3.0)},
+    ),
+    RateLimit("command", "PUT", r"/api/v0/instances/command/\d+/?", 1.5, _too_frequent(1.5)),
+    RateLimit("reboot", "PUT", r"/api/v0/instances/reboot/\d+/?", 1.0, _too_frequent(1.0)),
+    RateLimit("bid_price", "PUT", r"/api/v0/instances/bid_price/\d+/?", 5.5, _too_frequent(5.5)),
+    RateLimit("copy_direct", "PUT", r"/api/v0/commands/copy_direct/?", 3.5, _too_frequent(3.5)),
+    RateLimit("invoices", "GET", r"/api/v1/invoices/?", 3.0, _too_frequent(3.0)),
+    RateLimit("charges", "GET", r"/api/v0/charges/?", 1.0, _too_frequent(1.0)),
+    RateLimit("secrets_post", "POST", r"/api/v0/secrets/?", 3.0, _too_frequent(3.0)),
+    RateLimit("secrets_get", "GET", r"/api/v0/secrets/?", 5.0, _too_frequent(5.0)),
+    RateLimit("ssh", "POST", r"/api/v0/ssh/?", 1.0, _too_frequent(1.0)),
+)
+
+
+class ShiftableClock:
+    """Real time plus an offset that ``sleep`` advances instantly: share it between the server (``clock=``) and the
+    provider (``sleep=``, ``clock=``) and backoffs, rate-limit windows, billing and boot all move on without waiting.
+    """
+
+    def __init__(self) -> None:
+        self._offset = 0.0
+        self._lock = threading.Lock()
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return time.time() + self._offset
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.slept.append(seconds)
+            self._offset += max(0.0, seconds)
+
+    advance = sleep
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    method: str
+    path: str
+    query: Mapping[str, str]
+    status: int
+    at: float  # the server clock when the request arrived
+    identity: str = ""
+
+
+class _Limiter:
+    """Per (endpoint, identity) windows over the server clock; called with the server lock held."""
+
+    def __init__(self, limits: Iterable[RateLimit]) -> None:
+        self.limits = [(limit, re.compile(limit.path)) for limit in limits]
+        self._seen: dict[tuple[str, str], list[float]] = {}
+
+    def check(self, method: str, path: str, identity: str, now: float) -> RateLimit | None:
+        """The limit this request breaks (and must answer 429 for), or None after recording it as let through."""
+        for limit, pattern in self.limits:
+            if limit.method != method or not pattern.fullmatch(path):
+                continue
+            window = limit.interval_s * limit.burst
+            times = [t for t in self._seen.get((limit.name, identity), []) if now - t < window]
+            if len(times) >= limit.burst:
+                self._seen[(limit.name, identity)] = times
+                return limit
+            self._seen[(limit.name, identity)] = [*times, now]
+            return None
+        return None
+
+
 @dataclass
 class _Rule:
     """One injected fault: answer ``status`` (or sleep ``delay_s``) for the next ``remaining`` matching requests."""
@@ -75,6 +195,9 @@ class _Rule:
     body: str | None = None
     delay_s: float = 0.0
     after_handling: bool = False  # act on the request, then answer the failure (the answer is lost, not the act)
+    every: int = 0  # > 0: only every n-th matching request fails (``fail_every``), ``remaining`` counts failures
+    seen: int = 0
+    skip: int = 0  # the first ``skip`` matching requests pass untouched (e.g. fail from the third list page on)
 
     def matches(self, method: str, path: str) -> bool:
         return (self.method is None or self.method == method) and (self.path is None or self.path in path)
@@ -143,8 +266,18 @@ class VastServer:
         logs_delay_s: float = 0.2,
         page_cap: int = _PAGE_CAP,
         tick_s: float = 0.05,
+        rate_limits: bool = True,
+        limits: Iterable[RateLimit] = RATE_LIMITS,
+        latency_s: float = 0.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.api_key = api_key
+        self.rate_limits = rate_limits
+        self.latency_s = latency_s
+        self.clock = clock
+        self._limiter = _Limiter(limits)
+        self.request_log: list[RequestRecord] = []
+        self._bulk_leaves: list[int | set[int]] = []
         self.loading_s = loading_s
         self.initial_credit = credit
         self.logs_delay_s = logs_delay_s
@@ -218,8 +351,11 @@ class VastServer:
         path: str | None = None,
         body: str = "",
         after_handling: bool = False,
+        skip: int = 0,
     ) -> None:
         """The next ``count`` matching requests answer ``status`` (429: Vast's plain text, no Retry-After).
+
+        ``skip`` lets the first matching requests through first (a list that fails from its third page on).
 
         With ``after_handling`` the request is carried out first (an instance really gets created), and only the
         answer is the failure: the "create failed but the instance exists and bills" case.
@@ -231,16 +367,40 @@ class VastServer:
                 else json.dumps({"success": False, "error": "server_error", "msg": f"injected {status}"})
             )
         with self._lock:
-            self._rules.append(_Rule(count, method, path, status=status, body=body, after_handling=after_handling))
+            self._rules.append(
+                _Rule(count, method, path, status=status, body=body, after_handling=after_handling, skip=skip)
+            )
 
     def slow_next(self, delay_s: float, count: int = 1, *, method: str | None = None, path: str | None = None) -> None:
         with self._lock:
             self._rules.append(_Rule(count, method, path, delay_s=delay_s))
 
+    def fail_every(
+        self, n: int, status: int = 429, *, count: int = 10_000, method: str | None = None, path: str | None = None
+    ) -> None:
+        """Every ``n``-th matching request (the n-th, 2n-th...) answers ``status``, up to ``count`` failures."""
+        if n < 1:
+            raise ValueError("n must be at least 1")
+        body = (
+            _too_frequent(1.0)
+            if status == 429
+            else json.dumps({"success": False, "error": "server_error", "msg": f"injected {status}"})
+        )
+        with self._lock:
+            self._rules.append(_Rule(count, method, path, status=status, body=body, every=n))
+
+    def bulk_destroy_leaves(self, leave: int | Iterable[int | str], *, times: int = 1) -> None:
+        """The next ``times`` bulk destroys answer success but leave instances alive: the last ``leave`` requested
+        ids (an int), or exactly the given ids."""
+        spec: int | set[int] = leave if isinstance(leave, int) else {int(i) for i in leave}
+        with self._lock:
+            self._bulk_leaves.extend([spec] * times)
+
     def clear_faults(self) -> None:
         """Drop every pending injected answer and delay (not the instance-level faults already applied)."""
         with self._lock:
             self._rules.clear()
+            self._bulk_leaves.clear()
             self.stuck_loading = False
             self._oci_next = 0
             self._create_false_next.clear()
@@ -265,7 +425,7 @@ class VastServer:
         """The host disconnects: the job dies with it, status ``offline``, and neither GPU nor storage bills."""
         with self._lock:
             inst = self._instances[int(instance_id)]
-            self._tick_one(inst, time.time())
+            self._tick_one(inst, self.clock())
             _kill(inst)
             inst.host_offline, inst.actual, inst.status_msg = True, "offline", "host is offline"
 
@@ -273,10 +433,44 @@ class VastServer:
         """An interruptible instance is outbid: processes killed, all three states ``stopped``, storage bills on."""
         with self._lock:
             inst = self._instances[int(instance_id)]
-            self._tick_one(inst, time.time())
+            self._tick_one(inst, self.clock())
             _kill(inst)
             inst.actual = inst.intended = inst.cur_state = "stopped"
             inst.status_msg = "outbid: stopped by a higher bid"
+
+    def seed_instances(self, labels: Iterable[str], *, dph_base: float = 0.3, storage_cost: float = 0.1) -> list[int]:
+        """Instances already on the account, ``running`` with no process (another deployment's, or many of ours for a
+        benchmark), one per label; no offer is consumed and no request is logged. Returns their ids."""
+        ids: list[int] = []
+        with self._lock:
+            now = self.clock()
+            for label in labels:
+                self._next_id += 1
+                inst_id = self._next_id
+                offer = {"id": -inst_id, "gpu_name": "RTX 4090", "num_gpus": 1, "dph_base": dph_base}
+                offer["storage_cost"] = storage_cost
+                self._instances[inst_id] = _Instance(
+                    id=inst_id,
+                    offer=offer,
+                    label=label,
+                    image="seeded",
+                    env={},
+                    extra_env=[],
+                    argv=[],
+                    onstart="",
+                    runtype="args",
+                    disk=10.0,
+                    bid=None,
+                    api_key=secrets.token_hex(16),
+                    created_at=now,
+                    directory=self._workdir,
+                    actual="running",
+                    status_msg="success, running seeded",
+                    running_at=now,
+                    last_tick=now,
+                )
+                ids.append(inst_id)
+        return ids
 
     # -- inspection -----------------------------------------------------------------------------------------
     def live_instances(self) -> list[int]:
@@ -292,12 +486,22 @@ class VastServer:
     def instance_charges(self, instance_id: int | str) -> dict[str, float]:
         with self._lock:
             inst = self._instances[int(instance_id)]
-            self._tick_one(inst, time.time())
+            self._tick_one(inst, self.clock())
             return {"gpu": inst.gpu_usd, "disk": inst.disk_usd}
 
     def count_requests(self, method: str, path_prefix: str) -> int:
         with self._lock:
             return sum(1 for m, p in self.requests if m == method and p.startswith(path_prefix))
+
+    def requests_to(self, method: str, path: str) -> list[RequestRecord]:
+        """Every request to exactly ``method`` ``path`` (trailing slash optional), in arrival order."""
+        with self._lock:
+            return [r for r in self.request_log if r.method == method and r.path.rstrip("/") == path.rstrip("/")]
+
+    def rate_limited(self) -> int:
+        """How many requests the rate limits answered 429 (injected 429s not counted)."""
+        with self._lock:
+            return sum(1 for r in self.request_log if r.status == 429 and r.identity != "injected")
 
     # -- the clock ------------------------------------------------------------------------------------------
     def _tick_forever(self) -> None:
@@ -306,7 +510,7 @@ class VastServer:
                 self._tick_all()
 
     def _tick_all(self) -> None:
-        now = time.time()
+        now = self.clock()
         for inst in self._instances.values():
             self._tick_one(inst, now)
         if (
@@ -380,6 +584,12 @@ class VastServer:
     # -- handlers (called with the lock held) ---------------------------------------------------------------
     def handle(self, method: str, path: str, query: dict[str, str], body: Any, key: str | None) -> tuple[int, Any]:
         self._tick_all()
+        if path in ("/api/v0/instances/", "/api/v0/instances") and method == "DELETE":
+            if key is None:
+                return 403, _err("auth_error", "This action requires login.")
+            if key != self.api_key:
+                return 401, _err("auth_error", "Invalid user key")
+            return self._bulk_destroy(body if isinstance(body, dict) else {})
         if path in ("/api/v0/instances/", "/api/v0/instances"):
             return 410, _err("deprecated_endpoint", "/api/v0/instances/ is deprecated. Use /api/v1/instances/ instead.")
         if path.startswith("/_logs/") and method == "GET":
@@ -461,7 +671,7 @@ class VastServer:
         inst_id = self._next_id
         directory = self._workdir / "instances" / str(inst_id)
         directory.mkdir(parents=True)
-        now = time.time()
+        now = self.clock()
         inst = _Instance(
             id=inst_id,
             offer=self._priced(offer, float(body.get("disk") or 10), "bid" if bid is not None else "on-demand"),
@@ -605,19 +815,15 @@ class VastServer:
         if inst is None or not live:
             return 404, _err("no_such_instance", f"Instance {inst_id} not found.")
         if method == "DELETE":
-            self._tick_one(inst, time.time())
-            _kill(inst)
-            inst.destroyed_at, inst.cur_state = time.time(), "unloaded"
-            offer = self.offers.get(int(inst.offer["id"]))
-            if offer is not None and not offer.get("rented_by_other"):
-                offer["rentable"] = True
+            assert inst is not None
+            self._destroy(inst)
             return 200, {"success": True, "msg": f"destroying instance {inst_id}."}
         if method == "PUT":
             if "label" in body:
                 inst.label = str(body["label"])
                 return 200, {"success": True, "msg": f"label for {inst_id} set to '{inst.label}'"}
             if body.get("state") == "stopped":
-                self._tick_one(inst, time.time())
+                self._tick_one(inst, self.clock())
                 _kill(inst)
                 inst.intended = inst.cur_state = "stopped"
                 inst.actual = "exited"
@@ -630,17 +836,48 @@ class VastServer:
             return 400, _err("invalid_args", "state or label required")
         return 405, _err("invalid_request", f"{method} not allowed")
 
+    def _destroy(self, inst: _Instance) -> None:
+        now = self.clock()
+        self._tick_one(inst, now)
+        _kill(inst)
+        inst.destroyed_at, inst.cur_state = now, "unloaded"
+        offer = self.offers.get(int(inst.offer["id"]))
+        if offer is not None and not offer.get("rented_by_other"):
+            offer["rentable"] = True
+
+    def _bulk_destroy(self, body: dict[str, Any]) -> tuple[int, Any]:
+        """``DELETE /api/v0/instances/`` ``{"instance_ids": [...]}`` (§2.5): unknown or destroyed ids are skipped."""
+        raw = body.get("instance_ids")
+        if not isinstance(raw, list) or not raw:
+            return 400, _err("invalid_args", "instance_ids must be a non-empty list")
+        try:
+            ids = [int(i) for i in raw]
+        except (TypeError, ValueError):
+            return 400, _err("invalid_args", "instance_ids must be integers")
+        leave: set[int] = set()
+        if self._bulk_leaves:
+            spec = self._bulk_leaves.pop(0)
+            leave = (set(ids[-spec:]) if spec > 0 else set()) if isinstance(spec, int) else spec
+        destroyed = []
+        for inst_id in ids:
+            inst = self._instances.get(inst_id)
+            if inst is None or inst.destroyed_at is not None or inst_id in leave:
+                continue
+            self._destroy(inst)
+            destroyed.append(inst_id)
+        return 200, {"success": True, "msg": f"destroying {len(destroyed)} instances."}
+
     def _request_logs(self, inst_id: int, body: dict[str, Any]) -> tuple[int, Any]:
         inst = self._instances.get(inst_id)
         if inst is None or inst.destroyed_at is not None:
             return 404, _err("invalid_id", "Invalid instance id.")
         token = secrets.token_hex(8)
-        self._logs[token] = _Logs(inst_id, int(body.get("tail") or 1000), time.time() + self.logs_delay_s)
+        self._logs[token] = _Logs(inst_id, int(body.get("tail") or 1000), self.clock() + self.logs_delay_s)
         return 200, {"success": True, "result_url": f"{self.url}/_logs/{token}.log", "msg": "logs requested"}
 
     def _get_logs(self, name: str) -> tuple[int, Any]:
         request = self._logs.get(name.removesuffix(".log"))
-        if request is None or time.time() < request.ready_at:
+        if request is None or self.clock() < request.ready_at:
             return 404, "not uploaded yet"
         log = self._instances[request.instance_id].directory / "output.log"
         lines = log.read_text(errors="replace").splitlines() if log.exists() else []
@@ -654,7 +891,7 @@ class VastServer:
             return 400, _err("invalid_request", "Must provide both 'day' gte and lte filters for instance charges")
         results: list[dict[str, Any]] = []
         total = 0.0
-        now = time.time()
+        now = self.clock()
         for inst in sorted(self._instances.values(), key=lambda i: i.id):
             end = inst.destroyed_at or now
             if end < lo or inst.created_at > hi:
@@ -685,6 +922,13 @@ class VastServer:
         with self._lock:
             for rule in self._rules:
                 if rule.remaining > 0 and rule.matches(method, path):
+                    if rule.skip > 0:
+                        rule.skip -= 1
+                        continue
+                    if rule.every:
+                        rule.seen += 1
+                        if rule.seen % rule.every:
+                            continue
                     rule.remaining -= 1
                     return rule
             self._rules = [r for r in self._rules if r.remaining > 0]
@@ -740,25 +984,48 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         app = self.app
+        if app.latency_s:
+            time.sleep(app.latency_s)
+        auth = self.headers.get("Authorization") or ""
+        key = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else query.get("api_key")
+        identity = key or f"ip:{self.client_address[0]}"
         with app._lock:
             app.requests.append((method, parts.path))
+            record = RequestRecord(method, parts.path, query, 0, app.clock(), identity)
+            app.request_log.append(record)
         rule = app.take_rule(method, parts.path)
         if rule is not None and rule.delay_s:
             time.sleep(rule.delay_s)
         elif rule is not None and rule.status is not None and not rule.after_handling:
-            self._send(rule.status, rule.body or "")
+            self._answer(record, rule.status, rule.body or "", injected=True)
             return
+        if app.rate_limits:
+            with app._lock:
+                broken = app._limiter.check(method, parts.path, identity, record.at)
+            if broken is not None:
+                self._answer(record, 429, broken.body)
+                return
         try:
             body = json.loads(raw) if raw else None
         except ValueError:
-            self._send(400, _err("invalid_request", "Invalid json body"))
+            self._answer(record, 400, _err("invalid_request", "Invalid json body"))
             return
-        auth = self.headers.get("Authorization") or ""
-        key = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else query.get("api_key")
         with app._lock:
             status, payload = app.handle(method, parts.path, query, body, key)
+        injected = False
         if rule is not None and rule.status is not None:
-            status, payload = rule.status, rule.body or ""
+            status, payload, injected = rule.status, rule.body or "", True
+        self._answer(record, status, payload, injected=injected)
+
+    def _answer(self, record: RequestRecord, status: int, payload: Any, *, injected: bool = False) -> None:
+        app = self.app
+        with app._lock:
+            done = RequestRecord(
+                record.method, record.path, record.query, status, record.at, "injected" if injected else record.identity
+            )
+            index = next((n for n in range(len(app.request_log) - 1, -1, -1) if app.request_log[n] is record), None)
+            if index is not None:
+                app.request_log[index] = done
         self._send(status, payload)
 
     def _send(self, status: int, payload: Any) -> None:
