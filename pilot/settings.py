@@ -224,7 +224,9 @@ class LocalGpuSettings(_Section):
 
 class VastSettings(_Section):
     api_url: str = Field("https://console.vast.ai", description="Vast REST base URL (a local server in tests).")
-    api_key: SecretStr | None = Field(None, description="From LEARNING_PILOT_VAST__API_KEY or a credential file.")
+    api_key: SecretStr | None = Field(
+        None, description="From LEARNING_PILOT_GPU__VAST__API_KEY or the systemd credential gpu__vast__api_key."
+    )
     image: str = Field("pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime", description="Container image for jobs.")
 
 
@@ -274,7 +276,6 @@ class GpuSettings(_Section):
         description="How long destroying an instance is retried (with backoff) before it is reported not verified "
         "gone; the reconciler keeps trying after that and the run's reservation stays until it succeeds.",
     )
-    teardown_backoff_s: float = Field(1.0, gt=0, description="First wait between destroy retries (doubles, max 10 s).")
 
 
 class ArtifactSettings(_Section):

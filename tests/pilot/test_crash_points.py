@@ -81,7 +81,7 @@ def rig(tmp_path: Path, make_settings: Callable[..., Settings], endpoint: str, a
         update={
             "store": settings.store.model_copy(update={"url": store.url}),
             "scheduler": settings.scheduler.model_copy(update={"lease_ttl_s": 1.0}),
-            "gpu": settings.gpu.model_copy(update={"teardown_deadline_s": 20.0, "teardown_backoff_s": 0.2}),
+            "gpu": settings.gpu.model_copy(update={"teardown_deadline_s": 20.0}),
         }
     )
     yield built

@@ -42,7 +42,7 @@ from pilot.supervisor import model_nodes
 from pilot.supervisor.monitor import watch_live_quality
 from tests.pilot.test_efficacy_rollback import add_version, live_records, promote
 
-FAST_TEARDOWN = TeardownPolicy(deadline_s=10.0, base_delay_s=0.05)
+FAST_TEARDOWN = TeardownPolicy(deadline_s=10.0)
 
 
 @dataclass

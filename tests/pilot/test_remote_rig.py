@@ -32,7 +32,7 @@ from subagents.training import count_tokens, plan_training, requirements_for
 from tests.helpers.tiny_model import demo_task_examples
 from tools.artifacts.s3 import S3ArtifactStore
 from tools.gpu.vast import VastGpuProvider
-from tools.gpu.vast_server import VastServer, load_offer_book
+from tools.gpu.vast_server import ShiftableClock, VastServer, load_offer_book
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "vast_offers.json"
 VAST_KEY = "vast-secret-key-0123456789"
@@ -148,7 +148,10 @@ def make_rig(
     bucket = f"lp-{uuid.uuid4().hex[:10]}"
     boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **AWS).create_bucket(Bucket=bucket)
     options: dict[str, Any] = {"loading_s": 0.2, "workdir": tmp / "vast", **(server_options or {})}
-    server = VastServer(load_offer_book(FIXTURE), api_key=VAST_KEY, **options).start()
+    # The server enforces the contract's rate limits; its clock and the provider's waits are shared, so the
+    # provider's production pacing and backoff move time on without the test sleeping through them.
+    clock = ShiftableClock()
+    server = VastServer(load_offer_book(FIXTURE), api_key=VAST_KEY, clock=clock, **options).start()
     stub_dir = tmp / "stub"
     stub_dir.mkdir(exist_ok=True)
     (stub_dir / "stub_job.py").write_text(STUB_JOB)
@@ -185,16 +188,9 @@ def make_rig(
     ctx = build_context(settings, store=store)
     if stub:  # the host runs the stub instead of the real fine-tune (injected, not a setting)
         ctx.host_modules = HostModules(train="stub_job", generate=ctx.host_modules.generate)
-    sleeps: list[float] = []
+    sleeps = clock.slept
     ctx.gpu = VastGpuProvider(
-        VAST_KEY,
-        api_url=server.url,
-        retry_attempts=4,
-        backoff_base_s=0.01,
-        backoff_max_s=0.05,
-        request_timeout_s=5.0,
-        sleep=sleeps.append,
-        rng=random.Random(3),
+        VAST_KEY, api_url=server.url, request_timeout_s=5.0, sleep=clock.sleep, clock=clock, rng=random.Random(3)
     )
     ctx.artifacts = S3ArtifactStore(bucket, endpoint_url=endpoint, region="us-east-1", path_style=True, **AWS)
     snap_dir = tmp / "snapshot"

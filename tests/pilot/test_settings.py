@@ -104,3 +104,27 @@ def test_systemd_credentials_fill_nested_secrets(tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("LEARNING_PILOT_GPU__VAST__API_KEY", "from-env")
     key = load_settings(None, data_dir=tmp_path).gpu.vast.api_key
     assert key is not None and key.get_secret_value() == "from-env"  # the environment wins
+
+
+def test_every_environment_variable_the_docs_name_is_read() -> None:
+    """A documented variable that the settings do not read is silently ignored: a kill switch without its key."""
+    import re
+
+    from pydantic import BaseModel
+
+    from pilot.settings import Settings
+
+    special = {"LEARNING_PILOT_CONFIG", "LEARNING_PILOT_CRASH_AT"}  # the config file's path; the crash tests' hook
+    named: set[str] = set()
+    for doc in (REPO / "README.md", REPO / "config" / "pilot.example.toml", *sorted((REPO / "systemd").glob("*"))):
+        named |= set(re.findall(r"LEARNING_PILOT_[A-Z0-9_]*[A-Z0-9]", doc.read_text()))
+    assert named, "the docs name no variable at all?"
+    for name in sorted(named - special):
+        model: type[BaseModel] = Settings
+        path = name.removeprefix("LEARNING_PILOT_").lower().split("__")
+        for i, key in enumerate(path):
+            assert key in model.model_fields, f"{name}: the settings have no {'.'.join(path[: i + 1])}"
+            annotation = model.model_fields[key].annotation
+            if i < len(path) - 1:
+                assert isinstance(annotation, type) and issubclass(annotation, BaseModel), f"{name}: not a section"
+                model = annotation
