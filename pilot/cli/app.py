@@ -260,7 +260,11 @@ def kill(
 
     from pilot.service.killswitch import engage  # imported here: the kill switch's stack stays off `status`
 
-    pilot_ctx = _context(ctx)
+    try:
+        pilot_ctx = _context(ctx)
+    except PilotError as exc:  # no provider (credentials missing or invalid...): still pause, first and locally
+        _pause_only(ctx, by, reason, exc)
+        raise typer.Exit(1) from exc
     try:
         report = engage(pilot_ctx, actor=_actor(by), reason=reason or "kill from the CLI")
     finally:
@@ -268,6 +272,34 @@ def kill(
     typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _pause_only(ctx: typer.Context, by: str | None, reason: str, problem: Exception) -> None:
+    """The kill switch's first step with nothing but the store: the pause is committed whatever else is broken;
+    the provider could not be reached, so nothing was destroyed — the report says so and the command fails."""
+    import json
+
+    from pilot.store.status import EntityType
+    from pilot.store.writers import record_event, set_paused
+
+    _, store = _open_store(ctx)
+    try:
+        why = f"kill switch: {reason or 'kill from the CLI'}"
+        with store.session(write=True) as session:
+            was = set_paused(session, True, actor=_actor(by), reason=why)
+            record_event(
+                session,
+                entity_type=EntityType.INCIDENT,
+                entity_id="kill_switch",
+                actor=_actor(by),
+                reason=f"{why}; paused, but the provider was not reached: {problem}",
+                new="paused",
+            )
+    finally:
+        store.close()
+    report = {"paused": True, "was_paused": was, "ok": False, "problems": [f"provider not reached: {problem}"]}
+    typer.echo(json.dumps(report, indent=2))
+    typer.echo(f"error: paused, but nothing was destroyed: {problem}", err=True)
 
 
 @app.command()

@@ -47,6 +47,7 @@ from pilot.runs import attempts, host, remote
 from pilot.runs import lifecycle as runs
 from pilot.runs.teardown import destroy_all, teardown_policy
 from pilot.settings import Settings
+from pilot.spend.costs import cost_of_seconds
 from pilot.spend.effects import Effect, EffectRefused, authorize
 from pilot.spend.ledger import reserve, settle
 from pilot.store.models import EvalStage, SpendEntry, as_utc, utcnow
@@ -98,7 +99,7 @@ class _Stage:
         """Elapsed time x $/h, for ``label_cost``'s fallback."""
         if self.launched_at is None or self.instance_id is None:
             return 0.0
-        return round(self.dph * max((self.ended_at or time.time()) - self.launched_at, 0.0) / 3600, 6)
+        return cost_of_seconds(self.dph, (self.ended_at or time.time()) - self.launched_at)
 
 
 def _row(ctx: PilotContext, stage_id: str) -> EvalStage:
@@ -137,8 +138,8 @@ def _choose_offer(ctx: PilotContext) -> Offer:
 def _reserve(ctx: PilotContext, stage_id: str, label: str, version_id: str) -> _Stage:
     offer = _choose_offer(ctx)
     dph = attempts.offer_dph(offer, None, ctx.settings.gpu.remote.disk_gb)
-    hours = (ctx.settings.evaluation.remote_max_minutes * 60 + ctx.settings.gpu.remote.loading_timeout_s) / 3600
-    amount = round(dph * hours, 6)
+    seconds = ctx.settings.evaluation.remote_max_minutes * 60 + ctx.settings.gpu.remote.loading_timeout_s
+    hours, amount = seconds / 3600, cost_of_seconds(dph, seconds)
     try:
         with ctx.store.session(write=True) as session:
             if is_paused(session):  # nothing is reserved either (the gate refuses the rental itself at launch)

@@ -46,13 +46,16 @@ def provider_cost(ctx: PilotContext, run: TrainingRun) -> float:
 
 def label_cost(ctx: PilotContext, label: str, *, since: float, fallback_usd: float) -> float:
     """What the provider charged for every instance carrying ``label`` (the charges of a day either side of
-    ``since`` and now); ``fallback_usd`` (elapsed time x $/h) when the provider has no charges API or it fails."""
+    ``since`` and now); ``fallback_usd`` (elapsed time x $/h) when the provider has no charges API, it fails, or
+    it has published no charge for the label yet (a run that rented is never settled at $0)."""
     if isinstance(ctx.gpu, ChargesProvider):
         try:
             rows = [
                 c for c in ctx.gpu.charges(since - 86400, time.time() + 86400) if getattr(c, "label", None) == label
             ]
-            return float(sum(float(c.amount_usd) for c in rows))
+            if rows or fallback_usd <= 0:
+                return float(sum(float(c.amount_usd) for c in rows))
+            logger.warning("No charges published for %s yet: settling at elapsed time x $/h", label)
         except PilotError as exc:
             logger.warning("Charges of %s unavailable (%s): using elapsed time x $/h", label, exc)
     return fallback_usd

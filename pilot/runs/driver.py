@@ -23,7 +23,7 @@ from pilot.runs.lifecycle import collect_run, fail_run, is_remote, run_dir, trai
 from pilot.runs.teardown import destroy_verified, teardown_policy
 from pilot.spend.costs import burn_exceeds_reservation, elapsed_cost, reserved_for_run
 from pilot.spend.effects import Effect, EffectRefused, authorize
-from pilot.store.leases import LeaseKeeper, run_lease
+from pilot.store.leases import LeaseKeeper, holds, run_lease
 from pilot.store.models import DatasetSnapshot, TrainingRun, utcnow
 from pilot.store.status import EntityType, RunStatus, RunTerminationReason
 from pilot.store.writers import is_paused, record_event, switch_run_status
@@ -70,11 +70,20 @@ def watch_run(
             return _find(ctx, run_id)
         testpoints.reached("lease_taken")
         for _ in range(10_000_000):  # bounded: every step sleeps or ends, and the deadlines end the run
+            if lease.lost.is_set() or not _still_holds(ctx, lease.name):
+                logger.warning("Run %s: this process lost its lease; another one drives the run now", run_id)
+                return _find(ctx, run_id)
             run = advance_run(ctx, run_id, lease=lease.name, poll_s=poll_s)
-            if RunStatus(run.status).is_terminal or lease.lost.is_set():
+            if RunStatus(run.status).is_terminal:
                 return run
             sleep(poll_s)
     raise AssertionError("unreachable: the deadlines end every run")
+
+
+def _still_holds(ctx: PilotContext, lease: str) -> bool:
+    """The fencing check before each step (the effect gate checks again before each side effect)."""
+    with ctx.store.session() as session:
+        return holds(session, lease, ctx.owner)
 
 
 def launch_run(ctx: PilotContext, run: TrainingRun, snapshot: DatasetSnapshot) -> TrainingRun:

@@ -25,7 +25,7 @@ from pilot.runs.host import (
     upload_manifest,
 )
 from pilot.runs.teardown import destroy_verified, teardown_policy
-from pilot.spend.costs import attempts_cost
+from pilot.spend.costs import attempts_cost, cost_of_seconds
 from pilot.spend.effects import Effect, EffectRefused, authorize
 from pilot.store.models import DatasetSnapshot, RunAttempt, TrainingRun
 from pilot.store.status import AttemptStatus, EntityType, RunStatus
@@ -103,7 +103,7 @@ def gate_price(ctx: PilotContext, tried: list[RunAttempt], dph: float, estimate:
     the reservation from then on)."""
     if not any(a.launched_at is not None for a in tried):
         return estimate
-    return attempts_cost(tried) + dph * ctx.settings.training.heartbeat_timeout_s / 3600
+    return attempts_cost(tried) + cost_of_seconds(dph, ctx.settings.training.heartbeat_timeout_s)
 
 
 def launch_attempt(ctx: PilotContext, run: TrainingRun, snapshot: DatasetSnapshot, *, lease: str) -> LaunchOutcome:

@@ -225,7 +225,9 @@ def _running(ctx: PilotContext, run: TrainingRun, current: RunAttempt, instance:
             row.last_seq, row.last_beat_at = seq, _at(now)
         running_since = as_utc(row.running_since or _at(now)).timestamp()
         seen = as_utc(row.last_beat_at).timestamp() if row.last_beat_at else 0.0
-    testpoints.reached("heartbeat_recorded" if seq is not None else "attempt_running")
+    testpoints.reached("attempt_running")
+    if seq is not None:
+        testpoints.reached("heartbeat_recorded")
     silent = now - max(seen, running_since)
     if silent > ctx.settings.training.heartbeat_timeout_s:
         message = f"no heartbeat from instance {instance.id} for {silent:.0f} s"

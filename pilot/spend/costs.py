@@ -19,8 +19,12 @@ def elapsed_cost(dph: float, start: datetime | None, end: datetime | None = None
     """``dph`` dollars per hour from ``start`` to ``end`` (now when None); 0 when it never started."""
     if start is None or dph <= 0:
         return 0.0
-    seconds = max(((end and as_utc(end)) or utcnow()).timestamp() - as_utc(start).timestamp(), 0.0)
-    return round(dph * seconds / 3600, 6)
+    return cost_of_seconds(dph, ((end and as_utc(end)) or utcnow()).timestamp() - as_utc(start).timestamp())
+
+
+def cost_of_seconds(dph: float, seconds: float) -> float:
+    """``dph`` dollars per hour for ``seconds``: every "$/h x time" in the pilot is this or ``elapsed_cost``."""
+    return round(max(dph, 0.0) * max(seconds, 0.0) / 3600, 6)
 
 
 def reservation_for(estimated_usd: float, caps: BudgetSettings) -> float:

@@ -15,6 +15,7 @@ from pilot.settings import load_settings
 from pilot.store import Store
 from pilot.store.models import Approval
 from pilot.store.status import ApprovalKind
+from pilot.store.writers import is_paused
 from tests import factories
 
 REPO = Path(__file__).resolve().parents[2]
@@ -120,3 +121,23 @@ def test_status_does_not_import_the_heavy_stack(config: Path) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env={**os.environ}, check=True
     )
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr
+
+
+def test_kill_pauses_even_without_provider_credentials(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gpu.provider is vast but no key is set: the provider cannot be reached, and the pause still commits."""
+    monkeypatch.delenv("LEARNING_PILOT_GPU__VAST__API_KEY", raising=False)
+    path = tmp_path / "pilot.toml"
+    path.write_text(f'env = "test"\ndata_dir = "{tmp_path / "data"}"\n[gpu]\nprovider = "vast"\n')
+    assert cli(capsys, "--config", str(path), "init")[0] == 0
+    code, out, err = cli(capsys, "--config", str(path), "kill", "--reason", "test", "--by", "alice")
+    assert code == 1 and "nothing was destroyed" in err and "API key" in err
+    assert json.loads(out)["paused"] is True
+    settings = load_settings(path)
+    store = Store(settings.database_url)
+    try:
+        with store.session() as s:
+            assert is_paused(s)
+    finally:
+        store.close()

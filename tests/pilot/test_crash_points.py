@@ -75,13 +75,20 @@ def _plain(value: Any) -> Any:
 def rig(tmp_path: Path, make_settings: Callable[..., Settings], endpoint: str, aws_env: None) -> Iterator[Rig]:
     store = Store(f"sqlite:///{tmp_path / 'pilot.db'}")
     store.migrate()
-    built, _ = make_rig(tmp_path, store, make_settings, endpoint, stub_env={"STUB_STEP_S": "0.3"})
+    built, _ = make_rig(tmp_path, store, make_settings, endpoint, stub_env={"STUB_STEP_S": "1.5"})
     settings = built.ctx.settings
     built.ctx.settings = settings.model_copy(
         update={
             "store": settings.store.model_copy(update={"url": store.url}),
             "scheduler": settings.scheduler.model_copy(update={"lease_ttl_s": 1.0}),
-            "gpu": settings.gpu.model_copy(update={"teardown_deadline_s": 20.0}),
+            # The harness polls with the provider's production pacing (show: one call per 2 s) on real time.
+            "gpu": settings.gpu.model_copy(
+                update={
+                    "teardown_deadline_s": 20.0,
+                    "remote": settings.gpu.remote.model_copy(update={"loading_timeout_s": 30.0}),
+                }
+            ),
+            "training": settings.training.model_copy(update={"heartbeat_timeout_s": 30.0}),
         }
     )
     yield built

@@ -68,3 +68,48 @@ def test_once_and_the_daemon_worker_never_double_a_rental(rig: Rig) -> None:
     assert len(rig.server.create_bodies) == 2  # one instance per attempt, nothing doubled
     assert len({a.instance_id for a in attempts}) == 2
     assert rig.server.live_instances() == []
+
+
+def test_a_driver_that_lost_its_lease_stops_and_the_new_one_finishes(rig: Rig) -> None:
+    """A leader change mid-run: the first daemon's lease is taken over (its renewals stopped, as when a frozen or
+    partitioned process loses leadership); it stops at its next step, the new one drives the run to its end, and a
+    host loss after the change is relaunched once, by the new driver only."""
+    from pilot.store.leases import run_lease
+    from pilot.store.models import Lease
+
+    other = build_context(rig.ctx.settings, store=Store(rig.store.url))
+    other.gpu, other.host_modules = rig.ctx.gpu, rig.ctx.host_modules
+    run = rig.new_run()
+    results: dict[str, TrainingRun] = {}
+    first = threading.Thread(target=lambda: results.setdefault("first", watch_run(rig.ctx, run.id, poll_s=0.05)))
+    first.start()
+    deadline = time.monotonic() + 60
+    while True:  # the first driver is renting and watching
+        with rig.store.session() as s:
+            live = s.get(TrainingRun, run.id, populate_existing=True)
+        assert time.monotonic() < deadline
+        if live is not None and live.instance_id and rig.ctx.gpu.poll(live.instance_id).state is InstanceState.RUNNING:
+            break
+        time.sleep(0.05)
+    with rig.store.session(write=True) as s:  # the new leader takes the lease over
+        lease = s.get(Lease, run_lease(run.id))
+        assert lease is not None and lease.owner == rig.ctx.owner
+        lease.owner, lease.epoch = other.owner, lease.epoch + 1
+    first.join(timeout=30)
+    assert not first.is_alive()  # it noticed and stopped
+    assert not RunStatus(results["first"].status).is_terminal
+    rig.server.host_offline(str(live.instance_id))
+    while True:  # the new leader's worker drives it to its end
+        assert time.monotonic() < deadline + 120
+        advance_runs(other)
+        with rig.store.session() as s:
+            current = s.get(TrainingRun, run.id, populate_existing=True)
+        if current is not None and RunStatus(current.status).is_terminal:
+            break
+        time.sleep(0.05)
+    other.store.close()
+    assert current.status == RunStatus.SUCCEEDED, current.status_message
+    with rig.store.session() as s:
+        attempts = attempts_of(s, run.id)
+    assert len(attempts) == 2 and len(rig.server.create_bodies) == 2
+    assert rig.server.live_instances() == []

@@ -1,7 +1,8 @@
 """A local server that speaks the subset of the Vast.ai REST contract Learning Pilot uses.
 
 It exists so that ``VastGpuProvider`` is tested through the real ``vastai`` client over real HTTP (tests and the
-``--dry-run`` rehearsal), not through mocks. See ``/work/shared/reference/vast-api.md`` for the contract.
+``--dry-run`` rehearsal), not through mocks. It follows the Vast.ai REST contract (endpoints, fields, rate
+limits) as documented by Vast.ai.
 
 Invariants:
 
