@@ -271,7 +271,8 @@ def _end_attempts_and_stages(
     for stage in stages:
         try:
             gone = stage.instance_id is None or stage.instance_id in gone_ids
-            cost = label_cost(ctx, stage.label, since=stage.created_at.timestamp(), fallback_usd=stage.reserved_usd)
+            fallback = elapsed_cost(stage.dph, stage.launched_at) if stage.instance_id else 0.0
+            cost = label_cost(ctx, stage.label, since=stage.created_at.timestamp(), fallback_usd=fallback)
             with ctx.store.session(write=True) as session:
                 switch_stage_status(session, stage.id, StageStatus.CANCELLED, actor="system", reason=why)
                 row = session.get(EvalStage, stage.id)

@@ -28,6 +28,7 @@ from test_remote_rig import Rig, make_rig
 from pilot.runs.attempts import attempts_of
 from pilot.settings import Settings
 from pilot.store import Store
+from pilot.store.leases import holder, run_lease
 from pilot.store.models import ExecutionRecordRow, SpendEntry, TrainingRun
 from pilot.store.status import RunStatus
 
@@ -122,7 +123,12 @@ def _crash_and_restart(rig: Rig, point: str) -> TrainingRun:
     run = rig.new_run()
     crashed = _harness(rig, run.id, crash_at=point)
     assert crashed.returncode == 137, f"{point} not reached: rc={crashed.returncode}\n{crashed.stderr[-3000:]}"
-    time.sleep(1.2)  # the dead process's lease expires
+    deadline = time.monotonic() + 30
+    with rig.store.session() as s:  # the dead process's lease expires (1 s without renewal)
+        while holder(s, run_lease(run.id)) is not None:
+            assert time.monotonic() < deadline, "the dead process's lease never expired"
+            time.sleep(0.2)
+            s.expire_all()
     restarted = _harness(rig, run.id, crash_at=None)
     assert restarted.returncode == 0, restarted.stderr[-3000:]
 
