@@ -27,7 +27,7 @@ from tools.gpu.base import InstanceState
 def rig(
     tmp_path: Path, store: Store, make_settings: Callable[..., Settings], endpoint: str, aws_env: None
 ) -> Iterator[Rig]:
-    built, _ = make_rig(tmp_path, store, make_settings, endpoint, stub_env={"STUB_STEP_S": "0.5"})
+    built, _ = make_rig(tmp_path, store, make_settings, endpoint, stub_env={"STUB_STEP_S": "1.5"})
     yield built
     for instance_id in built.server.live_instances():
         built.ctx.gpu.terminate(str(instance_id))
