@@ -19,14 +19,14 @@ from pilot import testpoints
 from pilot.context import PilotContext
 from pilot.errors import ConflictError, TransitionError
 from pilot.runs import remote
-from pilot.runs.lifecycle import collect_run, fail_run, is_remote, run_dir, training_params
+from pilot.runs.lifecycle import collect_run, end_not_rented, fail_run, is_remote, run_dir, training_params
 from pilot.runs.teardown import destroy_verified, teardown_policy
 from pilot.spend.costs import burn_exceeds_reservation, elapsed_cost, reserved_for_run
 from pilot.spend.effects import Effect, EffectRefused, authorize
 from pilot.store.leases import LeaseKeeper, holds, run_lease
 from pilot.store.models import DatasetSnapshot, TrainingRun, utcnow
 from pilot.store.status import EntityType, RunStatus, RunTerminationReason
-from pilot.store.writers import is_paused, record_event, switch_run_status
+from pilot.store.writers import record_event, switch_run_status
 from subagents.training import classify_exit, job_config
 from tools.errors import ProviderError
 from tools.gpu.base import InstanceState, LaunchSpec
@@ -127,7 +127,7 @@ def _launch_local(ctx: PilotContext, run: TrainingRun, *, lease: str) -> Trainin
             price_usd=run.estimated_cost_usd,
         )
     except EffectRefused as exc:
-        return _not_rented(ctx, run, exc.reason)
+        return end_not_rented(ctx, run.id, exc.reason, cost=0.0)
     try:
         instance = ctx.gpu.launch(spec)
     except ProviderError as exc:
@@ -149,16 +149,6 @@ def _launch_local(ctx: PilotContext, run: TrainingRun, *, lease: str) -> Trainin
     except (ConflictError, TransitionError) as exc:  # cancelled while the provider answered: tear it down
         destroy_verified(ctx.gpu, instance.id, teardown_policy(ctx.settings))
         logger.warning("Run %s ended while instance %s started (%s); destroyed", run.id, instance.id, exc)
-        return _find(ctx, run.id)
-
-
-def _not_rented(ctx: PilotContext, run: TrainingRun, reason: str) -> TrainingRun:
-    with ctx.store.session() as session:
-        paused = is_paused(session)
-    termination = RunTerminationReason.KILL_SWITCH if paused else RunTerminationReason.LAUNCH_FAILED
-    try:
-        return fail_run(ctx, run.id, termination, f"not rented: {reason}", cost=0.0)
-    except (ConflictError, TransitionError):
         return _find(ctx, run.id)
 
 

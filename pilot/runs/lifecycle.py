@@ -20,11 +20,12 @@ from sqlmodel import Session, select
 
 from pilot import testpoints
 from pilot.context import PilotContext
+from pilot.errors import ConflictError, TransitionError
 from pilot.spend.costs import reservation_for
 from pilot.spend.ledger import reserve, settle
 from pilot.store.models import DatasetSnapshot, ModelVersion, TrainingRun
 from pilot.store.status import EntityType, ModelStatus, RunStatus, RunTerminationReason
-from pilot.store.writers import record_event, switch_run_status
+from pilot.store.writers import is_paused, record_event, switch_run_status
 from subagents.training import TrainingParams, TrainingPlan
 from tools.artifacts.base import PICKLE_SUFFIXES
 from tools.gpu.base import instance_label
@@ -115,6 +116,21 @@ def fail_run(
         )
         settle(session, run_id, cost, note=message[:200])
     return run
+
+
+def end_not_rented(ctx: PilotContext, run_id: str, reason: str, *, cost: float) -> TrainingRun:
+    """The effect gate refused the run's next rental: the run ends with what it spent — cancelled when the pilot is
+    paused (the kill switch), failed otherwise; a run the kill switch already ended is returned as it is."""
+    with ctx.store.session() as session:
+        paused = is_paused(session)
+    termination = RunTerminationReason.KILL_SWITCH if paused else RunTerminationReason.LAUNCH_FAILED
+    try:
+        return fail_run(ctx, run_id, termination, f"not rented: {reason}", cost=cost)
+    except (ConflictError, TransitionError):
+        with ctx.store.session() as session:
+            run = session.get(TrainingRun, run_id, populate_existing=True)
+        assert run is not None
+        return run
 
 
 def collect_run(ctx: PilotContext, run: TrainingRun, *, cost: float) -> TrainingRun:

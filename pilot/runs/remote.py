@@ -53,7 +53,7 @@ from pilot.runs.teardown import destroy_verified, teardown_policy
 from pilot.spend.costs import attempts_cost, reserved_for_run
 from pilot.store.models import DatasetSnapshot, RunAttempt, TrainingRun, as_utc
 from pilot.store.status import AttemptStatus, EntityType, RunStatus, RunTerminationReason
-from pilot.store.writers import is_paused, record_event, switch_attempt_status, switch_run_status
+from pilot.store.writers import record_event, switch_attempt_status, switch_run_status
 from tools.errors import LaunchFailed, PilotError
 from tools.gpu.base import Instance, InstanceState
 
@@ -146,7 +146,7 @@ def _step(ctx: PilotContext, run_id: str, *, lease: str, poll_s: float | None) -
         if outcome.launched or RunStatus(outcome.run.status).is_terminal:
             return outcome.run
         if outcome.refused:
-            return _refused(ctx, outcome.run, outcome.reason)
+            return runs.end_not_rented(ctx, run.id, outcome.reason, cost=provider_cost(ctx, outcome.run))
         return finish_failed(ctx, outcome.run, RunTerminationReason.LAUNCH_FAILED, outcome.reason)
     now = time.time()
     reserved = reserved_for_run(run)
@@ -340,17 +340,6 @@ def _collect(ctx: PilotContext, run: TrainingRun, attempt: RunAttempt, result: d
 
 def finish_failed(ctx: PilotContext, run: TrainingRun, termination: RunTerminationReason, message: str) -> TrainingRun:
     return runs.fail_run(ctx, run.id, termination, message, cost=provider_cost(ctx, run))
-
-
-def _refused(ctx: PilotContext, run: TrainingRun, reason: str) -> TrainingRun:
-    """The gate refused the next rental: the run ends (cancelled when the pilot is paused) with what it spent."""
-    with ctx.store.session() as session:
-        paused = is_paused(session)
-    termination = RunTerminationReason.KILL_SWITCH if paused else RunTerminationReason.LAUNCH_FAILED
-    try:
-        return finish_failed(ctx, run, termination, f"not rented: {reason}")
-    except (ConflictError, TransitionError):
-        return find_run(ctx, run.id)  # ended meanwhile (the kill switch)
 
 
 def adopt_or_clean(ctx: PilotContext, run: TrainingRun) -> TrainingRun:
