@@ -283,20 +283,37 @@ def score_items(
 # ------------------------------------------------------------------------------------------ the evaluation
 
 
-def evaluate_version(
-    ctx: PilotContext,
-    version_id: str,
-    *,
-    sandbox_limits: SandboxLimits = SANDBOX_LIMITS,
-    judge_client: Completer | None = None,
-    lease: str | None = None,
-) -> tuple[GateReport, dict[str, Any]]:
-    """Run both sides on the golden split, score, gate. Returns the report and the stored evaluation record.
+@dataclass
+class Prepared:
+    """What both sides are evaluated on, read and verified before anything generates (or is rented)."""
 
-    ``lease``: the supervisor thread's lease, which the effect gate checks before an evaluation host is rented.
+    version: ModelVersion
+    champion: ModelVersion | None
+    snapshot: DatasetSnapshot | None
+    trusted: Path | None
+    golden: Path
+    items: list[dict[str, Any]]
+    overlap: int
+    contaminated: Any
+    disagreement: Any
+    workdir: Path
+    candidate_adapter: Path
+    champion_adapter: Path | None
+    started: float
 
-    ``judge_client`` replaces the judge's model built from the settings (tests: litellm's ``mock_response``); the
-    judge runs only when ``evaluation.judge.enabled``."""
+    @property
+    def golden_ids(self) -> list[str]:
+        return [str(i["id"]) for i in self.items]
+
+    @property
+    def adapters(self) -> dict[Literal["candidate", "champion"], Mapping[str, Any] | None]:
+        """Each side's stored adapter files (None for the base model), for a remote stage."""
+        champion = self.champion.adapter_files if self.champion is not None else None
+        return {"candidate": self.version.adapter_files, "champion": champion}
+
+
+def prepare_evaluation(ctx: PilotContext, version_id: str) -> Prepared:
+    """The golden set, its contamination and label checks, and both adapters fetched and verified."""
     with ctx.store.session() as session:
         version = get_version(session, version_id)
         snapshot = session.get(DatasetSnapshot, version.snapshot_id) if version.snapshot_id else None
@@ -306,6 +323,7 @@ def evaluate_version(
     golden = trusted if trusted is not None else Path(snapshot.path) / "golden.jsonl" if snapshot else None
     if golden is None or not golden.is_file():
         raise EvaluationError(f"{version_id} has no golden set to be evaluated on ({golden or 'no snapshot'})")
+    started = time.monotonic()
     items = _golden_items(golden)
     overlap = _train_overlap(Path(snapshot.path) / "train.jsonl", golden) if snapshot is not None else 0
     train_file = Path(snapshot.path) / "train.jsonl" if snapshot is not None else None
@@ -317,42 +335,84 @@ def evaluate_version(
     )
     workdir = ctx.settings.work_dir / "eval" / version_id
     workdir.mkdir(parents=True, exist_ok=True)
-    label_base = f"learning-pilot/{ctx.settings.env}/eval-{version_id}"
-    started = time.monotonic()
     # Both adapters are verified here before anything runs (and before anything is rented for a remote stage).
     cand_adapter = fetch_adapter(ctx, version, workdir / "candidate-adapter")
     champ_adapter = fetch_adapter(ctx, champion, workdir / "champion-adapter") if champion else None
-    golden_ids = [str(i["id"]) for i in items]
+    return Prepared(
+        version,
+        champion,
+        snapshot,
+        trusted,
+        golden,
+        items,
+        overlap,
+        contaminated,
+        disagreement,
+        workdir,
+        cand_adapter,
+        champ_adapter,
+        started,
+    )
+
+
+def evaluate_version(
+    ctx: PilotContext,
+    version_id: str,
+    *,
+    sandbox_limits: SandboxLimits = SANDBOX_LIMITS,
+    judge_client: Completer | None = None,
+    lease: str | None = None,
+) -> tuple[GateReport, dict[str, Any]]:
+    """Run both sides on the golden split, score, gate, in this process. Returns the report and the stored
+    evaluation record. (The supervisor does not wait here for a remote stage: its ``evaluate`` node opens the stage
+    and ``score_evaluation`` reads it once a worker drove it to its end.)
+
+    ``lease``: the supervisor thread's lease, which the effect gate checks before an evaluation host is rented.
+
+    ``judge_client`` replaces the judge's model built from the settings (tests: litellm's ``mock_response``); the
+    judge runs only when ``evaluation.judge.enabled``."""
+    prep = prepare_evaluation(ctx, version_id)
     from pilot.evaluation import remote as remote_eval  # the rented-host stage loads only when configured
 
-    stage: dict[str, Any] | None = None
     if remote_eval.evaluates_remotely(ctx.settings):
         generated = remote_eval.generate_remote(
             ctx,
             version_id=version_id,
-            golden=golden,
-            golden_ids=golden_ids,
-            adapters={"candidate": version.adapter_files, "champion": champion.adapter_files if champion else None},
+            golden=prep.golden,
+            golden_ids=prep.golden_ids,
+            adapters=prep.adapters,
             lease=lease,
         )
-        cand, champ, stage = generated["candidate"], generated["champion"], generated["stage"]
     else:
-        cand = _generate(
-            ctx,
-            adapter=cand_adapter,
-            golden=golden,
-            golden_ids=golden_ids,
-            out=workdir / "candidate.jsonl",
-            label=f"{label_base}-candidate",
-        )
-        champ = _generate(
-            ctx,
-            adapter=champ_adapter,
-            golden=golden,
-            golden_ids=golden_ids,
-            out=workdir / "champion.jsonl",
-            label=f"{label_base}-champion",
-        )
+        label_base = f"learning-pilot/{ctx.settings.env}/eval-{version_id}"
+        generated = {
+            side: _generate(
+                ctx,
+                adapter=adapter,
+                golden=prep.golden,
+                golden_ids=prep.golden_ids,
+                out=prep.workdir / f"{side}.jsonl",
+                label=f"{label_base}-{side}",
+            )
+            for side, adapter in (("candidate", prep.candidate_adapter), ("champion", prep.champion_adapter))
+        }
+    return score_evaluation(ctx, prep, generated, sandbox_limits=sandbox_limits, judge_client=judge_client)
+
+
+def score_evaluation(
+    ctx: PilotContext,
+    prep: Prepared,
+    generated: Mapping[str, Any],
+    *,
+    sandbox_limits: SandboxLimits = SANDBOX_LIMITS,
+    judge_client: Completer | None = None,
+) -> tuple[GateReport, dict[str, Any]]:
+    """Score both sides' predictions (``generated``: ``candidate``, ``champion`` and, for a remote stage, ``stage``)
+    and gate. Returns the report and the evaluation record to store."""
+    version_id, items, champion, snapshot = prep.version.id, prep.items, prep.champion, prep.snapshot
+    cand, champ, stage = generated["candidate"], generated["champion"], generated.get("stage")
+    golden, trusted, contaminated, disagreement = prep.golden, prep.trusted, prep.contaminated, prep.disagreement
+    overlap, started = prep.overlap, prep.started
     cand_answers = {k: str(v.get("prediction") or "") for k, v in cand["predictions"].items()}
     champ_answers = {k: str(v.get("prediction") or "") for k, v in champ["predictions"].items()}
     scores, scoring = score_items(items, cand_answers, champ_answers, limits=sandbox_limits)
@@ -436,7 +496,7 @@ def evaluate_version(
         "where": "remote" if stage is not None else "local",
         "remote_stage": stage,
         "eval_loss_source": "mean of the per-item reference losses, computed by the daemon",
-        "duration_s": round(time.monotonic() - started, 2),
+        "duration_s": round(time.monotonic() - started + (stage or {}).get("duration_s", 0.0), 2),
     }
     judged_line = ""
     if judge is not None and judge.get("candidate_score") is not None:

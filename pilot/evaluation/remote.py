@@ -18,6 +18,9 @@ Invariants:
   line. Only each item's ``prediction`` (a string) and ``loss`` (a number) are read, from files whose sha256 matches
   the result's; the eval loss is their mean over the golden items, computed here. A missing, tampered or malformed
   predictions file is an ``EvaluationError``: the candidate is rejected with the reason.
+- A stage is a durable job (pilot/evaluation/stages.py): ``open_stage`` rents it (the supervisor's ``evaluate`` node,
+  which then waits with ``interrupt()``), a worker or ``drive_stage`` advances it one restartable step at a time
+  under the stage's lease, and ``collect_stage`` reads its predictions once the host uploaded them.
 - A stage does not retry on another host: a failed stage rejects the candidate (the next cycle may train again).
 - No heartbeat for ``training.heartbeat_timeout_s``, still loading after ``gpu.remote.loading_timeout_s``, or running
   past ``evaluation.remote_max_minutes``: the instance is destroyed and the stage fails.
@@ -32,7 +35,6 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -42,8 +44,9 @@ from sqlmodel import col, select
 from pilot import testpoints
 from pilot.context import PilotContext
 from pilot.errors import BudgetError, ConflictError, TransitionError
+from pilot.evaluation import stages
 from pilot.evaluation.predictions import EvaluationError, read_predictions
-from pilot.runs import attempts, host, remote
+from pilot.runs import attempts, host
 from pilot.runs import lifecycle as runs
 from pilot.runs.teardown import destroy_all, teardown_policy
 from pilot.settings import Settings
@@ -56,7 +59,7 @@ from pilot.store.writers import is_paused, record_event, switch_stage_status
 from subagents.training import requirements_for
 from tools.artifacts.base import sha256_file
 from tools.errors import ArtifactError, PilotError
-from tools.gpu.base import InstanceState, Offer, instance_label
+from tools.gpu.base import Offer, instance_label
 
 logger = logging.getLogger(__name__)
 
@@ -83,45 +86,6 @@ def evaluates_remotely(settings: Settings) -> bool:
 
 
 # -- the stage ----------------------------------------------------------------------------------------------
-@dataclass
-class _Stage:
-    id: str
-    label: str
-    offer: Offer
-    dph: float
-    reserved_usd: float
-    started: float
-    instance_id: str | None = None
-    launched_at: float | None = None
-    ended_at: float | None = None
-
-    def elapsed_cost(self) -> float:
-        """Elapsed time x $/h, for ``label_cost``'s fallback."""
-        if self.launched_at is None or self.instance_id is None:
-            return 0.0
-        return cost_of_seconds(self.dph, (self.ended_at or time.time()) - self.launched_at)
-
-
-def _row(ctx: PilotContext, stage_id: str) -> EvalStage:
-    with ctx.store.session() as session:
-        row = session.get(EvalStage, stage_id, populate_existing=True)
-    assert row is not None, stage_id
-    return row
-
-
-def _switch(
-    ctx: PilotContext,
-    stage_id: str,
-    new: StageStatus,
-    reason: str,
-    *,
-    expected: StageStatus | None = None,
-    **fields: Any,
-) -> None:
-    with ctx.store.session(write=True) as session:
-        switch_stage_status(session, stage_id, new, actor="system", reason=reason, expected=expected, **fields)
-
-
 def _choose_offer(ctx: PilotContext) -> Offer:
     """The cheapest on-demand offer that meets the job's requirements (a short stage is not worth a bid that
     can be outbid midway: it does not retry)."""
@@ -135,7 +99,7 @@ def _choose_offer(ctx: PilotContext) -> Offer:
     return min(offers, key=lambda o: (o.dph_total, o.id))
 
 
-def _reserve(ctx: PilotContext, stage_id: str, label: str, version_id: str) -> _Stage:
+def _reserve(ctx: PilotContext, stage_id: str, label: str, version_id: str) -> EvalStage:
     offer = _choose_offer(ctx)
     dph = attempts.offer_dph(offer, None, ctx.settings.gpu.remote.disk_gb)
     seconds = ctx.settings.evaluation.remote_max_minutes * 60 + ctx.settings.gpu.remote.loading_timeout_s
@@ -161,21 +125,22 @@ def _reserve(ctx: PilotContext, stage_id: str, label: str, version_id: str) -> _
                 f"({offer.gpu_name}, ${dph:.4f}/h)",
                 data={"version": version_id, "label": label, "offer_id": offer.id, "dph": dph, "reserved_usd": amount},
             )
-            session.add(
-                EvalStage(
-                    id=stage_id,
-                    version_id=version_id,
-                    status=StageStatus.PENDING,
-                    label=label,
-                    offer_id=offer.id,
-                    gpu=offer.gpu_name,
-                    dph=dph,
-                    reserved_usd=amount,
-                )
+            row = EvalStage(
+                id=stage_id,
+                version_id=version_id,
+                status=StageStatus.PENDING,
+                label=label,
+                offer_id=offer.id,
+                gpu=offer.gpu_name,
+                dph=dph,
+                reserved_usd=amount,
             )
+            session.add(row)
+            session.flush()
+            session.expunge(row)
     except BudgetError as exc:
         raise EvaluationError(f"no budget for the evaluation stage: {exc}") from exc
-    return _Stage(stage_id, label, offer, dph, amount, time.time())
+    return row
 
 
 def _stage_inputs(
@@ -202,7 +167,7 @@ def _stage_inputs(
 
 
 def _manifest(
-    ctx: PilotContext, stage: _Stage, inputs: dict[str, dict[str, Any]], adapters: Mapping[Side, Any]
+    ctx: PilotContext, stage: EvalStage, inputs: dict[str, dict[str, Any]], adapters: Mapping[Side, Any]
 ) -> dict[str, Any]:
     e = ctx.settings.evaluation
     get_s, put_s = host.url_lifetimes(ctx, run_s=e.remote_max_minutes * 60)
@@ -245,99 +210,8 @@ def _manifest(
     }
 
 
-def _watch(
-    ctx: PilotContext, stage: _Stage, *, sleep: Callable[[float], None], poll_s: float
-) -> tuple[dict[str, Any] | None, str | None]:
-    """Poll until the host exits or a limit passes: (the uploaded result, None) or (None, why it failed)."""
-    assert stage.instance_id is not None and stage.launched_at is not None
-    remote_settings = ctx.settings.gpu.remote
-    deadline = ctx.settings.evaluation.remote_max_minutes * 60 + remote_settings.loading_timeout_s
-    scratch = ctx.settings.work_dir / "eval" / stage.id
-    live = remote.Liveness()
-    for _ in range(10_000_000):  # bounded: every branch sleeps or ends, and the deadline ends the stage
-        now = time.time()
-        row = _row(ctx, stage.id)
-        if StageStatus(row.status).is_terminal:
-            return None, f"the stage was {row.status} ({row.end_reason or 'no reason'})"
-        if now - stage.launched_at > deadline:
-            return None, f"still running after {deadline / 60:.1f} min"
-        try:
-            instance = ctx.gpu.poll(stage.instance_id)
-        except PilotError as exc:
-            logger.warning("Evaluation %s: polling instance %s failed: %s", stage.id, stage.instance_id, exc)
-            sleep(poll_s)
-            continue
-        match instance.state:
-            case InstanceState.LOADING:
-                if now - stage.launched_at > remote_settings.loading_timeout_s:
-                    return None, f"instance {instance.id} still loading after {now - stage.launched_at:.0f} s"
-            case InstanceState.RUNNING:
-                if row.status == StageStatus.LAUNCHED:
-                    _switch(ctx, stage.id, StageStatus.RUNNING, f"the evaluation runs on {instance.id}")
-                testpoints.reached("stage_running")
-                live.running_since = live.running_since or now
-                beat = host.read_json(ctx, f"evals/{stage.id}/heartbeat.json", scratch)
-                if beat is not None and beat.get("seq") != live.seq:
-                    live.seq, live.seen_at = beat.get("seq"), now
-                silent = now - max(live.seen_at or 0.0, live.running_since)
-                if silent > ctx.settings.training.heartbeat_timeout_s:
-                    return None, f"no heartbeat from instance {instance.id} for {silent:.0f} s"
-            case InstanceState.EXITED:
-                result = host.read_json(ctx, f"evals/{stage.id}/result.json", scratch)
-                if instance.exit_code != 0 or result is None or result.get("status") != "ok":
-                    tail = (result or {}).get("log_tail") or []
-                    last = f": {str(tail[-1])[:300]}" if tail else ""
-                    why = (result or {}).get("error") or "no result uploaded"
-                    return None, f"the evaluation host exited with code {instance.exit_code} ({why}){last}"
-                return result, None
-            case InstanceState.STOPPED | InstanceState.GONE:
-                what = "vanished" if instance.state is InstanceState.GONE else f"stopped ({instance.detail})"
-                return None, f"instance {instance.id} {what}"
-        sleep(poll_s)
-    raise AssertionError("unreachable: the deadline ends every stage")
-
-
-def _end(ctx: PilotContext, stage: _Stage, why: str, *, ok: bool) -> tuple[bool, float]:
-    """Destroy every instance with the stage's label and verify it gone; settle the reservation with the
-    provider's charges. Returns (all verified gone, cost)."""
-    ids = {stage.instance_id} if stage.instance_id else set()
-    try:
-        ids |= {i.id for i in ctx.gpu.list_owned(stage.label) if i.label == stage.label}
-    except PilotError as exc:
-        logger.warning("Evaluation %s: cannot list instances of %s: %s", stage.id, stage.label, exc)
-    gone = all(t.gone for t in destroy_all(ctx.gpu, sorted(ids), teardown_policy(ctx.settings)))
-    stage.ended_at = time.time()
-    cost = attempts.label_cost(ctx, stage.label, since=stage.started, fallback_usd=stage.elapsed_cost())
-    verdict = "destroyed and verified gone" if gone else "NOT verified gone (the reconciler will retry)"
-    with ctx.store.session(write=True) as session:
-        settle(session, stage.id, cost, note=f"evaluation stage: {why}"[:200])
-        record_event(
-            session,
-            entity_type=EVENT,
-            entity_id=stage.id,
-            actor="system",
-            reason=f"evaluation stage ended ({why[:300]}); instance(s) {', '.join(sorted(ids)) or 'none'} {verdict}; "
-            f"${cost:.4f} settled",
-            data={"instances": sorted(ids), "gone": gone, "cost_usd": cost},
-        )
-        row = session.get(EvalStage, stage.id, populate_existing=True)
-        assert row is not None
-        row.actual_cost_usd = cost
-        if gone:
-            row.instance_id = None
-        if not StageStatus(row.status).is_terminal:
-            status = StageStatus.COLLECTING if ok else StageStatus.FAILED
-            switch_stage_status(session, stage.id, status, actor="system", reason=f"stage ended: {why}"[:1000])
-    if not gone:
-        logger.error(
-            "Failed to terminate evaluation instance(s) %s. Terminate them manually to avoid accumulating charges.",
-            ", ".join(sorted(ids)),
-        )
-    return gone, cost
-
-
-def _download(ctx: PilotContext, stage: _Stage, result: Mapping[str, Any], golden_ids: list[str]) -> dict[str, Any]:
-    scratch = ctx.settings.work_dir / "eval" / stage.id / "download"
+def _download(ctx: PilotContext, stage_id: str, result: Mapping[str, Any], golden_ids: list[str]) -> dict[str, Any]:
+    scratch = ctx.settings.work_dir / "eval" / stage_id / "download"
     claimed = result.get("predictions")
     out: dict[str, Any] = {}
     for side in SIDES:
@@ -346,7 +220,7 @@ def _download(ctx: PilotContext, stage: _Stage, result: Mapping[str, Any], golde
             raise EvaluationError(f"the evaluation host uploaded no predictions for the {side}")
         dest = scratch / f"{side}.jsonl"
         try:
-            ctx.artifacts.get(f"evals/{stage.id}/output/{side}.jsonl", dest, sha256=meta["sha256"])
+            ctx.artifacts.get(f"evals/{stage_id}/output/{side}.jsonl", dest, sha256=meta["sha256"])
         except ArtifactError as exc:
             raise EvaluationError(f"the {side}'s predictions from the evaluation host were refused: {exc}") from exc
         predictions, eval_loss = read_predictions(dest, golden_ids)
@@ -354,32 +228,26 @@ def _download(ctx: PilotContext, stage: _Stage, result: Mapping[str, Any], golde
     return out
 
 
-def generate_remote(
+def open_stage(
     ctx: PilotContext,
     *,
     version_id: str,
     golden: Path,
-    golden_ids: list[str],
     adapters: Mapping[Side, Mapping[str, Any] | None],
-    sleep: Callable[[float], None] = time.sleep,
-    poll_s: float | None = None,
     lease: str | None = None,
-) -> dict[str, Any]:
-    """Run the generation stage for both sides on a rented host (``lease``: the supervisor thread's, checked by
-    the effect gate right before the host is rented).
+) -> str:
+    """Reserve, stage the inputs, ask the effect gate (``lease``: the supervisor thread's) and rent the host; returns
+    the stage id, ``launched``. The host is then advanced by pilot/evaluation/stages.py (a worker, or ``drive_stage``)
+    and read by ``collect_stage``. Raises ``EvaluationError`` when the stage cannot start; nothing is left rented
+    and the reservation is settled then.
 
     ``adapters``: each side's stored adapter files (``ModelVersion.adapter_files``; None for the base model), already
-    verified by the caller. Returns ``{"candidate": {...}, "champion": {...}, "stage": {...}}``: each side's
-    ``predictions`` (``id -> {"prediction", "loss"}``), its ``eval_loss`` computed here and the sha256 of its file;
-    ``stage`` is the account for the record (id, instance, offer, $/h, cost, duration). Raises ``EvaluationError``
-    when the stage cannot run or its outputs are refused; the instance is gone and the ledger settled either way.
-    """
-    poll_s = poll_s if poll_s is not None else ctx.settings.training.poll_interval_s
+    verified by the caller."""
     stage_id = f"{STAGE_PREFIX}{version_id}-{uuid.uuid4().hex[:8]}"[:40]
     label = instance_label(ctx.settings.env, stage_id)
     stage = _reserve(ctx, stage_id, label, version_id)
+    assert stage.offer_id is not None
     why = "not launched"
-    result: dict[str, Any] | None = None
     try:
         inputs = _stage_inputs(ctx, stage_id, golden, adapters)
         manifest = _manifest(ctx, stage, inputs, adapters)
@@ -392,7 +260,7 @@ def generate_remote(
         spec = host.host_spec(
             ctx,
             label=label,
-            offer_id=stage.offer.id,
+            offer_id=stage.offer_id,
             bid=None,
             manifest=manifest,
             manifest_url=manifest_url,
@@ -412,53 +280,92 @@ def generate_remote(
         except EffectRefused as exc:
             why = f"not rented: {exc.reason}"
             raise EvaluationError(f"the evaluation stage was not started: {exc.reason}") from exc
-        stage.launched_at = time.time()
         try:
             instance = ctx.gpu.launch(spec)
         except PilotError as exc:
-            why = f"launch on offer {stage.offer.id} failed: {exc}"
+            why = f"launch on offer {stage.offer_id} failed: {exc}"
             raise EvaluationError(f"the evaluation stage could not start: {why}") from exc
-        stage.instance_id = instance.id
-        why = "the daemon stopped watching (an error)"
+        why = "the daemon stopped (an error)"
         try:
-            _switch(
+            stages.switch(
                 ctx,
                 stage_id,
                 StageStatus.LAUNCHED,
-                f"evaluation instance {instance.id} accepted on offer {stage.offer.id}",
+                f"evaluation instance {instance.id} accepted on offer {stage.offer_id}",
                 expected=StageStatus.PENDING,
                 instance_id=instance.id,
             )
         except (ConflictError, TransitionError) as exc:
             why = f"the stage ended while the provider answered ({exc})"
+            with ctx.store.session(write=True) as session:  # what the provider rented is destroyed by its id too
+                row = session.get(EvalStage, stage_id, populate_existing=True)
+                assert row is not None
+                row.instance_id = instance.id
             raise EvaluationError(f"the evaluation stage was stopped: {why}") from exc
-        result, failure = _watch(ctx, stage, sleep=sleep, poll_s=poll_s)
-        why = failure or "the host exited 0"
-        if failure is not None:
-            raise EvaluationError(f"the evaluation stage failed: {failure}")
-    finally:
-        gone, cost = _end(ctx, stage, why, ok=result is not None)
-    assert result is not None
-    try:
-        sides = _download(ctx, stage, result, golden_ids)
-    except EvaluationError as exc:
-        _switch(ctx, stage_id, StageStatus.FAILED, f"predictions refused: {exc}"[:1000])
+    except BaseException:
+        stages.end_stage(ctx, stage_id, why, ok=False)
         raise
-    _switch(ctx, stage_id, StageStatus.SUCCEEDED, "predictions downloaded and verified")
+    return stage_id
+
+
+def collect_stage(ctx: PilotContext, stage_id: str, golden_ids: list[str]) -> dict[str, Any]:
+    """The predictions of a stage whose host uploaded them (``collecting``, or ``succeeded`` when collected before):
+    downloaded, verified against the result's sha256 and read. Returns ``{"candidate": {...}, "champion": {...},
+    "stage": {...}}`` (see ``generate_remote``). Raises ``EvaluationError`` for a stage that failed or was cancelled,
+    or whose outputs are refused (the stage then fails)."""
+    row = stages.get_stage(ctx, stage_id)
+    status = StageStatus(row.status)
+    if status not in (StageStatus.COLLECTING, StageStatus.SUCCEEDED):
+        raise EvaluationError(f"the evaluation stage {stage_id} {row.status}: {row.end_reason or 'no reason given'}")
+    scratch = ctx.settings.work_dir / "eval" / stage_id
+    try:
+        result = host.read_json(ctx, f"evals/{stage_id}/result.json", scratch)
+        if result is None:
+            raise EvaluationError("the evaluation host's result is gone or unreadable")
+        sides = _download(ctx, stage_id, result, golden_ids)
+    except EvaluationError as exc:
+        stages.switch(ctx, stage_id, StageStatus.FAILED, f"predictions refused: {exc}"[:1000])
+        raise
+    if status is StageStatus.COLLECTING:
+        stages.switch(ctx, stage_id, StageStatus.SUCCEEDED, "predictions downloaded and verified")
+    row = stages.get_stage(ctx, stage_id)
+    ended = as_utc(row.ended_at) if row.ended_at else utcnow()
     sides["stage"] = {
         "id": stage_id,
-        "label": label,
+        "label": row.label,
         "provider": ctx.gpu.name,
-        "instance_id": stage.instance_id,
-        "offer_id": stage.offer.id,
-        "gpu": stage.offer.gpu_name,
-        "dph": stage.dph,
-        "reserved_usd": stage.reserved_usd,
-        "cost_usd": cost,
-        "instance_verified_gone": gone,
-        "duration_s": round((stage.ended_at or time.time()) - stage.started, 2),
+        "offer_id": row.offer_id,
+        "gpu": row.gpu,
+        "dph": row.dph,
+        "reserved_usd": row.reserved_usd,
+        "cost_usd": row.actual_cost_usd,
+        "instance_verified_gone": row.instance_id is None,
+        "duration_s": round((ended - as_utc(row.created_at)).total_seconds(), 2),
     }
     return sides
+
+
+def generate_remote(
+    ctx: PilotContext,
+    *,
+    version_id: str,
+    golden: Path,
+    golden_ids: list[str],
+    adapters: Mapping[Side, Mapping[str, Any] | None],
+    sleep: Callable[[float], None] = time.sleep,
+    poll_s: float | None = None,
+    lease: str | None = None,
+) -> dict[str, Any]:
+    """The whole stage in this process (``evaluate_version``'s blocking path): ``open_stage``, drive it until the host
+    is done, ``collect_stage``. Returns each side's ``predictions`` (``id -> {"prediction", "loss"}``), its
+    ``eval_loss`` computed here and the sha256 of its file, and ``stage``, the account for the record (id, offer, $/h,
+    cost, duration). Raises ``EvaluationError`` when the stage cannot run or its outputs are refused; the instance is
+    gone and the ledger settled either way (or, for a stage another process holds, when that process ends it)."""
+    stage_id = open_stage(ctx, version_id=version_id, golden=golden, adapters=adapters, lease=lease)
+    row = stages.drive_stage(ctx, stage_id, sleep=sleep, poll_s=poll_s)
+    if not stages.is_ready(row):
+        raise EvaluationError(f"the evaluation stage {stage_id} is {row.status}: another process holds it")
+    return collect_stage(ctx, stage_id, golden_ids)
 
 
 # -- reconciliation (pilot/service/reconcile.py calls these) ----------------------------------------------------------

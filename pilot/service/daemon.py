@@ -141,14 +141,16 @@ class Jobs:
             logger.exception("Approval reminders/expiry failed")
 
     def runs(self) -> None:
-        """Advance every run in flight by one step, each under its lease (a run another process drives is left to
-        it). When one ends, the cycle job runs at once so its thread resumes without waiting for the next pass."""
+        """Advance every run and evaluation stage in flight by one step, each under its lease (a job another
+        process drives is left to it). When one ends, the cycle job runs at once so its thread resumes without
+        waiting for the next pass."""
         if not self._leading("runs"):
             return
+        from pilot.evaluation.stages import advance_stages
         from pilot.service.workers import advance_runs
 
         try:
-            ended = advance_runs(self.ctx)
+            ended = advance_runs(self.ctx) + advance_stages(self.ctx)
         except Exception:
             logger.exception("Jobs worker pass failed")
             return

@@ -2,7 +2,8 @@
 
 ``advance_runs``: every run in flight gets one step (``pilot.runs.driver.advance_run``: rent if nothing is
 rented, else poll the host and act on what it says), each under the run's lease, so a run ``run --once`` (or
-another daemon) is driving is left alone and no run is ever driven twice. A restart at any point just continues:
+another daemon) is driving is left alone and no run is ever driven twice. ``advance_stages``
+(pilot/evaluation/stages.py) does the same for evaluation stages on rented hosts. A restart at any point just continues:
 everything a step needs is in the store.
 """
 

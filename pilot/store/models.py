@@ -267,5 +267,8 @@ class EvalStage(SQLModel, table=True):
     attempts: int = 0
     created_at: datetime = Field(default_factory=utcnow)
     launched_at: datetime | None = None
+    running_since: datetime | None = None  # first seen running, by this side's clock
+    last_seq: str | None = Field(default=None, max_length=80)  # the last heartbeat's sequence number seen
+    last_beat_at: datetime | None = None  # when it was first seen, by this side's clock
     ended_at: datetime | None = None
     end_reason: str | None = Field(default=None, sa_column=Column(Text))

@@ -1,13 +1,14 @@
-"""One supervisor pass: expire approvals, resume the threads whose approval was answered or whose run ended,
+"""One supervisor pass: expire approvals, resume the threads whose approval was answered or whose job (a training
+run, an evaluation stage) ended,
 continue threads a crash interrupted, then start a new cycle thread. Used by ``run --once``, the daemon and the
 demo.
 
 Every thread is advanced under its lease (``thread:<thread_id>``, pilot/store/leases.py): a thread another live
 process is advancing — ``run --once`` next to the daemon, or two daemons around a leader change — is skipped, and
 the effect gate refuses the effects of a process that lost the lease. ``drive=True`` (``run --once``, the demo)
-drives a thread's run to its end in this process (under the run's lease) and resumes the thread; the daemon passes
-``drive=False``: its jobs worker advances runs and the next pass resumes the thread, so a pass never blocks on a
-host.
+drives a thread's job (run or evaluation stage) to its end in this process, under the job's lease, and resumes the
+thread; the daemon passes ``drive=False``: its jobs worker advances runs and stages and the next pass resumes the
+thread, so a pass never blocks on a host.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from sqlmodel import col, select
 
 from pilot.context import PilotContext
 from pilot.data.ingest import ingest_drop_dir
+from pilot.evaluation import stages
 from pilot.runs.driver import watch_run
 from pilot.store.leases import LeaseKeeper, thread_lease
-from pilot.store.models import Approval, Decision, TrainingRun
+from pilot.store.models import Approval, Decision, EvalStage, TrainingRun
 from pilot.store.status import ApprovalStatus, RunStatus
 from pilot.supervisor import approvals
 from pilot.supervisor.graph import build_graph, open_checkpointer
@@ -57,6 +59,9 @@ def _result(thread_id: str, out: dict[str, Any], *, resumed: bool, seen: int = 0
     elif waiting is not None and waiting.get("run_id"):
         waiting_on = str(waiting["run_id"])
         outcome = out.get("outcome") or f"waiting for run {waiting_on}"
+    elif waiting is not None and waiting.get("stage_id"):
+        waiting_on = str(waiting["stage_id"])
+        outcome = out.get("outcome") or f"waiting for evaluation stage {waiting_on}"
     return CycleResult(thread_id, resumed, str(outcome), waiting_on, list(out.get("log", []))[seen:])
 
 
@@ -78,10 +83,28 @@ def _unfinished_threads(ctx: PilotContext) -> list[str]:
     return [str(r) for r in rows]
 
 
-def _run_status(ctx: PilotContext, run_id: str) -> RunStatus | None:
+def _job_done(ctx: PilotContext, waiting: dict[str, Any]) -> bool | None:
+    """Whether the job a thread waits on (a run, an evaluation stage) is done; None when it waits on a human."""
     with ctx.store.session() as session:
-        run = session.get(TrainingRun, run_id)
-    return RunStatus(run.status) if run is not None else None
+        if waiting.get("run_id"):
+            run = session.get(TrainingRun, str(waiting["run_id"]))
+            return run is None or RunStatus(run.status).is_terminal
+        if waiting.get("stage_id"):
+            stage = session.get(EvalStage, str(waiting["stage_id"]))
+            return stage is None or stages.is_ready(stage)
+    return None
+
+
+def _drive(ctx: PilotContext, waiting: dict[str, Any]) -> dict[str, str] | None:
+    """Drive the job a thread waits on to its end in this process; the resume value, or None when another process
+    holds the job (or the thread waits on a human)."""
+    if waiting.get("run_id"):
+        run = watch_run(ctx, str(waiting["run_id"]))
+        return {"run_id": run.id} if RunStatus(run.status).is_terminal else None
+    if waiting.get("stage_id"):
+        stage = stages.drive_stage(ctx, str(waiting["stage_id"]))
+        return {"stage_id": stage.id} if stages.is_ready(stage) else None
+    return None
 
 
 class _Pass:
@@ -106,12 +129,10 @@ class _Pass:
             out = self.app.invoke(value, config)
             while self.drive and not lease.lost.is_set():
                 waiting = _waiting(out)
-                if waiting is None or not waiting.get("run_id"):
-                    break
-                run = watch_run(self.ctx, str(waiting["run_id"]))
-                if not RunStatus(run.status).is_terminal:
-                    break  # another process drives it (its lease): resume later
-                out = self.app.invoke(Command(resume={"run_id": run.id}), config)
+                resume = _drive(self.ctx, waiting) if waiting is not None else None
+                if resume is None:
+                    break  # a human decides, or another process drives the job (its lease): resume later
+                out = self.app.invoke(Command(resume=resume), config)
             self.results.append(_result(thread_id, out, resumed=resumed, seen=seen))
             self.done.add(thread_id)
 
@@ -144,11 +165,11 @@ def run_cycle(ctx: PilotContext, *, ingest: bool = True, drive: bool = True) -> 
             if not state.next:
                 continue
             waiting = [i.value for i in state.interrupts]
-            run_ids = [str(w["run_id"]) for w in waiting if w.get("run_id")]
-            if run_ids:
-                status = _run_status(ctx, run_ids[0])
-                if status is not None and (status.is_terminal or drive):
-                    work.advance(thread_id, Command(resume={"run_id": run_ids[0]}), resumed=True)
+            jobs = [w for w in waiting if w.get("run_id") or w.get("stage_id")]
+            if jobs:
+                if drive or _job_done(ctx, jobs[0]):
+                    resume = {k: str(jobs[0][k]) for k in ("run_id", "stage_id") if jobs[0].get(k)}
+                    work.advance(thread_id, Command(resume=resume), resumed=True)
                 continue
             if waiting:
                 continue  # waits for a human

@@ -12,7 +12,9 @@ the answer from the store, which is the source of truth. The nodes are module-le
                                                         ├─► request_approval ─► await_approval ─┬─► train
                                                         └─► train                              └─► finish
     train ─┬─► await_run ⟲ (until the run ends) ─┬─► evaluate ─► gate ─┬─► finish (promoted / rejected)
-           │                                      └─► finish           └─► request_review ─► await_review ─► finish
+           │                                      │     ▲  │           └─► request_review ─► await_review ─► finish
+           │                                      │     │  └─► await_stage ⟲ (a rented evaluation host, until ready)
+           │                                      └─► finish
            ├─► request_approval (the price now needs approval, or is above the approved ceiling)
            └─► finish (not launched)
 """
@@ -45,6 +47,7 @@ NODES: dict[str, Node] = {
     "train": training_nodes.train,
     "await_run": training_nodes.await_run,
     "evaluate": model_nodes.evaluate,
+    "await_stage": model_nodes.await_stage,
     "gate": model_nodes.gate,
     "request_review": model_nodes.request_review,
     "await_review": model_nodes.await_review,
@@ -86,8 +89,14 @@ def after_await_run(state: CycleState) -> Literal["await_run", "evaluate", "fini
     return "evaluate" if state.get("version_id") else "await_run"
 
 
-def after_evaluate(state: CycleState) -> Literal["gate", "finish"]:
-    return "finish" if state.get("outcome") else "gate"
+def after_evaluate(state: CycleState) -> Literal["await_stage", "gate", "finish"]:
+    if state.get("outcome"):
+        return "finish"
+    return "await_stage" if state.get("awaiting_stage") else "gate"
+
+
+def after_await_stage(state: CycleState) -> Literal["await_stage", "evaluate"]:
+    return "await_stage" if state.get("awaiting_stage") else "evaluate"
 
 
 def after_gate(state: CycleState) -> Literal["request_review", "finish"]:
@@ -110,6 +119,7 @@ def build_graph(ctx: PilotContext) -> StateGraph:
     graph.add_conditional_edges("train", after_train)
     graph.add_conditional_edges("await_run", after_await_run)
     graph.add_conditional_edges("evaluate", after_evaluate)
+    graph.add_conditional_edges("await_stage", after_await_stage)
     graph.add_conditional_edges("gate", after_gate)
     graph.add_edge("request_review", "await_review")
     graph.add_edge("await_review", "finish")

@@ -12,7 +12,9 @@ from langgraph.types import interrupt
 
 from pilot import testpoints
 from pilot.context import PilotContext
-from pilot.evaluation.evaluate import EvaluationError, evaluate_version
+from pilot.evaluation import remote as remote_eval
+from pilot.evaluation import stages
+from pilot.evaluation.evaluate import EvaluationError, evaluate_version, prepare_evaluation, score_evaluation
 from pilot.evaluation.report import gate_report_lines
 from pilot.serving import canary, registry
 from pilot.serving.deploy import apply_champion
@@ -52,23 +54,70 @@ def announce_gate(ctx: PilotContext, state: CycleState, version_id: str, outcome
         notify.notify_incident(ctx, text)
 
 
+def _remote_stage(ctx: PilotContext, state: CycleState) -> tuple[str | None, dict[str, Any] | None]:
+    """For an evaluation on a rented host: (stage id, None) when the stage is ready to be scored, else (stage id,
+    the node's update) after opening the stage (or finding the one a restart left): the graph then waits on it."""
+    version_id = state["version_id"]
+    stage_id = state.get("stage_id") or None
+    if stage_id is None:
+        existing = stages.stage_for_version(ctx, version_id)
+        stage_id = existing.id if existing is not None else None
+    if stage_id is None:
+        prep = prepare_evaluation(ctx, version_id)  # adapters verified before anything is rented
+        stage_id = remote_eval.open_stage(
+            ctx, version_id=version_id, golden=prep.golden, adapters=prep.adapters, lease=lease_of(state)
+        )
+    if stages.is_ready(stages.get_stage(ctx, stage_id)):
+        return stage_id, None
+    line = f"evaluate: {version_id} on a rented host (stage {stage_id}); a worker watches it"
+    return stage_id, {"stage_id": stage_id, "awaiting_stage": True, "log": log_line(state, line)}
+
+
 def evaluate(ctx: PilotContext, state: CycleState) -> dict[str, Any]:
+    """Evaluate the candidate against the champion and gate. On this machine it runs here; on a rented host the
+    node opens the stage and returns (``await_stage`` waits with ``interrupt()``), and scores it when resumed."""
+    version_id = state["version_id"]
     try:
-        report, record = evaluate_version(ctx, state["version_id"], lease=lease_of(state))
+        if remote_eval.evaluates_remotely(ctx.settings):
+            stage_id, waiting = _remote_stage(ctx, state)
+            if waiting is not None:
+                return waiting
+            assert stage_id is not None
+            prep = prepare_evaluation(ctx, version_id)
+            generated = remote_eval.collect_stage(ctx, stage_id, prep.golden_ids)
+            report, record = score_evaluation(ctx, prep, generated)
+        else:
+            report, record = evaluate_version(ctx, version_id, lease=lease_of(state))
     except (EvaluationError, PilotError) as exc:
         with ctx.store.session(write=True) as session:
-            registry.reject(session, state["version_id"], actor="system", reason=f"evaluation failed: {exc}")
+            registry.reject(session, version_id, actor="system", reason=f"evaluation failed: {exc}")
         return {"verdict": "reject", "outcome": f"evaluation failed: {exc}", "log": log_line(state, f"evaluate: {exc}")}
     with ctx.store.session(write=True) as session:
-        version = session.get(ModelVersion, state["version_id"])
+        version = session.get(ModelVersion, version_id)
         assert version is not None
         version.eval_report = record
     line = (
-        f"evaluate: {state['version_id']} {report.candidate_score:.3f} vs {record['champion_label']} "
+        f"evaluate: {version_id} {report.candidate_score:.3f} vs {record['champion_label']} "
         f"{report.champion_score:.3f} on {report.n_items} golden items "
         f"(diff {report.diff:+.3f}, CI [{report.ci_low:+.3f}, {report.ci_high:+.3f}])"
     )
-    return {"verdict": str(report.verdict), "reason": report.reason, "log": log_line(state, line)}
+    return {
+        "verdict": str(report.verdict),
+        "reason": report.reason,
+        "awaiting_stage": False,
+        "log": log_line(state, line),
+    }
+
+
+def await_stage(ctx: PilotContext, state: CycleState) -> dict[str, Any]:
+    """Wait (``interrupt``) until the evaluation stage is ready: its host uploaded the predictions, or it ended."""
+    stage_id = state["stage_id"]
+    if not stages.is_ready(stages.get_stage(ctx, stage_id)):
+        interrupt({"stage_id": stage_id, "kind": "stage", "version_id": state["version_id"]})
+        row = stages.get_stage(ctx, stage_id)
+        if not stages.is_ready(row):
+            return {"log": log_line(state, f"evaluation stage {stage_id} still {row.status}")}
+    return {"awaiting_stage": False}
 
 
 def _may_promote(ctx: PilotContext, state: CycleState, actor: str) -> str | None:

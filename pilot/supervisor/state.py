@@ -24,6 +24,8 @@ class CycleState(TypedDict, total=False):
     review_id: str
     run_id: str
     version_id: str
+    stage_id: str  # the candidate's evaluation stage on a rented host
+    awaiting_stage: bool  # the stage is rented: the graph waits until a worker drove it to its end
     verdict: str
     outcome: str
     reapprove: str  # why the price or the ceiling sent the run back to a human

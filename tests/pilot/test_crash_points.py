@@ -5,7 +5,8 @@ with a reason.
 
 The process that crashes is tests/helpers/crash_harness.py, which drives the run as the daemon's worker does; it
 exits with 137 at the point (``LEARNING_PILOT_CRASH_AT``). The restart is the same harness without the variable,
-once the dead process's lease has expired (``scheduler.lease_ttl_s`` = 1 s here).
+once the dead process's lease has expired (``scheduler.lease_ttl_s`` = 1 s here). Every point on SQLite; one point
+per phase on PostgreSQL (``PG_POINTS``).
 """
 
 from __future__ import annotations
@@ -72,9 +73,26 @@ def _plain(value: Any) -> Any:
     return value
 
 
+# On PostgreSQL, one point per phase of a run (the store's part is the same code; the full table runs on SQLite).
+PG_POINTS = ["rent_authorized", "provider_accepted", "running", "before_destroy", "collecting", "settling"]
+
+
+@pytest.fixture(params=["sqlite"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def rig(tmp_path: Path, make_settings: Callable[..., Settings], endpoint: str, aws_env: None) -> Iterator[Rig]:
-    store = Store(f"sqlite:///{tmp_path / 'pilot.db'}")
+def rig(
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    endpoint: str,
+    aws_env: None,
+    store_kind: str,
+    request: pytest.FixtureRequest,
+) -> Iterator[Rig]:
+    url = f"sqlite:///{tmp_path / 'pilot.db'}" if store_kind == "sqlite" else str(request.getfixturevalue("pg_url"))
+    store = Store(url)
     store.migrate()
     built, _ = make_rig(tmp_path, store, make_settings, endpoint, stub_env={"STUB_STEP_S": "1.5"})
     settings = built.ctx.settings
@@ -155,6 +173,17 @@ def test_crash_at(rig: Rig, point: str) -> None:
     final = _crash_and_restart(rig, point)
     assert final.status == RunStatus.SUCCEEDED, final.status_message
     assert len(rig.server.create_bodies) == 1  # the restart continued the one host (or rented the first): never two
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.parametrize("store_kind", ["postgres"])
+@pytest.mark.parametrize("point", PG_POINTS)
+def test_crash_at_on_postgres(rig: Rig, point: str) -> None:
+    assert not rig.store.is_sqlite
+    final = _crash_and_restart(rig, point)
+    assert final.status == RunStatus.SUCCEEDED, final.status_message
+    assert len(rig.server.create_bodies) == 1
 
 
 @pytest.mark.slow

@@ -65,9 +65,16 @@ class Kill:
         self.report = killswitch.engage(self.ctx, actor="human:test", reason=f"kill at {name}", policy=FAST_TEARDOWN)
 
 
+@pytest.fixture(params=["sqlite"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def sqlite_store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(f"sqlite:///{tmp_path / 'pilot.db'}")
+def sqlite_store(tmp_path: Path, store_kind: str, request: pytest.FixtureRequest) -> Iterator[Store]:
+    """The rig's store: SQLite, or PostgreSQL where a test parametrizes ``store_kind``."""
+    url = f"sqlite:///{tmp_path / 'pilot.db'}" if store_kind == "sqlite" else str(request.getfixturevalue("pg_url"))
+    s = Store(url)
     s.migrate()
     yield s
     s.close()
@@ -142,6 +149,17 @@ def test_kill_during_a_training_run(rig: Rig, point: str) -> None:
         assert rig.server.create_bodies == [] and run.status == RunStatus.CANCELLED
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("store_kind", ["postgres"])
+@pytest.mark.parametrize("point", ["run_created", "provider_accepted", "running", "collecting", "settling"])
+def test_kill_during_a_training_run_on_postgres(rig: Rig, point: str) -> None:
+    assert not rig.store.is_sqlite
+    with armed(rig.ctx, point, rig.server) as kill:
+        run = rig.launch_and_watch()
+    assert_stopped_and_settled(rig, kill)
+    assert run.status in (RunStatus.CANCELLED, RunStatus.SUCCEEDED, RunStatus.FAILED)
+
+
 def test_kill_between_two_hosts(rig: Rig) -> None:
     """The first host goes offline; the kill lands after it is destroyed and before another is rented."""
     offline: list[str] = []
@@ -168,6 +186,7 @@ def test_kill_between_two_hosts(rig: Rig) -> None:
     assert run.actual_cost_usd is not None and run.actual_cost_usd > 0  # the first host's bill was settled, not $0
 
 
+@pytest.mark.parametrize("store_kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 @pytest.mark.parametrize("point", ["stage_inputs", "stage_running"])
 def test_kill_during_an_evaluation_stage(rig: Rig, point: str, tmp_path: Path) -> None:
     from test_remote_eval import STUB_GENERATE  # the host answers with a stub, as in the stage tests
@@ -220,6 +239,7 @@ def _last_event_id(rig: Rig) -> int:
     return int(ids or 0)
 
 
+@pytest.mark.parametrize("store_kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 @pytest.mark.parametrize("point", ["gate_passed", "promoted"])
 def test_kill_around_promotion(rig: Rig, point: str, tmp_path: Path) -> None:
     ctx = _serving_ctx(rig, tmp_path)
@@ -250,6 +270,7 @@ def test_kill_around_promotion(rig: Rig, point: str, tmp_path: Path) -> None:
     assert rig.server.live_instances() == []
 
 
+@pytest.mark.parametrize("store_kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_kill_before_a_canary_step(rig: Rig, tmp_path: Path) -> None:
     ctx = rig.ctx
     ctx.settings = ctx.settings.model_copy(

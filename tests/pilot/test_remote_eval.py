@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 import torch
+from langgraph.types import Command
 from sqlmodel import select
 from test_remote_rig import AWS, VAST_KEY, Rig, make_rig, moto_endpoint
 
@@ -27,13 +29,16 @@ from jobs.common import quiet_peft_deprecations
 from pilot.context import HostModules
 from pilot.evaluation.evaluate import EvaluationError, evaluate_version
 from pilot.evaluation.remote import evaluates_remotely, live_stage_labels, reconcile_stages
+from pilot.evaluation.stages import advance_stages, is_ready
 from pilot.serving import registry
 from pilot.settings import Settings
 from pilot.spend.ledger import reserve
 from pilot.store import Store
+from pilot.store.leases import acquire, release, stage_lease, thread_lease
 from pilot.store.models import EvalStage, Event, ModelVersion, SpendEntry, utcnow
 from pilot.store.status import ModelStatus, StageStatus
 from pilot.store.writers import set_paused
+from pilot.supervisor import graph, model_nodes
 from tests.helpers.tiny_model import tiny_base_model
 from tests.pilot.test_efficacy_rollback import add_version
 from tools.artifacts.base import ArtifactStore
@@ -364,3 +369,118 @@ def test_a_stage_left_open_by_a_dead_daemon_is_protected_then_reaped(rig_factory
     assert reconcile_stages(rig.ctx, now=later) == [stage_id]
     assert_settled(rig, stages=1)
     assert reconcile_stages(rig.ctx, now=later) == []  # settled once
+
+
+# -------------------------------------------------- the stage as a durable job: the supervisor never waits on a host
+
+
+def _until_ready(rig: Rig, stage_id: str, *, passes: int = 600) -> EvalStage:
+    """The daemon's jobs worker, pass after pass (bounded), until the stage is ready."""
+    for _ in range(passes):
+        advance_stages(rig.ctx)
+        with rig.store.session() as session:
+            row = session.get(EvalStage, stage_id, populate_existing=True)
+        assert row is not None
+        if is_ready(row):
+            return row
+        time.sleep(0.1)
+    raise AssertionError(f"stage {stage_id} never became ready")
+
+
+def _held(rig: Rig, cycle_id: str) -> Any:
+    with rig.store.session(write=True) as session:
+        assert acquire(session, thread_lease(f"cycle-{cycle_id}"), rig.ctx.owner, ttl_s=600)
+    return {"cycle_id": cycle_id, "version_id": "v1", "log": []}
+
+
+def test_the_evaluate_node_opens_the_stage_and_returns_a_worker_drives_it(rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory(stub="ok")
+    add_version(rig.ctx, "v1", rig.tmp)
+    state = _held(rig, "s1")
+
+    opened = model_nodes.evaluate(rig.ctx, state)
+
+    # The node rented the stage and returned without watching it: the host is still up, nothing settled yet.
+    assert opened["awaiting_stage"] is True and "verdict" not in opened
+    stage_id = opened["stage_id"]
+    with rig.store.session() as session:
+        row = session.get(EvalStage, stage_id)
+    assert row is not None and row.status == StageStatus.LAUNCHED and row.instance_id is not None
+    assert len(rig.server.live_instances()) == 1
+    assert [r.kind for r in stage_entries(rig)[stage_id]] == ["reservation"]
+    assert graph.after_evaluate({**state, **opened}) == "await_stage"
+
+    row = _until_ready(rig, stage_id)
+    assert row.status == StageStatus.COLLECTING and row.running_since is not None
+    assert rig.server.live_instances() == []  # the worker destroyed it once the host had uploaded its result
+
+    scored = model_nodes.evaluate(rig.ctx, {**state, **opened})
+    assert scored["verdict"] == "promote" and scored["awaiting_stage"] is False
+    assert graph.after_evaluate({**state, **opened, **scored}) == "gate"
+    with rig.store.session() as session:
+        row = session.get(EvalStage, stage_id)
+        version = session.get(ModelVersion, "v1")
+    assert row is not None and row.status == StageStatus.SUCCEEDED
+    assert version is not None and version.eval_report["remote_stage"]["id"] == stage_id
+    assert len(rig.server.create_bodies) == 1
+    assert_settled(rig, stages=1)
+
+
+def test_a_restarted_evaluate_node_reuses_the_rented_stage(rig_factory: Callable[..., Rig]) -> None:
+    """The process died after the stage was rented and before the node's result was checkpointed: the node runs
+    again from its start, finds the stage, and rents nothing more."""
+    rig = rig_factory(stub="ok")
+    add_version(rig.ctx, "v1", rig.tmp)
+    state = _held(rig, "s2")
+    first = model_nodes.evaluate(rig.ctx, state)
+
+    again = model_nodes.evaluate(rig.ctx, state)  # no stage id: the checkpoint was lost
+
+    assert again["stage_id"] == first["stage_id"] and len(rig.server.create_bodies) == 1
+    _until_ready(rig, first["stage_id"])
+    assert model_nodes.evaluate(rig.ctx, state)["verdict"] == "promote"
+    assert len(rig.server.create_bodies) == 1
+    assert_settled(rig, stages=1)
+
+
+def test_a_stage_another_process_holds_is_left_to_it(rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory(stub="ok")
+    add_version(rig.ctx, "v1", rig.tmp)
+    stage_id = model_nodes.evaluate(rig.ctx, _held(rig, "s3"))["stage_id"]
+    with rig.store.session(write=True) as session:
+        assert acquire(session, stage_lease(stage_id), "another-daemon", ttl_s=600)
+
+    for _ in range(3):
+        assert advance_stages(rig.ctx) == []
+    with rig.store.session() as session:
+        row = session.get(EvalStage, stage_id)
+    assert row is not None and row.status == StageStatus.LAUNCHED and row.running_since is None  # not even polled
+
+    with rig.store.session(write=True) as session:
+        release(session, stage_lease(stage_id), "another-daemon")
+    assert _until_ready(rig, stage_id).status == StageStatus.COLLECTING
+    assert rig.server.live_instances() == []
+
+
+def test_the_graph_waits_on_the_stage_and_resumes_when_it_is_ready(rig_factory: Callable[..., Rig]) -> None:
+    """The compiled graph: the thread is interrupted on the stage (no node blocks), the worker drives it, the
+    resumed thread scores and gates."""
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    rig = rig_factory(stub="ok")
+    add_version(rig.ctx, "v1", rig.tmp)
+    state = _held(rig, "s4")
+    app = graph.build_graph(rig.ctx).compile(checkpointer=InMemorySaver())
+    config: Any = {"configurable": {"thread_id": "cycle-s4"}}
+    app.update_state(config, {**state, "decision_id": "d-none"}, as_node="await_run")
+
+    out = app.invoke(None, config)
+
+    [waiting] = out["__interrupt__"]
+    stage_id = waiting.value["stage_id"]
+    assert waiting.value["kind"] == "stage" and len(rig.server.live_instances()) == 1
+    _until_ready(rig, stage_id)
+    out = app.invoke(Command(resume={"stage_id": stage_id}), config)
+    assert "__interrupt__" not in out and out["outcome"].startswith("PROMOTED v1")
+    assert len(rig.server.create_bodies) == 1
+    assert_settled(rig, stages=1)
