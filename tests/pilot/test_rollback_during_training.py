@@ -26,8 +26,10 @@ from tests.pilot.test_efficacy_rollback import add_version, live_records, promot
 
 
 @pytest.fixture
-def rig(tmp_path: Path, make_settings: Callable[..., Settings], endpoint: str, aws_env: None) -> Iterator[Rig]:
-    store = Store(f"sqlite:///{tmp_path / 'pilot.db'}")
+def rig(
+    store_url: str, make_settings: Callable[..., Settings], endpoint: str, aws_env: None, tmp_path: Path
+) -> Iterator[Rig]:
+    store = Store(store_url)  # SQLite, and PostgreSQL (conftest's store_url)
     store.migrate()
     built, _ = make_rig(
         tmp_path, store, make_settings, endpoint, stub_env={"STUB_STEP_S": "1.0"}, training={"max_steps": 6}
@@ -70,12 +72,16 @@ def test_a_regression_is_rolled_back_while_a_run_trains(rig: Rig, tmp_path: Path
 
     # The new champion fails live while the run trains; the daemon's monitoring job (its own schedule) acts.
     ingest_lines(store, live_records(40, seed=3, failure_rate=0.8, version="v2", minutes_ago=-1), source="t")
-    jobs = Jobs(ctx, PilotMetrics(store, ctx.settings), LeaderElection(store))
+    leader = LeaderElection(store)
+    jobs = Jobs(ctx, PilotMetrics(store, ctx.settings), leader)
     scheduler = build_scheduler(ctx, jobs)
     monitoring = scheduler.get_job("monitoring")
     assert monitoring.trigger.interval.total_seconds() == ctx.settings.monitoring.interval_s  # not tied to a cycle
     started = time.monotonic()
-    jobs.monitoring()
+    try:
+        jobs.monitoring()
+    finally:
+        leader.release()  # on PostgreSQL: the leader lock's own connection
     took = time.monotonic() - started
 
     with store.session() as s:
