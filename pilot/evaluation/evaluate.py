@@ -297,7 +297,7 @@ class Prepared:
     contaminated: Any
     disagreement: Any
     workdir: Path
-    candidate_adapter: Path
+    candidate_adapter: Path | None  # None when not fetched
     champion_adapter: Path | None
     started: float
 
@@ -312,8 +312,9 @@ class Prepared:
         return {"candidate": self.version.adapter_files, "champion": champion}
 
 
-def prepare_evaluation(ctx: PilotContext, version_id: str) -> Prepared:
-    """The golden set, its contamination and label checks, and both adapters fetched and verified."""
+def prepare_evaluation(ctx: PilotContext, version_id: str, *, fetch_adapters: bool = True) -> Prepared:
+    """The golden set, its contamination and label checks, and both adapters fetched and verified (``fetch_adapters``:
+    False to score a remote stage's predictions, whose adapters were verified before it was rented)."""
     with ctx.store.session() as session:
         version = get_version(session, version_id)
         snapshot = session.get(DatasetSnapshot, version.snapshot_id) if version.snapshot_id else None
@@ -336,8 +337,8 @@ def prepare_evaluation(ctx: PilotContext, version_id: str) -> Prepared:
     workdir = ctx.settings.work_dir / "eval" / version_id
     workdir.mkdir(parents=True, exist_ok=True)
     # Both adapters are verified here before anything runs (and before anything is rented for a remote stage).
-    cand_adapter = fetch_adapter(ctx, version, workdir / "candidate-adapter")
-    champ_adapter = fetch_adapter(ctx, champion, workdir / "champion-adapter") if champion else None
+    cand_adapter = fetch_adapter(ctx, version, workdir / "candidate-adapter") if fetch_adapters else None
+    champ_adapter = fetch_adapter(ctx, champion, workdir / "champion-adapter") if champion and fetch_adapters else None
     return Prepared(
         version,
         champion,

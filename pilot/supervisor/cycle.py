@@ -84,14 +84,15 @@ def _unfinished_threads(ctx: PilotContext) -> list[str]:
 
 
 def _job_done(ctx: PilotContext, waiting: dict[str, Any]) -> bool | None:
-    """Whether the job a thread waits on (a run, an evaluation stage) is done; None when it waits on a human."""
+    """Whether the job a thread waits on (a run, an evaluation stage) is done; None when there is no such job (the
+    thread waits on a human, or the row is gone): such a thread is never resumed for a job."""
     with ctx.store.session() as session:
         if waiting.get("run_id"):
             run = session.get(TrainingRun, str(waiting["run_id"]))
-            return run is None or RunStatus(run.status).is_terminal
+            return None if run is None else RunStatus(run.status).is_terminal
         if waiting.get("stage_id"):
             stage = session.get(EvalStage, str(waiting["stage_id"]))
-            return stage is None or stages.is_ready(stage)
+            return None if stage is None else stages.is_ready(stage)
     return None
 
 
@@ -167,7 +168,8 @@ def run_cycle(ctx: PilotContext, *, ingest: bool = True, drive: bool = True) -> 
             waiting = [i.value for i in state.interrupts]
             jobs = [w for w in waiting if w.get("run_id") or w.get("stage_id")]
             if jobs:
-                if drive or _job_done(ctx, jobs[0]):
+                done = _job_done(ctx, jobs[0])
+                if done is not None and (drive or done):
                     resume = {k: str(jobs[0][k]) for k in ("run_id", "stage_id") if jobs[0].get(k)}
                     work.advance(thread_id, Command(resume=resume), resumed=True)
                 continue

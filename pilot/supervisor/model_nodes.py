@@ -83,7 +83,7 @@ def evaluate(ctx: PilotContext, state: CycleState) -> dict[str, Any]:
             if waiting is not None:
                 return waiting
             assert stage_id is not None
-            prep = prepare_evaluation(ctx, version_id)
+            prep = prepare_evaluation(ctx, version_id, fetch_adapters=False)  # verified before the stage was rented
             generated = remote_eval.collect_stage(ctx, stage_id, prep.golden_ids)
             report, record = score_evaluation(ctx, prep, generated)
         else:

@@ -4,6 +4,7 @@ store session (as the CLI does), and a new context (a restart) resumes the same 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from sqlmodel import select
 
@@ -60,3 +61,16 @@ def test_interrupt_answer_restart_resume(store: Store, make_settings: Callable[.
         assert s.exec(select(TrainingRun)).all() == []  # a rejected approval rents nothing
     # The next new cycle sees no pending approval and decides afresh.
     assert any(not r.resumed for r in second)
+
+
+def test_a_thread_is_resumed_only_for_a_job_that_exists(store: Store) -> None:
+    """A thread waiting on a run or stage whose row is gone is never resumed for it (its node would fail); a human's
+    wait is not a job."""
+    from types import SimpleNamespace
+
+    from pilot.supervisor.cycle import _job_done
+
+    ctx: Any = SimpleNamespace(store=store)
+    assert _job_done(ctx, {"run_id": "run-nowhere"}) is None
+    assert _job_done(ctx, {"stage_id": "eval-nowhere"}) is None
+    assert _job_done(ctx, {"approval_id": "a1"}) is None
