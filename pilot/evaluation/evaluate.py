@@ -317,7 +317,6 @@ def evaluate_version(
     )
     workdir = ctx.settings.work_dir / "eval" / version_id
     workdir.mkdir(parents=True, exist_ok=True)
-    label_base = f"learning-pilot/{ctx.settings.env}/eval-{version_id}"
     started = time.monotonic()
     # Both adapters are verified here before anything runs (and before anything is rented for a remote stage).
     cand_adapter = fetch_adapter(ctx, version, workdir / "candidate-adapter")
@@ -343,7 +342,7 @@ def evaluate_version(
             golden=golden,
             golden_ids=golden_ids,
             out=workdir / "candidate.jsonl",
-            label=f"{label_base}-candidate",
+            label=ctx.instance_label(f"eval-{version_id}-candidate"[:40]),
         )
         champ = _generate(
             ctx,
@@ -351,7 +350,7 @@ def evaluate_version(
             golden=golden,
             golden_ids=golden_ids,
             out=workdir / "champion.jsonl",
-            label=f"{label_base}-champion",
+            label=ctx.instance_label(f"eval-{version_id}-champion"[:40]),
         )
     cand_answers = {k: str(v.get("prediction") or "") for k, v in cand["predictions"].items()}
     champ_answers = {k: str(v.get("prediction") or "") for k, v in champ["predictions"].items()}

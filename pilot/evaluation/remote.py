@@ -56,7 +56,7 @@ from pilot.store.writers import is_paused, record_event, switch_stage_status
 from subagents.training import requirements_for
 from tools.artifacts.base import sha256_file
 from tools.errors import ArtifactError, PilotError
-from tools.gpu.base import InstanceState, Offer, instance_label
+from tools.gpu.base import InstanceState, Offer
 
 logger = logging.getLogger(__name__)
 
@@ -376,7 +376,7 @@ def generate_remote(
     """
     poll_s = poll_s if poll_s is not None else ctx.settings.training.poll_interval_s
     stage_id = f"{STAGE_PREFIX}{version_id}-{uuid.uuid4().hex[:8]}"[:40]
-    label = instance_label(ctx.settings.env, stage_id)
+    label = ctx.instance_label(stage_id)
     stage = _reserve(ctx, stage_id, label, version_id)
     why = "not launched"
     result: dict[str, Any] | None = None

@@ -281,7 +281,7 @@ def test_unknown_labelled_instance_is_destroyed_as_orphan(rig_factory: Callable[
     rig = rig_factory()
     offer = rig.ctx.gpu.search_offers(OfferRequirements())[0]
     stray = rig.ctx.gpu.launch(
-        LaunchSpec(label=f"{rig.ctx.label_prefix}run-unknown", offer_id=offer.id, image="x", command=["sleep", "30"])
+        LaunchSpec(label=rig.ctx.instance_label("run-unknown"), offer_id=offer.id, image="x", command=["sleep", "30"])
     )
     report = reconcile(rig.ctx, state=None)
     assert report.orphans_destroyed == [stray.id]
