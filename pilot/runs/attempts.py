@@ -75,7 +75,7 @@ def charge_book(ctx: PilotContext, since: float) -> dict[str, float] | None:
     book: dict[str, float] = defaultdict(float)
     for c in rows:
         book[str(getattr(c, "label", "") or "")] += float(c.amount_usd)
-    return {label: round(usd, 6) for label, usd in book.items()}
+    return dict(book)
 
 
 def label_cost(
@@ -95,7 +95,7 @@ def label_cost(
     queue entries (``expect_charges`` keyword arguments) for the caller to write in its own transaction."""
     figures = charge_book(ctx, since) if book is _READ else book
     provider = figures.get(label) if isinstance(figures, dict) else None
-    amount = round(max(provider or 0.0, fallback_usd), 6)
+    amount = max(provider or 0.0, fallback_usd)
     if isinstance(ctx.gpu, ChargesProvider) and fallback_usd > 0 and (provider is None or provider < fallback_usd):
         parsed = parse_label(label)
         entry: dict[str, Any] = {

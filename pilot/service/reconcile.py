@@ -37,7 +37,7 @@ from sqlmodel import col, select
 from pilot.context import PilotContext
 from pilot.errors import ConflictError, TransitionError
 from pilot.evaluation.remote import live_stage_labels, reconcile_stages
-from pilot.runs.attempts import attempts_of, label_cost, provider_cost
+from pilot.runs.attempts import attempts_of, charge_book, label_cost, provider_cost
 from pilot.runs.lifecycle import is_remote
 from pilot.runs.ownership import note_others, ownership
 from pilot.runs.teardown import destroy_all, destroy_verified, teardown_policy
@@ -169,19 +169,25 @@ def _reserved(ctx: PilotContext, run_id: str) -> bool:
         )
 
 
-def _settle_orphan(ctx: PilotContext, instance: Instance, run: TrainingRun | None, report: ReconcileReport) -> None:
+def _settle_orphan(
+    ctx: PilotContext,
+    instance: Instance,
+    run: TrainingRun | None,
+    report: ReconcileReport,
+    book: dict[str, float] | None,
+) -> None:
     """What a destroyed orphan billed reaches the ledger. Under a finished run's own label: that run's entry,
     corrected to the larger figure (never counted twice); any other label (no run, a live run's stray instance, an
     old-format label): one ``orphan-<run id>`` entry per label, what the provider charged for it."""
     if run is not None and RunStatus(run.status).is_terminal and instance.label == run.label:
         run_id = run.id
-        cost = provider_cost(ctx, run) if is_remote(run.provider) else elapsed_cost(run.dph, run.started_at)
+        cost = provider_cost(ctx, run, book=book) if is_remote(run.provider) else elapsed_cost(run.dph, run.started_at)
     else:
         parsed = parse_label(instance.label)
         run_id = f"orphan-{parsed.run_id if parsed is not None else instance.id}"[:40]
         started = instance.started_at or time.time()
         fallback = cost_of_seconds(instance.dph_total, time.time() - started)
-        cost = label_cost(ctx, instance.label, since=started, fallback_usd=fallback)
+        cost = label_cost(ctx, instance.label, since=started, fallback_usd=fallback, book=book)
     if cost <= 0 and run_id.startswith("orphan-"):
         return
     with ctx.store.session(write=True) as session:
@@ -253,7 +259,8 @@ def reconcile(
             report.runs_failed.append({"run_id": lost.id, "reason": RunTerminationReason.DAEMON_LOST_TRACK.value})
             runs[lost.id] = _reload(ctx, lost.id) or lost
 
-    # Orphans: live instances no live run accounts for.
+    # Orphans: live instances no live run accounts for, destroyed together (one bulk call, one verification).
+    found: list[tuple[Instance, TrainingRun | None, str]] = []
     for instance in owned:
         parsed = parse_label(instance.label)
         run = runs.get(parsed.run_id) if parsed is not None else None
@@ -266,11 +273,18 @@ def reconcile(
             if RunStatus(run.status).is_terminal
             else f"run {run.id} uses instance {run.instance_id}"
         )
-        outcome = destroy_verified(ctx.gpu, instance.id, policy)
+        found.append((instance, run, why))
+    outcomes = destroy_all(ctx.gpu, [i.id for i, _, _ in found], policy)
+    # What they billed, from one read of the provider's charges (not one per orphan).
+    starts = [i.started_at for i, _, _ in found if i.started_at] + [
+        as_utc(r.created_at).timestamp() for r in runs.values()
+    ]
+    book = charge_book(ctx, min(starts, default=time.time())) if any(o.gone for o in outcomes) else None
+    for (instance, run, why), outcome in zip(found, outcomes, strict=True):
         gone, error = outcome.gone, outcome.error
         (report.orphans_destroyed if gone else report.orphans_not_verified).append(instance.id)
         if gone:
-            _settle_orphan(ctx, instance, run, report)
+            _settle_orphan(ctx, instance, run, report, book)
         with ctx.store.session(write=True) as session:
             record_event(
                 session,

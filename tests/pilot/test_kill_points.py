@@ -17,7 +17,6 @@ import contextlib
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from test_remote_rig import Rig, make_rig
 from pilot import testpoints
 from pilot.context import PilotContext
 from pilot.data.ingest import ingest_lines
-from pilot.runs.attempts import attempts_of, resettle
+from pilot.runs.attempts import attempts_of
 from pilot.runs.teardown import TeardownPolicy
 from pilot.service import killswitch
 from pilot.service.reconcile import reconcile
@@ -36,7 +35,7 @@ from pilot.serving import canary
 from pilot.settings import Settings
 from pilot.store import Store
 from pilot.store.leases import acquire, thread_lease
-from pilot.store.models import AliasHistory, EvalStage, Event, SpendEntry, TrainingRun, utcnow
+from pilot.store.models import AliasHistory, EvalStage, Event, SpendEntry, TrainingRun
 from pilot.store.status import AttemptStatus, EntityType, RunStatus, StageStatus
 from pilot.store.writers import alias_target
 from pilot.supervisor import model_nodes
@@ -104,7 +103,7 @@ def assert_stopped_and_settled(rig: Rig, kill: Kill) -> None:
     assert kill.report.paused
     reconcile(rig.ctx, state=None)  # whatever the kill could not finish, the next pass does
     # What was settled at the elapsed-time estimate is re-read from the provider once it is due (the settle worker).
-    resettle(rig.ctx, now=utcnow() + timedelta(seconds=rig.ctx.settings.budget.settle_recheck_s + 1))
+    rig.settle_worker()
     assert rig.server.live_instances() == []  # asked of the provider
     assert len(rig.server.create_bodies) == kill.creates_at_kill  # nothing rented after the kill
     with rig.store.session() as s:

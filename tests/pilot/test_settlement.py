@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 
+import pytest
 from sqlmodel import select
 
 from pilot.context import PilotContext, build_context
@@ -84,7 +85,9 @@ def test_charges_published_late_raise_the_ledger_never_settled_at_zero(
 ) -> None:
     ctx, gpu = _ctx(store, make_settings)
     cost = _end_run(ctx, "run-late", estimate=0.40)
-    assert cost == 0.40 and _actual(store, "run-late") == 0.40, "no charge yet: the estimate, not $0"
+    assert cost == pytest.approx(0.40) and _actual(store, "run-late") == pytest.approx(0.40), (
+        "no charge yet: the estimate, not $0"
+    )
     with store.session() as session:
         assert spend_summary(session).reserved_usd == 0
         pending = session.get(PendingSettlement, ctx.instance_label("run-late"))
@@ -95,7 +98,7 @@ def test_charges_published_late_raise_the_ledger_never_settled_at_zero(
     _later(ctx, 2)
     report = settle_charges(ctx)
     assert report.raised == ["run-late"] and report.closed == ["run-late"]
-    assert _actual(store, "run-late") == 0.47
+    assert _actual(store, "run-late") == pytest.approx(0.47)
     assert settle_charges(ctx).checked == 0, "closed: not read again"
 
 
@@ -114,7 +117,7 @@ def test_charges_never_published_keep_the_estimate_and_give_up_after_the_tries(
         assert "gave up after 3 tries" in (row.outcome or "") and "$0.3000 stays" in (row.outcome or "")
         events = session.exec(select(Event).where(Event.entity_id == "run-never")).all()
     assert len(events) == 1 and "settlement: gave up" in events[0].reason
-    assert _actual(store, "run-never") == 0.30
+    assert _actual(store, "run-never") == pytest.approx(0.30)
 
 
 def test_a_lower_provider_figure_waits_and_lowers_the_estimate_only_once_it_is_stable(
@@ -126,10 +129,10 @@ def test_a_lower_provider_figure_waits_and_lowers_the_estimate_only_once_it_is_s
     gpu.published.append(Charge("2", ctx.instance_label("run-low"), 0.05))  # more arrives: still below
     _later(ctx, 2)
     settle_charges(ctx)
-    assert _actual(store, "run-low") == 0.25, "a figure that moved is not authoritative"
+    assert _actual(store, "run-low") == pytest.approx(0.25), "a figure that moved is not authoritative"
     _later(ctx, 10)
     settle_charges(ctx)  # $0.15 again: the provider's figure is final
-    assert _actual(store, "run-low") == 0.15
+    assert _actual(store, "run-low") == pytest.approx(0.15)
     with store.session() as session:
         row = session.get(PendingSettlement, ctx.instance_label("run-low"))
         assert row is not None and row.done and "authoritative" in (row.outcome or "")
@@ -146,7 +149,7 @@ def test_charges_published_partly_then_in_full_raise_the_ledger(
     gpu.published.append(Charge("2", ctx.instance_label("run-part"), 0.20))  # the rest: $0.30 in all
     _later(ctx, 2)
     assert settle_charges(ctx).raised == ["run-part"]
-    assert _actual(store, "run-part") == 0.30
+    assert _actual(store, "run-part") == pytest.approx(0.30)
 
 
 def test_a_run_still_reserved_is_never_settled_by_the_worker(
