@@ -10,10 +10,11 @@ from typing import Any
 
 from pilot.settings import Settings
 from pilot.store import Store
+from pilot.store.installation import ensure_installation_id
 from pilot.store.leases import process_owner
 from tools.artifacts.base import ArtifactStore
 from tools.artifacts.local import LocalArtifactStore
-from tools.gpu.base import GpuProvider
+from tools.gpu.base import GpuProvider, instance_label, label_prefix
 from tools.gpu.fake import FakeGpuProvider
 from tools.gpu.local import LocalGpuProvider
 
@@ -41,9 +42,30 @@ class PilotContext:
 
     @property
     def label_prefix(self) -> str:
-        return f"learning-pilot/{self.settings.env}/"
+        """Every label of this env, both formats and every installation: filter with ``ownership`` before
+        destroying anything listed under it."""
+        return label_prefix(self.settings.env)
+
+    @property
+    def installation(self) -> str:
+        """This store's installation id (``pilot.store.installation``), created on first use when ``learning-pilot
+        init`` was not run (said in the log)."""
+        if self._installation is None:
+            self._installation, created = ensure_installation_id(self.store)
+            if created:
+                logger.warning(
+                    "Created installation id %s in the store (`learning-pilot init` was not run); instance labels "
+                    "carry it from now on",
+                    self._installation,
+                )
+        return self._installation
+
+    def instance_label(self, run_id: str) -> str:
+        """The label of an instance rented for ``run_id`` (a run or an evaluation stage) by this installation."""
+        return instance_label(self.settings.env, run_id, self.installation)
 
     _kb: Any = None  # the process's one knowledge base, opened by pilot.data.knowledge.knowledge_base(ctx)
+    _installation: str | None = None
 
     def close(self) -> None:
         if self._kb is not None:

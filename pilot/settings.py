@@ -72,6 +72,18 @@ class BudgetSettings(_Section):
     per_day_usd: float = Field(50.0, ge=0, description="Cap on spend (reserved + actual) per UTC day.")
     per_month_usd: float = Field(500.0, ge=0, description="Cap on spend (reserved + actual) per UTC month.")
     max_dph: float = Field(3.0, ge=0, description="Highest $/hour an instance may cost.")
+    settle_recheck_s: float = Field(
+        600.0,
+        gt=0,
+        description="How often the settle worker re-reads the provider's charges for spend settled at an estimate "
+        "(no charge published yet, or less than elapsed time x $/h).",
+    )
+    settle_window_h: float = Field(
+        48.0, gt=0, description="How long after settling the provider's charges are re-read before giving up."
+    )
+    settle_max_tries: int = Field(
+        12, ge=1, description="How many times the provider's charges are re-read for one run before giving up."
+    )
 
 
 class CurationSettings(_Section):

@@ -91,9 +91,16 @@ def _console() -> Any:
 
 @app.command()
 def init(ctx: typer.Context) -> None:
-    """Create the data dir and the store schema (idempotent)."""
+    """Create the data dir, the store schema and this installation's id (idempotent)."""
+    from pilot.store.installation import ensure_installation_id
+
     settings, store = _open_store(ctx, create=True)
+    installation, created = ensure_installation_id(store)
     typer.echo(f"store ready at {store.display_url}; data dir {settings.data_dir}")
+    typer.echo(
+        f"installation id {installation} ({'created' if created else 'already set'}): instance labels are "
+        f"learning-pilot/{settings.env}/{installation}/<run id>"
+    )
 
 
 @app.command()

@@ -36,6 +36,13 @@ def render_status(console: Console, report: dict[str, Any]) -> None:
         f"reserved {_money(spend['reserved_usd'])}"
     )
     console.print(f"records: {records['total']} stored, {records['dead_letters']} dead-lettered")
+    others = report.get("other_installations") or {}
+    if others.get("count"):
+        console.print(
+            f"[yellow]{others['count']} instance(s) of env {report['env']} belong to another installation[/] "
+            f"(not {report.get('installation')}; left alone; seen {others.get('seen_at')}): "
+            + ", ".join(sorted(others.get("labels") or {}))[:300]
+        )
     if report["pending_approvals"]:
         table = Table(title="pending approvals", title_justify="left")
         for column in ("id", "kind", "why", "may spend at most", "expires"):

@@ -385,7 +385,6 @@ def evaluate_version(
             lease=lease,
         )
     else:
-        label_base = f"learning-pilot/{ctx.settings.env}/eval-{version_id}"
         generated = {
             side: _generate(
                 ctx,
@@ -393,7 +392,7 @@ def evaluate_version(
                 golden=prep.golden,
                 golden_ids=prep.golden_ids,
                 out=prep.workdir / f"{side}.jsonl",
-                label=f"{label_base}-{side}",
+                label=ctx.instance_label(f"eval-{version_id}-{side}"[:40]),
             )
             for side, adapter in (("candidate", prep.candidate_adapter), ("champion", prep.champion_adapter))
         }

@@ -59,7 +59,7 @@ from pilot.store.writers import is_paused, record_event, switch_stage_status
 from subagents.training import requirements_for
 from tools.artifacts.base import sha256_file
 from tools.errors import ArtifactError, PilotError
-from tools.gpu.base import Offer, instance_label
+from tools.gpu.base import Offer
 
 logger = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def open_stage(
     ``adapters``: each side's stored adapter files (``ModelVersion.adapter_files``; None for the base model), already
     verified by the caller."""
     stage_id = f"{STAGE_PREFIX}{version_id}-{uuid.uuid4().hex[:8]}"[:40]
-    label = instance_label(ctx.settings.env, stage_id)
+    label = ctx.instance_label(stage_id)
     stage = _reserve(ctx, stage_id, label, version_id)
     assert stage.offer_id is not None
     why = "not launched"

@@ -28,7 +28,6 @@ from pilot.store.status import EntityType, ModelStatus, RunStatus, RunTerminatio
 from pilot.store.writers import is_paused, record_event, switch_run_status
 from subagents.training import TrainingParams, TrainingPlan
 from tools.artifacts.base import PICKLE_SUFFIXES
-from tools.gpu.base import instance_label
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +51,12 @@ def create_run(
     ctx: PilotContext, *, decision_id: str, approval_id: str | None, snapshot: DatasetSnapshot, plan: TrainingPlan
 ) -> TrainingRun:
     """Commit the run row and its reservation. Idempotent per decision (a re-run graph node finds its run)."""
+    run_id = f"run-{uuid.uuid4().hex[:10]}"
+    label = ctx.instance_label(run_id)  # before the write transaction: it may create the installation id
     with ctx.store.session(write=True) as session:
         existing = session.exec(select(TrainingRun).where(TrainingRun.decision_id == decision_id)).first()
         if existing is not None:
             return existing
-        run_id = f"run-{uuid.uuid4().hex[:10]}"
         # The estimate plus headroom: a run is stopped when its live burn would pass the reservation, and the
         # approver is shown this maximum (an estimate is only an estimate).
         reserved = reservation_for(plan.estimated_cost_usd, ctx.settings.budget)
@@ -75,7 +75,7 @@ def create_run(
             snapshot_id=snapshot.id,
             status=RunStatus.PENDING,
             provider=ctx.gpu.name,
-            label=instance_label(ctx.settings.env, run_id),
+            label=label,
             offer_id=plan.offer.id,
             dph=plan.offer.dph_total,
             estimated_cost_usd=plan.estimated_cost_usd,

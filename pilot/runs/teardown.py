@@ -11,8 +11,8 @@ until the reconciler confirms the instance gone.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
 from pilot.settings import Settings
 from tools.gpu.base import GpuProvider
@@ -61,6 +61,39 @@ def destroy_all(
             why,
         )
     return [Teardown(i, i not in report.not_gone, 1, report.not_gone.get(i)) for i in ids]
+
+
+@dataclass(frozen=True)
+class OwnedTeardown:
+    """``destroy_owned``'s outcome: the known ids first (in the order given), then the owned ones it found."""
+
+    outcomes: list[Teardown]
+    labels: dict[str, str | None]  # instance id -> label (known: as given; found: as listed)
+    seen: Mapping[str, int] = field(default_factory=dict)  # label -> live instances, last look (for reporting)
+    list_error: str | None = None
+    duration_s: float = 0.0
+
+
+def destroy_owned(
+    gpu: GpuProvider,
+    known: Mapping[str, str | None],
+    is_owned: Callable[[str], bool],
+    policy: TeardownPolicy = TeardownPolicy(),
+) -> OwnedTeardown:
+    """The kill switch's teardown: destroy the ids the store knows (id -> label) and every live instance on the
+    account whose label ``is_owned``, confirm each gone, all through the provider's ``terminate_owned`` (on Vast:
+    one bulk destroy of the known ids, then one look at the account that verifies them and finds the rest). A list
+    that fails still destroys the known ids and says so in ``list_error``."""
+    report = gpu.terminate_owned(dict(known), is_owned, deadline_s=policy.deadline_s)
+    labels: dict[str, str | None] = {**known, **report.found}
+    for instance_id, why in report.not_gone.items():
+        logger.error(
+            "Failed to terminate instance %s (%s). Terminate it manually to avoid accumulating charges.",
+            instance_id,
+            why,
+        )
+    outcomes = [Teardown(i, i not in report.not_gone, 1, report.not_gone.get(i)) for i in labels]
+    return OwnedTeardown(outcomes, labels, dict(report.labels), report.list_error, report.duration_s)
 
 
 def teardown_policy(settings: Settings) -> TeardownPolicy:

@@ -3,7 +3,8 @@
 Start-up order: migrate the store, build the context, reconcile once (if leader: orphans destroyed, vanished runs
 failed), start an APScheduler 3.x ``BackgroundScheduler`` (jobs, one concern each: cycle = the supervisor's pass;
 runs = the jobs worker that advances runs on their hosts, ``scheduler.jobs_interval_s``; reconciler; approvals =
-reminders + expiry; monitoring = live quality every ``monitoring.interval_s`` + the daily report; each
+reminders + expiry; settle = provider charges re-read for spend settled at an estimate, every
+``budget.settle_recheck_s``; monitoring = live quality every ``monitoring.interval_s`` + the daily report; each
 ``max_instances=1, coalesce=True`` so a slow job is never run twice at once and missed runs collapse into one),
 then serve ``pilot.service.api.create_app`` with uvicorn on ``api.host:api.port`` and tell systemd ``READY=1``
 (with ``STATUS=`` naming the URL).
@@ -157,6 +158,17 @@ class Jobs:
         if ended and self.wake_cycle is not None:
             self.wake_cycle()
 
+    def settle(self) -> None:
+        """Re-read the provider's charges for spend settled at an estimate (``pilot.service.workers``)."""
+        if not self._leading("settle"):
+            return
+        from pilot.service.workers import settle_charges
+
+        try:
+            settle_charges(self.ctx)
+        except Exception:
+            logger.exception("Settle worker pass failed")
+
     def monitoring(self) -> None:
         """Live quality on its own schedule (a run in flight never delays a rollback); once per UTC day, the
         report to Slack (no-op when Slack is off)."""
@@ -194,6 +206,7 @@ def build_scheduler(ctx: PilotContext, jobs: Jobs) -> Any:
     scheduler.add_job(jobs.approvals, "interval", seconds=APPROVALS_INTERVAL_S, id="approvals", next_run_time=now)
     scheduler.add_job(jobs.monitoring, "interval", seconds=ctx.settings.monitoring.interval_s, id="monitoring")
     scheduler.add_job(jobs.runs, "interval", seconds=sched.jobs_interval_s, id="runs")
+    scheduler.add_job(jobs.settle, "interval", seconds=ctx.settings.budget.settle_recheck_s, id="settle")
     jobs.wake_cycle = lambda: scheduler.modify_job("cycle", next_run_time=datetime.now(UTC))
     return scheduler
 

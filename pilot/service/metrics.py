@@ -25,6 +25,7 @@ from sqlmodel import col, select
 from pilot.settings import Settings
 from pilot.spend.ledger import spend_summary
 from pilot.store import Store
+from pilot.store.installation import read_others
 from pilot.store.models import Approval, Decision, Event, TrainingRun, utcnow
 from pilot.store.status import ApprovalStatus, DecisionAction, RunStatus
 from pilot.store.writers import is_paused
@@ -48,6 +49,7 @@ METRIC_NAMES = frozenset(
         "learning_pilot_pending_approvals",
         "learning_pilot_oldest_pending_approval_seconds",
         "learning_pilot_owned_instances",
+        "learning_pilot_other_installation_instances",
         "learning_pilot_orphans_destroyed_total",
         "learning_pilot_kill_switch_engagements_total",
         "learning_pilot_paused",
@@ -101,6 +103,7 @@ class StoreCollector(Collector):
                 )
             ).one()
             paused = is_paused(session)
+            others = read_others(session)
 
         spend_g = GaugeMetricFamily(
             "learning_pilot_spend_usd", "Committed spend (actual + reserved)", labels=["period"]
@@ -139,7 +142,25 @@ class StoreCollector(Collector):
         paused_g = GaugeMetricFamily(
             "learning_pilot_paused", "1 while the kill switch holds", value=1.0 if paused else 0.0
         )
-        return [spend_g, caps_g, reserved, runs_g, oldest, pending_g, pending_age, decisions_c, kills_c, paused_g]
+        others_g = GaugeMetricFamily(
+            "learning_pilot_other_installation_instances",
+            "Live instances with our env but another installation id, last seen by the reconciler or kill switch "
+            "(never destroyed here: another deployment shares the account)",
+            value=float(others.get("count") or 0),
+        )
+        return [
+            spend_g,
+            caps_g,
+            reserved,
+            runs_g,
+            oldest,
+            pending_g,
+            pending_age,
+            decisions_c,
+            kills_c,
+            paused_g,
+            others_g,
+        ]
 
 
 class PilotMetrics:

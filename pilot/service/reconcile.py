@@ -2,8 +2,13 @@
 
 Each pass (at start-up and every ``scheduler.reconcile_interval_s``):
 
-- an owned instance (label ``learning-pilot/<env>/<run_id>``) whose run is terminal, unknown, or pointing at a
-  different instance is an **orphan**: destroyed and verified gone (it bills for nothing);
+- an instance of ours (``pilot.runs.ownership``: label ``learning-pilot/<env>/<installation>/<run_id>`` with our
+  installation id, or an old-format ``learning-pilot/<env>/<run_id>`` of a run this store knows) whose run is
+  terminal, unknown, or pointing at a different instance is an **orphan**: destroyed and verified gone (it bills for
+  nothing), and what it billed is settled (its run's ledger entry, kept at the larger figure, or ``orphan-<id>``);
+  an instance of our env with another installation id is reported (``other_installations``), never destroyed;
+- an attempt left ``ending`` (its destroy was not verified) is destroyed again; once gone, a terminal run that kept
+  its reservation for it is settled;
 - a run in PROVISIONING or RUNNING with no attempt rows (a local run) whose instance the provider no longer has is
   failed
   (``INSTANCE_VANISHED``) and its spend settled at elapsed time x $/h (a rented run's vanished host is its
@@ -21,6 +26,8 @@ Every action writes an event. A provider error ends the pass early (nothing is c
 from __future__ import annotations
 
 import logging
+import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,17 +37,18 @@ from sqlmodel import col, select
 from pilot.context import PilotContext
 from pilot.errors import ConflictError, TransitionError
 from pilot.evaluation.remote import live_stage_labels, reconcile_stages
-from pilot.runs.attempts import attempts_of, provider_cost
+from pilot.runs.attempts import attempts_of, charge_book, label_cost, provider_cost
 from pilot.runs.lifecycle import is_remote
+from pilot.runs.ownership import note_others, ownership
 from pilot.runs.teardown import destroy_all, destroy_verified, teardown_policy
-from pilot.spend.costs import elapsed_cost
+from pilot.spend.costs import cost_of_seconds, elapsed_cost
 from pilot.spend.ledger import settle
 from pilot.store.leases import holder, run_lease
-from pilot.store.models import RunAttempt, TrainingRun, as_utc, utcnow
+from pilot.store.models import RunAttempt, SpendEntry, TrainingRun, as_utc, utcnow
 from pilot.store.status import AttemptStatus, EntityType, RunStatus, RunTerminationReason
 from pilot.store.writers import record_event, switch_attempt_status, switch_run_status
 from tools.errors import PilotError
-from tools.gpu.base import InstanceState
+from tools.gpu.base import Instance, InstanceState, LabelOwner, parse_label
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +70,8 @@ class ReconcileReport:
     runs_failed: list[dict[str, Any]] = field(default_factory=list)
     suspects: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    settled: list[dict[str, Any]] = field(default_factory=list)  # what destroyed orphans / confirmed-gone runs billed
+    other_installations: dict[str, int] = field(default_factory=dict)  # label -> live instances: left alone
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,6 +143,56 @@ def _finish_ending(ctx: PilotContext, report: ReconcileReport) -> None:
                 actor="system",
                 reason=f"reconciler: instance {attempt.instance_id} destroyed and verified gone",
             )
+        run = _reload(ctx, attempt.run_id)
+        if run is not None and RunStatus(run.status).is_terminal and _reserved(ctx, run.id):
+            # Its end kept the reservation because this instance was not confirmed gone: settle it now.
+            cost = provider_cost(ctx, run)
+            with ctx.store.session(write=True) as session:
+                settle(session, run.id, cost, note="reconciler: instance confirmed gone after an unverified destroy")
+                row = session.get(TrainingRun, run.id)
+                if row is not None:
+                    row.actual_cost_usd = max(row.actual_cost_usd or 0.0, cost)
+            report.settled.append({"run_id": run.id, "cost_usd": cost})
+
+
+def _reserved(ctx: PilotContext, run_id: str) -> bool:
+    with ctx.store.session() as session:
+        return (
+            session.exec(
+                select(SpendEntry.id).where(
+                    SpendEntry.run_id == run_id,
+                    SpendEntry.kind == "reservation",
+                    SpendEntry.active == True,  # noqa: E712
+                )
+            ).first()
+            is not None
+        )
+
+
+def _settle_orphan(
+    ctx: PilotContext,
+    instance: Instance,
+    run: TrainingRun | None,
+    report: ReconcileReport,
+    book: dict[str, float] | None,
+) -> None:
+    """What a destroyed orphan billed reaches the ledger. Under a finished run's own label: that run's entry,
+    corrected to the larger figure (never counted twice); any other label (no run, a live run's stray instance, an
+    old-format label): one ``orphan-<run id>`` entry per label, what the provider charged for it."""
+    if run is not None and RunStatus(run.status).is_terminal and instance.label == run.label:
+        run_id = run.id
+        cost = provider_cost(ctx, run, book=book) if is_remote(run.provider) else elapsed_cost(run.dph, run.started_at)
+    else:
+        parsed = parse_label(instance.label)
+        run_id = f"orphan-{parsed.run_id if parsed is not None else instance.id}"[:40]
+        started = instance.started_at or time.time()
+        fallback = cost_of_seconds(instance.dph_total, time.time() - started)
+        cost = label_cost(ctx, instance.label, since=started, fallback_usd=fallback, book=book)
+    if cost <= 0 and run_id.startswith("orphan-"):
+        return
+    with ctx.store.session(write=True) as session:
+        settle(session, run_id, cost, note=f"reconciler: orphan instance {instance.id} ({instance.label})"[:500])
+    report.settled.append({"run_id": run_id, "cost_usd": cost, "instance_id": instance.id})
 
 
 def _reload(ctx: PilotContext, run_id: str) -> TrainingRun | None:
@@ -157,11 +217,18 @@ def reconcile(
         # Evaluation stages have no run row: reap those a dead daemon left open, protect the live ones.
         reconcile_stages(ctx, now=now)
         protected = live_stage_labels(ctx, now=now)
-        owned = [i for i in ctx.gpu.list_owned(prefix) if i.label not in protected]
+        listed = ctx.gpu.list_owned(prefix)
     except PilotError as exc:
         report.errors.append(f"list_owned on {ctx.gpu.name}: {exc}")
         logger.warning("Reconciler: cannot list instances on %s: %s", ctx.gpu.name, exc)
         return report
+    # Ours only: another installation's instances with our env are reported, never destroyed (pilot.runs.ownership).
+    own = ownership(ctx)
+    report.other_installations = dict(
+        Counter(i.label for i in listed if own.owner(i.label) is LabelOwner.OTHER_INSTALLATION)
+    )
+    note_others(ctx, report.other_installations, actor="system", seen_by="reconciler")
+    owned = [i for i in listed if own.is_ours(i.label) and i.label not in protected]
     report.owned = len(owned)
     with ctx.store.session() as session:
         runs = {
@@ -192,9 +259,11 @@ def reconcile(
             report.runs_failed.append({"run_id": lost.id, "reason": RunTerminationReason.DAEMON_LOST_TRACK.value})
             runs[lost.id] = _reload(ctx, lost.id) or lost
 
-    # Orphans: live instances no live run accounts for.
+    # Orphans: live instances no live run accounts for, destroyed together (one bulk call, one verification).
+    found: list[tuple[Instance, TrainingRun | None, str]] = []
     for instance in owned:
-        run = runs.get(instance.label[len(prefix) :])
+        parsed = parse_label(instance.label)
+        run = runs.get(parsed.run_id) if parsed is not None else None
         if run is not None and not RunStatus(run.status).is_terminal and run.instance_id in (None, instance.id):
             continue
         why = (
@@ -204,9 +273,18 @@ def reconcile(
             if RunStatus(run.status).is_terminal
             else f"run {run.id} uses instance {run.instance_id}"
         )
-        outcome = destroy_verified(ctx.gpu, instance.id, policy)
+        found.append((instance, run, why))
+    outcomes = destroy_all(ctx.gpu, [i.id for i, _, _ in found], policy)
+    # What they billed, from one read of the provider's charges (not one per orphan).
+    starts = [i.started_at for i, _, _ in found if i.started_at] + [
+        as_utc(r.created_at).timestamp() for r in runs.values()
+    ]
+    book = charge_book(ctx, min(starts, default=time.time())) if any(o.gone for o in outcomes) else None
+    for (instance, run, why), outcome in zip(found, outcomes, strict=True):
         gone, error = outcome.gone, outcome.error
         (report.orphans_destroyed if gone else report.orphans_not_verified).append(instance.id)
+        if gone:
+            _settle_orphan(ctx, instance, run, report, book)
         with ctx.store.session(write=True) as session:
             record_event(
                 session,

@@ -14,7 +14,16 @@ from sqlmodel import col, select
 from pilot.settings import Settings
 from pilot.spend.ledger import spend_summary
 from pilot.store import Store
-from pilot.store.models import Approval, DeadLetter, Decision, ExecutionRecordRow, ModelVersion, TrainingRun
+from pilot.store.installation import INSTALLATION_KEY, read_others
+from pilot.store.models import (
+    Approval,
+    DeadLetter,
+    Decision,
+    ExecutionRecordRow,
+    ModelVersion,
+    PilotState,
+    TrainingRun,
+)
 from pilot.store.status import Alias, ApprovalStatus
 from pilot.store.writers import alias_target, is_paused
 
@@ -36,9 +45,12 @@ def build_status(settings: Settings, store: Store, *, limit: int = 5) -> dict[st
         total_records = session.exec(select(func.count()).select_from(ExecutionRecordRow)).one()
         dead = session.exec(select(func.count()).select_from(DeadLetter)).one()
         versions = session.exec(select(func.count()).select_from(ModelVersion)).one()
+        installation = session.get(PilotState, INSTALLATION_KEY)
         return {
             "paused": is_paused(session),
             "env": settings.env,
+            "installation": installation.value if installation is not None else None,
+            "other_installations": read_others(session),
             "store": store.display_url,
             "champion": {
                 "version": champion.id,

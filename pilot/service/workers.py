@@ -5,6 +5,10 @@ rented, else poll the host and act on what it says), each under the run's lease,
 another daemon) is driving is left alone and no run is ever driven twice. ``advance_stages``
 (pilot/evaluation/stages.py) does the same for evaluation stages on rented hosts. A restart at any point just continues:
 everything a step needs is in the store.
+
+``settle_charges``: spend settled at an estimate (the provider had not published its charges, or less than
+elapsed time x $/h) is re-read from the provider and corrected upwards (``pilot.runs.attempts.resettle``; bounded
+by ``budget.settle_max_tries`` and ``budget.settle_window_h``).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import logging
 from sqlmodel import col, select
 
 from pilot.context import PilotContext
+from pilot.runs.attempts import ResettleReport, resettle
 from pilot.runs.driver import advance_run
 from pilot.store.leases import LeaseKeeper, run_lease
 from pilot.store.models import TrainingRun
@@ -41,3 +46,11 @@ def advance_runs(ctx: PilotContext) -> list[str]:
         if RunStatus(run.status).is_terminal:
             ended.append(run_id)
     return ended
+
+
+def settle_charges(ctx: PilotContext) -> ResettleReport:
+    """One pass of the settle worker: re-read the provider's charges for what was settled at an estimate."""
+    report = resettle(ctx)
+    if report.raised or report.closed:
+        logger.info("Settle worker: raised %s, closed %s", report.raised, report.closed)
+    return report

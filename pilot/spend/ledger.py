@@ -122,10 +122,12 @@ def reserve(
     return entry
 
 
-def settle(session: Session, run_id: str, actual_usd: float, *, category: str = "gpu", note: str = "") -> None:
-    """Release the run's reservations and record what it actually cost. Idempotent per run: settling again (the
-    kill switch, then the run's own teardown; or charges the provider published late) corrects the one actual
-    entry to the larger figure instead of counting the run twice — spend is never under-counted."""
+def settle(session: Session, run_id: str, actual_usd: float, *, category: str = "gpu", note: str = "") -> bool:
+    """Release the run's reservations and record what it actually cost; True when the actual entry was created or
+    went up. Idempotent per run: settling again (the kill switch, then the run's own teardown; or charges the
+    provider published late, ``pilot.spend.settlement``) corrects the one actual entry to the larger figure instead
+    of counting the run twice. A lower figure never replaces a higher one — spend is never under-counted (see
+    ``pilot/spend/settlement.py`` for why a later provider figure does not lower an estimate)."""
     for entry in session.exec(
         select(SpendEntry).where(
             SpendEntry.run_id == run_id,
@@ -140,15 +142,17 @@ def settle(session: Session, run_id: str, actual_usd: float, *, category: str = 
         )
     ).first()
     if previous is not None:
-        if actual_usd > previous.amount_usd:
+        raised = actual_usd > previous.amount_usd
+        if raised:
             logger.info("Run %s: settled cost corrected $%.6f -> $%.6f", run_id, previous.amount_usd, actual_usd)
             previous.amount_usd = actual_usd
             previous.note = (note or previous.note)[:500]
         session.flush()
-        return
+        return raised
     session.add(SpendEntry(kind="actual", category=category, run_id=run_id, amount_usd=actual_usd, note=note))
     session.flush()
     logger.info("Run %s cost $%.4f", run_id, actual_usd)
+    return True
 
 
 def record_spend(session: Session, *, amount_usd: float, category: str, note: str = "") -> None:

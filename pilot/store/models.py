@@ -140,6 +140,27 @@ class SpendEntry(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, index=True)
 
 
+class PendingSettlement(SQLModel, table=True):
+    """Spend settled at an estimate (the provider had published no charge, or less than elapsed time x $/h): the
+    settle worker re-reads the provider's charges for ``label`` until they cover the estimate, ``tries`` reach the
+    limit or ``until`` passes (``pilot/spend/settlement.py`` is the only writer)."""
+
+    __tablename__ = "pending_settlement"
+
+    label: str = Field(primary_key=True, max_length=200)
+    run_id: str = Field(max_length=60, index=True)  # the ledger's run id: a training run or an evaluation stage
+    category: str = Field(default="gpu", max_length=20)
+    since: float  # unix seconds: charges are read from a day before this
+    estimate_usd: float
+    provider_usd: float | None = None  # the provider's figure at the last read (None: no charge row yet)
+    tries: int = 0
+    next_at: datetime = Field(default_factory=utcnow)
+    until: datetime = Field(default_factory=utcnow)
+    done: bool = Field(default=False, index=True)
+    outcome: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
 class ModelVersion(SQLModel, table=True):
     __tablename__ = "model_version"
 

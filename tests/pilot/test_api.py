@@ -71,7 +71,7 @@ def test_kill_refusals_are_recorded_and_change_nothing(
     client: TestClient, ctx: PilotContext, headers: dict[str, str], code: int, why: str
 ) -> None:
     assert isinstance(ctx.gpu, FakeGpuProvider)
-    ctx.gpu.launch(LaunchSpec(label=f"{ctx.label_prefix}run-x", offer_id=None, image="x", command=["true"]))
+    ctx.gpu.launch(LaunchSpec(label=ctx.instance_label("run-x"), offer_id=None, image="x", command=["true"]))
     for route in ("/v1/kill", "/v1/resume"):
         answer = client.post(route, headers=headers, json={"reason": "x"})
         assert answer.status_code == code and answer.json()["error"] == why
@@ -96,7 +96,7 @@ def test_kill_without_a_configured_token_is_refused(store: Store, make_settings:
 def test_kill_then_resume_with_the_token(client: TestClient, ctx: PilotContext) -> None:
     assert isinstance(ctx.gpu, FakeGpuProvider)
     for n in range(3):
-        ctx.gpu.launch(LaunchSpec(label=f"{ctx.label_prefix}run-{n}", offer_id=None, image="x", command=["true"]))
+        ctx.gpu.launch(LaunchSpec(label=ctx.instance_label(f"run-{n}"), offer_id=None, image="x", command=["true"]))
     auth = {"Authorization": f"Bearer {TOKEN}"}
     answer = client.post("/v1/kill", headers=auth, json={"reason": "bill spike", "by": "alice"})
     assert answer.status_code == 200

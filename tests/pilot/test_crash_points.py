@@ -162,6 +162,9 @@ def _crash_and_restart(rig: Rig, point: str) -> TrainingRun:
     rented = {a.instance_id for a in attempts if a.instance_id}
     assert created == len(rented)  # every create is one attempt's instance: no duplicate rental
     assert not [e for e in spend if e.kind == "reservation" and e.active]
+    rig.settle_worker()  # what was settled at the elapsed-time estimate becomes the provider's figure
+    with rig.store.session() as s:
+        spend = s.exec(select(SpendEntry).where(SpendEntry.category == "gpu")).all()
     actual = sum(e.amount_usd for e in spend if e.kind == "actual")
     assert actual == pytest.approx(rig.charged(), rel=0.01, abs=2e-6)
     return final

@@ -94,7 +94,7 @@ def _world(ctx: PilotContext, gpu: FakeGpuProvider) -> dict[str, str]:
             cost_ceiling_usd=2.0,
             expiry_minutes=60,
         ).id
-    ids["orphan"] = _launch(gpu, f"{ctx.label_prefix}run-unknown")
+    ids["orphan"] = _launch(gpu, ctx.instance_label("run-unknown"))
     ids["foreign"] = _launch(gpu, "learning-pilot/prod/run-other")
     return ids
 

@@ -48,7 +48,7 @@ def test_orphans_are_destroyed_and_live_runs_left_alone(store: Store, make_setti
     ctx, gpu = _ctx(store, make_settings)
     live = _launch(gpu, f"{ctx.label_prefix}run-live")
     _run(ctx, "run-live", RunStatus.RUNNING, live)
-    unknown = _launch(gpu, f"{ctx.label_prefix}run-ghost")
+    unknown = _launch(gpu, ctx.instance_label("run-ghost"))
     done = _launch(gpu, f"{ctx.label_prefix}run-done")
     _run(ctx, "run-done", RunStatus.FAILED, done)
     duplicate = _launch(gpu, f"{ctx.label_prefix}run-live")  # a second instance for one run (retry gone wrong)

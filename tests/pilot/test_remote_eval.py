@@ -183,6 +183,10 @@ def assert_settled(rig: Rig, *, stages: int) -> None:
         assert [r.kind for r in sorted(rows, key=lambda r: r.id or 0)] == ["reservation", "actual"]
         assert not any(r.active for r in rows if r.kind == "reservation")
     actual = sum(r.amount_usd for rows in entries.values() for r in rows if r.kind == "actual")
+    assert actual >= rig.charged() - 1e-9 and actual > 0, "never under-counted"
+    rig.settle_worker()
+    entries = stage_entries(rig)
+    actual = sum(r.amount_usd for rows in entries.values() for r in rows if r.kind == "actual")
     assert actual == pytest.approx(rig.charged(), abs=1e-9) and actual > 0
 
 

@@ -12,6 +12,7 @@ import textwrap
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,13 @@ from moto.server import ThreadedMotoServer
 from sqlmodel import select
 
 from pilot.context import HostModules, PilotContext, build_context
+from pilot.runs.attempts import resettle
 from pilot.runs.driver import launch_run, watch_run
 from pilot.runs.lifecycle import create_run, training_params
 from pilot.settings import Settings
 from pilot.spend.costs import reservation_for
 from pilot.store import Store
-from pilot.store.models import DatasetSnapshot, Decision, SpendEntry, TrainingRun
+from pilot.store.models import DatasetSnapshot, Decision, SpendEntry, TrainingRun, utcnow
 from pilot.store.status import ApprovalKind
 from pilot.supervisor import approvals
 from subagents.training import count_tokens, plan_training, requirements_for
@@ -126,6 +128,13 @@ class Rig:
         actual = sum(r.amount_usd for r in rows if r.kind == "actual")
         reserved = sum(r.amount_usd for r in rows if r.kind == "reservation" and r.active)
         return actual, reserved
+
+    def settle_worker(self) -> None:
+        """The settle worker's pass once the re-reads are due: what was settled at the elapsed-time estimate (the
+        estimate counts loading time the provider does not bill) becomes the provider's figure, unchanged on two
+        reads (``pilot.spend.settlement``)."""
+        later = utcnow() + timedelta(seconds=self.ctx.settings.budget.settle_recheck_s + 1)
+        resettle(self.ctx, now=later)
 
     def charged(self) -> float:
         """What the Vast server billed in all (every instance ever created on it)."""

@@ -91,6 +91,8 @@ def test_full_cycle_trains_on_the_rented_host_and_evaluates(rig_factory: Callabl
     assert "evaluate:" in log
     # Destroyed and verified gone; the ledger is what the server billed.
     assert rig.server.live_instances() == []
+    rig.settle_worker()
+    rig.settle_worker()
     actual, reserved = rig.ledger(run.id)
     assert reserved == 0 and actual == pytest.approx(rig.charged(), abs=1e-9) and actual > 0
 
@@ -113,6 +115,7 @@ def test_outbid_resumes_from_the_last_complete_checkpoint_on_another_host(rig_fa
     assert run.metrics["resumed_from_step"] == resumed  # the job itself says it resumed there
     assert run.metrics["steps"] == 30
     assert rig.server.live_instances() == []
+    rig.settle_worker()
     actual, reserved = rig.ledger(run.id)
     assert reserved == 0 and actual == pytest.approx(rig.charged(), abs=1e-9)
 

@@ -214,8 +214,8 @@ def test_terminate_many_when_the_list_cannot_verify_says_so(rig: Rig) -> None:
 
 # -- listing ----------------------------------------------------------------------------------------------------
 def test_a_three_page_list_under_429s_resumes_each_page_never_from_page_one(rig: Rig) -> None:
-    ours = rig.seed(40)
-    rig.seed(25, env="limits", installation="inst-b")  # 65 rows: 3 pages of 25
+    rig.seed(25, env="limits", installation="inst-b")  # 65 rows: 3 pages of 25; page 1 holds none of ours
+    ours = rig.seed(40)  # more labels than one ``label in`` query names: the list continues page by page
     rig.server.fail_every(3, 429, path=LIST)
     owned = rig.provider.list_owned(label_prefix("limits", "inst-a"))
     assert sorted(i.id for i in owned) == sorted(ours)

@@ -15,6 +15,8 @@ Contract (tests/contracts/test_gpu_provider.py runs it against every implementat
 - ``terminate_many(ids, deadline_s=...)`` destroys many instances and says, per id, whether it is confirmed gone
   (the provider no longer lists it) or not and why. It never raises for a provider failure: what it could not
   confirm by the deadline is in ``TerminateReport.not_gone``. Unknown ids count as gone.
+- ``terminate_owned(known, is_owned, deadline_s=...)`` does the same for the known ids plus every live instance whose
+  label ``is_owned`` (found by listing the account); a list it cannot complete is ``list_error``, never "all gone".
 - ``list_owned(label_prefix)`` lists every live instance whose label starts with the prefix; a list it could not
   complete raises ``ProviderError``, never returns a partial list as if complete.
 """
@@ -22,10 +24,12 @@ Contract (tests/contracts/test_gpu_provider.py runs it against every implementat
 from __future__ import annotations
 
 import abc
+import dataclasses
 import enum
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from tools.errors import ProviderError
@@ -110,6 +114,9 @@ class TerminateReport:
     gone: tuple[str, ...] = ()
     not_gone: Mapping[str, str] = field(default_factory=dict)
     duration_s: float = 0.0
+    found: Mapping[str, str] = field(default_factory=dict)  # terminate_owned: id -> label of owned ids nobody named
+    labels: Mapping[str, int] = field(default_factory=dict)  # terminate_owned: label -> live count, last look
+    list_error: str | None = None  # terminate_owned: the account could not be listed (only known ids destroyed)
 
     @property
     def ok(self) -> bool:
@@ -172,6 +179,30 @@ class GpuProvider(abc.ABC):
             sleep(delay)
             delay = min(delay * 2, 1.0)
         return TerminateReport(tuple(gone), {i: why[i] for i in pending}, clock() - started)
+
+    def terminate_owned(
+        self,
+        known: Mapping[str, str | None] | Iterable[str],
+        is_owned: Callable[[str], bool],
+        *,
+        deadline_s: float = 30.0,
+    ) -> TerminateReport:
+        """Destroy the ``known`` ids (id -> label, None when unknown) and every live instance whose label
+        ``is_owned``, and confirm each gone; the kill switch's one call. Never raises for a provider failure: a list
+        that fails is ``list_error`` (the known ids are still destroyed), the owned ids nobody named are ``found``.
+
+        The default lists the account once, then ``terminate_many``; Vast overrides it with a cheaper look.
+        """
+        known_ids = list(known)
+        try:
+            listed = [i for i in self.list_owned("") if i.state is not InstanceState.GONE]
+        except ProviderError as exc:
+            report = self.terminate_many(known_ids, deadline_s=deadline_s)
+            return dataclasses.replace(report, list_error=f"{type(exc).__name__}: {exc}")
+        found = {i.id: i.label for i in listed if is_owned(i.label) and i.id not in set(known_ids)}
+        report = self.terminate_many([*known_ids, *found], deadline_s=deadline_s)
+        left = {i.id for i in listed} - set(report.gone)
+        return dataclasses.replace(report, found=found, labels=dict(Counter(i.label for i in listed if i.id in left)))
 
     @abc.abstractmethod
     def list_owned(self, label_prefix: str) -> list[Instance]:

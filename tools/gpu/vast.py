@@ -37,6 +37,7 @@ import re
 import shlex
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -68,6 +69,9 @@ _EXIT_CODE = re.compile(r"exit(?:ed)?(?: with)?(?: code)?[ (]+(-?\d+)", re.IGNOR
 _PACE_MARGIN_S = 0.05
 _PAGE_LIMIT = 25  # the v1 list's maximum page size (show_instances.yaml)
 _MAX_PAGES = 10_000  # a safety bound on a paginated list (250,000 instances), not a retry budget
+# Names or ids in one ``in`` filter: the filter travels in the query string (labels <= 128 chars: ~5 KB encoded).
+_MAX_LABELS_PER_QUERY = 25
+_MAX_IDS_PER_QUERY = 200
 
 # Minimum seconds between two calls to one endpoint with one key: reference/vast-api.md §1.3 (x-rate-limit).
 # Search is "10 requests/minute per IP": not paced (a search is rare), a 429 on it waits 6 s.
@@ -164,8 +168,24 @@ def instance_from_row(row: Mapping[str, Any]) -> Instance:
     )
 
 
+@dataclass(frozen=True)
+class _View:
+    """What one look at the account found: live rows by id, and every label's instance count."""
+
+    rows: dict[str, dict[str, Any]]
+    labels: Mapping[str, int]
+
+
 class _PastDeadline(ProviderUnavailable):
     """A paced call that could not be sent before its deadline (nothing was sent)."""
+
+
+def _label(row: Mapping[str, Any]) -> str:
+    return str(row.get("label") or "")
+
+
+def _new_found(pending: Iterable[str], why: Mapping[str, str]) -> bool:
+    return any(why.get(i, "").startswith("found on the account") for i in pending)
 
 
 def _vast_id(instance_id: str) -> int | None:
@@ -356,19 +376,42 @@ class VastGpuProvider(GpuProvider):
         ids are gone (Vast cannot know them). A quarter of the deadline (at most 5 s) is kept for the last
         verification, so a 429 storm on destroy still ends with an answer about each id.
         """
+        return self._sweep(dict.fromkeys(str(i) for i in instance_ids), None, deadline_s)
+
+    def terminate_owned(
+        self,
+        known: Mapping[str, str | None] | Iterable[str],
+        is_owned: Callable[[str], bool],
+        *,
+        deadline_s: float = 30.0,
+    ) -> TerminateReport:
+        """The known ids destroyed at once (one bulk call), then ONE view of the account (``_owned_view``: the first
+        list page's ``label_counts`` name every label, so only the pages of owned labels are read) that both verifies
+        them and finds the owned instances nobody knew; those are bulk-destroyed and the next view verifies them."""
+        known_map = dict(known) if isinstance(known, Mapping) else dict.fromkeys(known)
+        return self._sweep({str(k): v for k, v in known_map.items()}, is_owned, deadline_s)
+
+    def _sweep(
+        self, known: dict[str, str | None], is_owned: Callable[[str], bool] | None, deadline_s: float
+    ) -> TerminateReport:
         started = self._now()
         deadline = started + deadline_s
         destroy_by = deadline - min(0.25 * deadline_s, 5.0)
-        requested = list(dict.fromkeys(str(i) for i in instance_ids))
-        pending = [i for i in requested if _vast_id(i) is not None]
+        requested = list(known)
+        labels: dict[str, str | None] = {i: known[i] for i in requested if _vast_id(i) is not None}
+        pending = list(labels)
+        found: dict[str, str] = {}  # owned instances nobody asked for, discovered by a view
         why: dict[str, str] = {}
+        seen: Mapping[str, int] = {}
+        list_error: str | None = None
         use_singles = False  # after an accepted (or unsupported) bulk call: single destroys for what is left
         rounds = 0
-        while pending:
+        verified_once = is_owned is None  # terminate_owned: look at the account even when nothing is known
+        while pending or not verified_once:
             rounds += 1
             failed: dict[str, str] = {}
             out_of_time: set[str] = set()  # not attempted this round: the deadline came first
-            if not use_singles:
+            if pending and not use_singles:
                 try:
                     self._call(
                         "bulk destroy",
@@ -386,7 +429,7 @@ class VastGpuProvider(GpuProvider):
                     logger.warning(
                         "Vast bulk destroy of %d instances failed: %s", len(pending), next(iter(failed.values()))
                     )
-            else:
+            elif pending:
                 for n, instance_id in enumerate(pending):
                     try:
                         self._terminate_by(instance_id, destroy_by)
@@ -399,13 +442,32 @@ class VastGpuProvider(GpuProvider):
                             out_of_time.update(pending[n + 1 :])
                             break
             try:
-                listed = self._list_rows({"id": {"in": [int(i) for i in pending]}}, deadline=deadline)
+                if is_owned is None:
+                    rows = {
+                        str(r["id"]): r
+                        for r in self._list_rows({"id": {"in": [int(i) for i in pending]}}, deadline=deadline)
+                    }
+                else:
+                    view = self._owned_view(is_owned, labels, deadline)
+                    rows, seen = view.rows, view.labels
+                    list_error = None
             except ProviderError as exc:
+                if is_owned is not None:
+                    list_error = str(exc)
                 for i in pending:
                     why[i] = f"could not verify with a list: {exc}; before that: {failed.get(i, 'destroy sent')}"
+                if not pending:
+                    break  # nothing known to destroy and the account cannot be listed: list_error says so
             else:
-                still = {str(r["id"]) for r in listed if instance_from_row(r).state is not InstanceState.GONE}
-                pending = [i for i in pending if i in still]
+                verified_once = True
+                still = {i for i, r in rows.items() if instance_from_row(r).state is not InstanceState.GONE}
+                new = [i for i in sorted(still - set(labels), key=int) if is_owned and is_owned(_label(rows[i]))]
+                for i in new:
+                    labels[i] = found[i] = _label(rows[i])
+                    failed[i] = "found on the account, not destroyed yet"
+                pending = [i for i in labels if i in still]
+                if new:
+                    use_singles = False  # newly found instances: one more bulk call for everything left
                 for i in pending:
                     if i in out_of_time:
                         why[i] = f"{why.get(i, 'still listed')}; no time left for another destroy before the deadline"
@@ -413,12 +475,16 @@ class VastGpuProvider(GpuProvider):
                         why[i] = failed.get(i, "still listed after destroy")
             if not pending:
                 break
-            delay = self._backoff_delay(rounds - 1)
+            # Just discovered: destroy them now (the bulk endpoint's pacing still applies); else back off.
+            delay = 0.0 if _new_found(pending, why) else self._backoff_delay(rounds - 1)
             if self._now() + delay >= destroy_by:
                 break
-            logger.warning(
-                "Vast: %d instances not gone yet; destroy round %d in %.2fs", len(pending), rounds + 1, delay
-            )
+            if delay:
+                logger.warning(
+                    "Vast: %d instances not gone yet; destroy round %d in %.2fs", len(pending), rounds + 1, delay
+                )
+            else:
+                logger.warning("Vast: %d instances of ours nobody knew are live; destroying them", len(found))
             self._wait(delay)
         for i in pending:
             logger.error(
@@ -426,12 +492,60 @@ class VastGpuProvider(GpuProvider):
                 i,
                 why.get(i, "not confirmed gone"),
             )
-        gone = tuple(i for i in requested if i not in pending)
-        return TerminateReport(gone, {i: why.get(i, "not confirmed gone") for i in pending}, self._now() - started)
+        gone = tuple(i for i in [*requested, *found] if i not in pending)
+        return TerminateReport(
+            gone,
+            {i: why.get(i, "not confirmed gone") for i in pending},
+            self._now() - started,
+            found=found,
+            labels=dict(seen),
+            list_error=list_error,
+        )
+
+    def _owned_view(
+        self, is_owned: Callable[[str], bool], known: Mapping[str, str | None], deadline: float | None
+    ) -> _View:
+        """Every live row whose label ``is_owned`` plus the rows of ``known`` ids still live, in as few calls as the
+        account allows: page 1 of the unfiltered list, whose ``label_counts`` count every label on the account
+        (all pages, show_instances.yaml), then only what page 1 did not hold: ``label in [...]`` for owned labels
+        with more rows than page 1 showed, ``id in [...]`` for known ids whose label cannot tell. A known id whose
+        label no longer appears in ``label_counts`` is gone. Without ``label_counts`` (or with too many labels to
+        name in one query) the list simply continues from page 2 to the end: never restarted, never partial."""
+        params = {"select_filters": {}, "order_by": [{"col": "id", "dir": "asc"}], "limit": _PAGE_LIMIT}
+        first = self._list_page(params, 1, deadline)
+        rows = {str(r["id"]): r for r in first.get("instances") or [] if isinstance(r, dict)}
+        token = first.get("next_token")
+        counts = first.get("label_counts")
+        if token and isinstance(counts, dict):
+            seen = {str(k or ""): int(v or 0) for k, v in counts.items()}
+            on_page = Counter(_label(r) for r in rows.values())
+            wanted = sorted(lbl for lbl, n in seen.items() if lbl and n > on_page[lbl] and is_owned(lbl))
+            unsure = sorted(
+                int(i)
+                for i, lbl in known.items()
+                if i not in rows
+                and _vast_id(i) is not None
+                and (lbl is None or (lbl not in wanted and seen.get(lbl, 0) > on_page[lbl]))
+            )
+            if len(wanted) <= _MAX_LABELS_PER_QUERY and len(unsure) <= _MAX_IDS_PER_QUERY:
+                if wanted:
+                    rows.update(
+                        (str(r["id"]), r) for r in self._list_rows({"label": {"in": wanted}}, deadline=deadline)
+                    )
+                if unsure:
+                    rows.update((str(r["id"]), r) for r in self._list_rows({"id": {"in": unsure}}, deadline=deadline))
+                return _View(rows, seen)
+        if token:
+            rows.update((str(r["id"]), r) for r in self._list_rows({}, deadline=deadline, after=(str(token), 2)))
+        return _View(rows, dict(Counter(_label(r) for r in rows.values())))
 
     def list_owned(self, label_prefix: str) -> list[Instance]:
-        owned = [instance_from_row(r) for r in self._list_rows({})]
-        return [i for i in owned if i.label.startswith(label_prefix) and i.state is not InstanceState.GONE]
+        rows = self._owned_view(lambda label: label.startswith(label_prefix), {}, None).rows
+        owned = [instance_from_row(r) for r in rows.values()]
+        return sorted(
+            (i for i in owned if i.label.startswith(label_prefix) and i.state is not InstanceState.GONE),
+            key=lambda i: int(i.id) if i.id.isdigit() else 0,
+        )
 
     def logs(self, instance_id: str, *, tail: int = 200) -> str:
         vast_id = _vast_id(instance_id)
@@ -491,26 +605,38 @@ class VastGpuProvider(GpuProvider):
         return sum(c.amount_usd for c in rows) if rows else None
 
     # -- helpers --------------------------------------------------------------------------------------------
-    def _list_rows(self, filters: dict[str, Any], *, deadline: float | None = None) -> list[dict[str, Any]]:
-        """Every row of ``GET /api/v1/instances/`` matching ``filters``, page by page (see the module docstring)."""
+    def _list_page(self, params: dict[str, Any], page_no: int, deadline: float | None) -> dict[str, Any]:
+        """One page of ``GET /api/v1/instances/``, retried on its own (pacing, backoff, until ``deadline``)."""
         client = self._client.client
+        page = self._call(
+            f"list instances (page {page_no})",
+            lambda p=dict(params): vast_instances.show_instances_v1(client, p),  # type: ignore[misc]
+            endpoint="list",
+            deadline=self._now() + self.list_deadline_s if deadline is None else deadline,
+        )
+        if not isinstance(page, dict):
+            raise ProviderError(f"Vast list instances (page {page_no}): unexpected answer {str(page)[:200]!r}")
+        return page
+
+    def _list_rows(
+        self, filters: dict[str, Any], *, deadline: float | None = None, after: tuple[str, int] | None = None
+    ) -> list[dict[str, Any]]:
+        """Every row of ``GET /api/v1/instances/`` matching ``filters``, page by page (see the module docstring);
+        ``after`` = (a ``next_token`` already received, the number of the page it leads to) continues a list."""
         deadline = self._now() + self.list_deadline_s if deadline is None else deadline
         params: dict[str, Any] = {
             "select_filters": filters,
             "order_by": [{"col": "id", "dir": "asc"}],
             "limit": _PAGE_LIMIT,
         }
-        rows: list[dict[str, Any]] = []
+        first_page = 1
         seen_tokens: set[str] = set()
-        for page_no in range(1, _MAX_PAGES + 1):
-            page = self._call(
-                f"list instances (page {page_no})",
-                lambda p=dict(params): vast_instances.show_instances_v1(client, p),  # type: ignore[misc]
-                endpoint="list",
-                deadline=deadline,
-            )
-            if not isinstance(page, dict):
-                raise ProviderError(f"Vast list instances (page {page_no}): unexpected answer {str(page)[:200]!r}")
+        if after is not None:
+            params["after_token"], first_page = after
+            seen_tokens.add(after[0])
+        rows: list[dict[str, Any]] = []
+        for page_no in range(first_page, _MAX_PAGES + 1):
+            page = self._list_page(params, page_no, deadline)
             rows.extend(r for r in page.get("instances") or [] if isinstance(r, dict))
             token = page.get("next_token")
             if not token:
