@@ -29,6 +29,7 @@ from pilot.spend.ledger import reserve, spend_summary
 from pilot.store import Store
 from pilot.store.models import Event, RunAttempt, SpendEntry, TrainingRun, utcnow
 from pilot.store.status import AttemptStatus, RunStatus
+from pilot.store.writers import is_paused
 from tests import factories
 from tools.gpu.base import instance_label
 from tools.gpu.vast import VastGpuProvider
@@ -261,3 +262,65 @@ def test_reconcile_over_three_pages_with_a_429_every_third_request_converges_in_
         reconcile(rig.a.ctx)
     assert passes <= 2 and not set(orphans) & rig.live()
     assert any(r.status == 429 for r in rig.server.request_log)
+
+
+def _broken(rig: Rig, *, key: str = KEY, url: str | None = None) -> None:
+    """Point installation A's provider at the account with a wrong key, or at an address nothing listens on."""
+    rig.a.ctx.gpu = VastGpuProvider(
+        key,
+        api_url=url or rig.server.url,
+        sleep=rig.clock.sleep,
+        clock=rig.clock,
+        rng=random.Random(7),
+        request_timeout_s=2,
+    )
+
+
+def _assert_paused_and_reported(rig: Rig, report: killswitch.KillReport, live_before: set[str]) -> None:
+    assert report.paused and not report.ok and report.problems
+    with rig.a.store.session() as session:
+        assert is_paused(session), "the pause is committed whatever the provider does"
+    assert live_before <= rig.live(), "nothing could be destroyed"
+    assert rig.a.reserved() > 0, "instances not verified gone keep their reservations"
+
+
+def test_a_kill_with_an_invalid_provider_key_still_pauses_and_says_what_it_could_not_do(rig: Rig) -> None:
+    world = _account(rig, n_runs=2)
+    _broken(rig, key="revoked-key")
+    report = killswitch.engage(rig.a.ctx, actor="human:alice", reason="bad key", policy=TeardownPolicy(10))
+    _assert_paused_and_reported(rig, report, set(world["a_runs"]))
+    assert any("401" in p or "key" in p.lower() for p in report.problems), report.problems
+
+
+def test_a_kill_with_the_provider_unreachable_still_pauses_and_says_so(rig: Rig) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    world = _account(rig, n_runs=2)
+    _broken(rig, url=dead)
+    report = killswitch.engage(rig.a.ctx, actor="human:alice", reason="no provider", policy=TeardownPolicy(10))
+    _assert_paused_and_reported(rig, report, set(world["a_runs"]))
+
+
+def test_a_kill_while_another_process_holds_the_database_lock_pauses_once_it_is_free(rig: Rig) -> None:
+    """SQLite locked by another writer for less than the busy timeout: the pause waits for it, then commits first."""
+    import sqlite3
+    import threading
+
+    world = _account(rig, n_runs=2)
+    blocker = sqlite3.connect(rig.a.store.engine.url.database, check_same_thread=False)
+    blocker.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(2.0, blocker.commit)
+    release.start()
+    try:
+        report = killswitch.engage(rig.a.ctx, actor="human:alice", reason="locked")
+    finally:
+        release.join()
+        blocker.close()
+    assert report.paused and report.ok, report.problems
+    assert report.duration_s >= 1.5, "the lock was held: the pause waited for it"
+    with rig.a.store.session() as session:
+        assert is_paused(session)
+    assert not set(world["a_runs"] + world["a_orphan"]) & rig.live()
