@@ -316,7 +316,18 @@ class ApiSettings(_Section):
 
 class IngestSettings(_Section):
     drop_dir: Path | None = Field(None, description="Watched JSONL directory. Empty: <data_dir>/inbox.")
-    batch_size: int = Field(5000, ge=1)
+    batch_size: int = Field(
+        5000,
+        ge=1,
+        description="Records validated and written per transaction (drop dir and HTTP); bounds how long one ingest "
+        "holds the store's write lock, which the kill switch's pause needs.",
+    )
+    dead_letters_per_request: int = Field(
+        1000,
+        ge=0,
+        description="Invalid lines of one HTTP request written as dead-letter rows (with their raw text); the rest are "
+        "counted and recorded in one summary row, so junk cannot fill the store.",
+    )
 
 
 class LlmSettings(_Section):

@@ -39,11 +39,13 @@ class IngestReport:
     dead_lettered: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
     first_errors: list[tuple[str, str]] = field(default_factory=list)  # (location, reason), at most FIRST_ERRORS
+    not_kept: int = 0  # dead-lettered lines counted but not written one row each (over the request's keep)
 
     def merge(self, other: IngestReport) -> None:
         self.accepted += other.accepted
         self.duplicates += other.duplicates
         self.dead_lettered += other.dead_lettered
+        self.not_kept += other.not_kept
         self.reasons.update(other.reasons)
         self.first_errors.extend(other.first_errors[: max(FIRST_ERRORS - len(self.first_errors), 0)])
 
@@ -80,10 +82,18 @@ def _raw_text(line: bytes | str) -> str:
 
 
 def store_batch(
-    store: Store, items: list[tuple[str, bytes | str]], *, source: str, producer: str | None = None
+    store: Store,
+    items: list[tuple[str, bytes | str]],
+    *,
+    source: str,
+    producer: str | None = None,
+    keep_dead: int | None = None,
 ) -> IngestReport:
     """Validate, hash and store one batch of ``(location, line)`` sent by ``producer``; one transaction, taken only
-    after the batch is validated (keep batches to ``ingest.batch_size`` so the write lock is held briefly)."""
+    after the batch is validated (keep batches to ``ingest.batch_size`` so the write lock is held briefly).
+
+    ``keep_dead`` bounds the dead-letter rows this batch writes; invalid lines past it are counted (``not_kept``,
+    ``reasons``) and the caller records them in one summary row (``record_not_kept``)."""
     report = IngestReport(source)
     now = utcnow()
     rows: dict[str, dict[str, Any]] = {}
@@ -101,6 +111,12 @@ def store_batch(
             report.duplicates += 1
             continue
         rows[record.record_id] = _row(record, source, producer, now)
+    if keep_dead is not None and len(dead) > keep_dead:
+        report.not_kept = len(dead) - keep_dead
+        report.dead_lettered += report.not_kept
+        dead = dead[:keep_dead]
+    if not rows and not dead:
+        return report
     with store.session(write=True) as session:
         if rows:
             table = ExecutionRecordRow.__table__  # type: ignore[attr-defined]
@@ -120,6 +136,22 @@ def store_batch(
             session.execute(insert(DeadLetter.__table__), [{**d, "received_at": now} for d in dead])  # type: ignore[attr-defined]
             report.dead_lettered += len(dead)
     return report
+
+
+def record_not_kept(store: Store, report: IngestReport, *, location: str) -> None:
+    """One dead-letter row standing for the ``report.not_kept`` invalid lines that were not written one each."""
+    if not report.not_kept:
+        return
+    reasons = ", ".join(f"{reason}: {n}" for reason, n in report.reasons.most_common(10))
+    row = {
+        "source": report.source[:500],
+        "location": location[:100],
+        "reason": f"{report.not_kept} more invalid lines not kept one row each (reasons in the request: {reasons})",
+        "raw": "",
+        "received_at": utcnow(),
+    }
+    with store.session(write=True) as session:
+        session.execute(insert(DeadLetter.__table__), [row])  # type: ignore[attr-defined]
 
 
 def _batches(lines: Iterable[tuple[str, bytes | str]], size: int) -> Iterator[list[tuple[str, bytes | str]]]:

@@ -13,9 +13,11 @@ Order of checks, each refusal answered before anything is stored:
 
 Then the lines are stored in batches of ``ingest.batch_size`` (``pilot.data.ingest.store_batch``), each its own
 short transaction validated before the write lock is taken, so a huge request never keeps the kill switch's
-pause waiting. Each ``record_id`` is its idempotency key: a retried batch stores nothing twice. The answer
-comes after the last commit and summarises: counts, dead letters by reason, and the first
-``ingest.FIRST_ERRORS`` dead-lettered lines with their 1-based position. Stored records carry the producer's name.
+pause waiting. At most ``ingest.dead_letters_per_request`` invalid lines are written one dead-letter row each;
+the rest are counted and recorded in one summary row. Each ``record_id`` is its idempotency key: a retried batch
+stores nothing twice. The answer comes after the last commit and summarises: counts, dead letters by reason, and
+the first ``ingest.FIRST_ERRORS`` dead-lettered lines with their 1-based position. Stored records carry the
+producer's name.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from pilot.context import PilotContext
-from pilot.data.ingest import IngestReport, store_batch
+from pilot.data.ingest import IngestReport, record_not_kept, store_batch
 from pilot.data.producers import LIVE_WRITE, RECORDS_WRITE, Producer, ProducerAuthError, authenticate_any
 from pilot.service.api_guard import BodyTooLarge, RefusalLog, read_body
 
@@ -99,11 +101,13 @@ def summary(report: IngestReport, received: int) -> dict[str, Any]:
         "dead_letter_reasons": dict(report.reasons.most_common(20)),
         "rejected": [{"line": int(location), "reason": reason} for location, reason in report.first_errors],
         "rejected_truncated": report.dead_lettered > len(report.first_errors),
+        "dead_letters_not_kept": report.not_kept,  # counted, recorded in one summary dead-letter row
     }
 
 
 def add_record_routes(app: FastAPI, ctx: PilotContext, *, max_body: int, refusals: RefusalLog) -> None:
     batch_size = ctx.settings.ingest.batch_size
+    keep_dead = ctx.settings.ingest.dead_letters_per_request
 
     def refuse(code: int, why: str, request: Request) -> JSONResponse:
         client = request.client.host if request.client else "?"
@@ -138,7 +142,11 @@ def add_record_routes(app: FastAPI, ctx: PilotContext, *, max_body: int, refusal
             received = 0
             while batch := list(islice(numbered, batch_size)):
                 received += len(batch)
-                report.merge(store_batch(ctx.store, batch, source=report.source, producer=producer.name))
+                keep = max(keep_dead - (report.dead_lettered - report.not_kept), 0)
+                report.merge(
+                    store_batch(ctx.store, batch, source=report.source, producer=producer.name, keep_dead=keep)
+                )
+            record_not_kept(ctx.store, report, location=f"request of {received} lines")
             return JSONResponse(summary(report, received), status_code=200)
 
         return await run_in_threadpool(work)
