@@ -250,6 +250,12 @@ class RemoteJobSettings(_Section):
     bid_markup: float = Field(1.2, ge=1.0, le=5.0, description="Bid = the offer's minimum bid x this.")
     heartbeat_every_s: float = Field(30.0, gt=0, description="How often the host uploads its heartbeat.")
     save_steps: int = Field(100, ge=1, description="Steps between checkpoints uploaded from the host.")
+    max_upload_mb: float = Field(
+        2048.0,
+        gt=0,
+        description="Largest file a host may hand back (adapter, checkpoint file); refused by its stored size before "
+        "download. Heartbeats, checkpoint markers and results have fixed caps (pilot/runs/host.py: UPLOAD_LIMITS).",
+    )
     _gone = model_validator(mode="before")(
         lambda data: _refuse_removed(data, "gpu.remote", {"job_module": REMOVED_SEAM})
     )

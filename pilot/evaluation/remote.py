@@ -13,12 +13,16 @@ Invariants:
   and verified gone, and the reservation is settled with what the provider charged for the label (else elapsed
   time x $/h), before the stage's outcome is looked at.
 - Adapters go to the host by their stored keys and sha256 (verified by the daemon before renting, and by the host
-  on download); the golden file travels with its sha256.
+  on download). The host never sees a reference: it gets ``prompts.jsonl`` (each golden item's id and the
+  messages before its reference answer; no reference, no tests, no domain), so echoing or inspecting what it got
+  cannot score a point. The daemon keeps the golden file and scores here.
 - Nothing the host reports about quality is used: not its summary's eval loss, not any extra field of a prediction
-  line. Only each item's ``prediction`` (a string) and ``loss`` (a number) are read, from files whose sha256 matches
-  the result's; the eval loss is their mean over the golden items, computed here. A missing, tampered or malformed
-  predictions file is an ``EvaluationError``: the candidate is rejected with the reason.
+  line, not a loss (it had no reference to compute one from: the eval loss of a remote stage is None). Only each
+  item's ``prediction`` (a string) is read, from files whose sha256 matches the result's. A missing, tampered or
+  malformed predictions file is an ``EvaluationError``: the candidate is rejected with the reason.
 - A stage does not retry on another host: a failed stage rejects the candidate (the next cycle may train again).
+- Heartbeat and result are read within their size caps and schemas (pilot/runs/host.py); one refused is a host
+  fault that fails the stage with the reason, never an exception out of the watcher.
 - No heartbeat for ``training.heartbeat_timeout_s``, still loading after ``gpu.remote.loading_timeout_s``, or running
   past ``evaluation.remote_max_minutes``: the instance is destroyed and the stage fails.
 - No training run carries a stage's label, so the reconciler asks ``live_stage_labels`` which owned instances are
@@ -28,6 +32,7 @@ Invariants:
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -178,17 +183,42 @@ def _reserve(ctx: PilotContext, stage_id: str, label: str, version_id: str) -> _
     return _Stage(stage_id, label, offer, dph, amount, time.time())
 
 
+def prompts_only(golden: Path, dest: Path) -> int:
+    """Write what a host may see of the golden set: per item, its id and the messages before the reference answer
+    (the last assistant message). Nothing else of the line travels (no reference, tests, domain). Returns the count."""
+    count = 0
+    with golden.open() as src, dest.open("w") as out:
+        for number, line in enumerate(src, start=1):
+            if not line.strip():
+                continue
+            try:
+                example = json.loads(line)
+                messages = example["messages"]
+                last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+                prompt = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages[:last]]
+                item_id = str(example["id"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise EvaluationError(f"{golden}:{number}: not a golden example ({exc!r})") from exc
+            if not prompt or prompt[-1]["role"] != "user":
+                raise EvaluationError(f"{golden}:{number}: no user prompt before the reference answer")
+            out.write(json.dumps({"id": item_id, "messages": prompt}, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
 def _stage_inputs(
     ctx: PilotContext, stage_id: str, golden: Path, adapters: Mapping[Side, Mapping[str, Any] | None]
 ) -> dict[str, dict[str, Any]]:
-    """``name -> {key, sha256, path}``: the code archive and golden file (stored for this stage) and the adapter
-    files (already stored, by their recorded sha256)."""
+    """``name -> {key, sha256, path}``: the code archive and the golden set's prompts (stored for this stage) and
+    the adapter files (already stored, by their recorded sha256)."""
     scratch = ctx.settings.work_dir / "eval" / stage_id
     scratch.mkdir(parents=True, exist_ok=True)
     archive = scratch / "code.tar.gz"
     archive.write_bytes(host.code_archive())
+    prompts = scratch / "prompts.jsonl"
+    prompts_only(golden, prompts)
     inputs: dict[str, dict[str, Any]] = {}
-    for name, path, rel in (("code", archive, "code.tar.gz"), ("golden", golden, "data/golden.jsonl")):
+    for name, path, rel in (("code", archive, "code.tar.gz"), ("prompts", prompts, "data/prompts.jsonl")):
         ref = ctx.artifacts.put(f"evals/{stage_id}/inputs/{path.name}", path)
         inputs[name] = {"key": ref.key, "sha256": ref.sha256, "path": rel}
     for side, files in adapters.items():
@@ -219,7 +249,7 @@ def _manifest(
             "config": {
                 "base_model": ctx.settings.training.base_model,
                 "adapter": f"adapters/{side}" if adapters.get(side) else None,
-                "input_file": "data/golden.jsonl",
+                "input_file": "data/prompts.jsonl",
                 "output_file": f"output/{side}.jsonl",
                 "max_new_tokens": e.max_new_tokens,
                 "batch_size": e.batch_size,
@@ -276,14 +306,20 @@ def _watch(
                     _switch(ctx, stage.id, StageStatus.RUNNING, f"the evaluation runs on {instance.id}")
                 testpoints.reached("stage_running")
                 live.running_since = live.running_since or now
-                beat = host.read_json(ctx, f"evals/{stage.id}/heartbeat.json", scratch)
+                try:
+                    beat = host.read_upload(ctx, f"evals/{stage.id}/heartbeat.json", scratch, "heartbeat")
+                except host.HostFault as exc:
+                    return None, f"host fault: {exc}"
                 if beat is not None and beat.get("seq") != live.seq:
                     live.seq, live.seen_at = beat.get("seq"), now
                 silent = now - max(live.seen_at or 0.0, live.running_since)
                 if silent > ctx.settings.training.heartbeat_timeout_s:
                     return None, f"no heartbeat from instance {instance.id} for {silent:.0f} s"
             case InstanceState.EXITED:
-                result = host.read_json(ctx, f"evals/{stage.id}/result.json", scratch)
+                try:
+                    result = host.read_upload(ctx, f"evals/{stage.id}/result.json", scratch, "result")
+                except host.HostFault as exc:
+                    return None, f"host fault: {exc}"
                 if instance.exit_code != 0 or result is None or result.get("status") != "ok":
                     tail = (result or {}).get("log_tail") or []
                     last = f": {str(tail[-1])[:300]}" if tail else ""
@@ -346,10 +382,11 @@ def _download(ctx: PilotContext, stage: _Stage, result: Mapping[str, Any], golde
             raise EvaluationError(f"the evaluation host uploaded no predictions for the {side}")
         dest = scratch / f"{side}.jsonl"
         try:
-            ctx.artifacts.get(f"evals/{stage.id}/output/{side}.jsonl", dest, sha256=meta["sha256"])
+            key = f"evals/{stage.id}/output/{side}.jsonl"
+            ctx.artifacts.get(key, dest, sha256=meta["sha256"], max_bytes=host.PREDICTIONS_LIMIT)
         except ArtifactError as exc:
             raise EvaluationError(f"the {side}'s predictions from the evaluation host were refused: {exc}") from exc
-        predictions, eval_loss = read_predictions(dest, golden_ids)
+        predictions, eval_loss = read_predictions(dest, golden_ids, losses=False)
         out[side] = {"predictions": predictions, "eval_loss": eval_loss, "predictions_sha256": sha256_file(dest)}
     return out
 
