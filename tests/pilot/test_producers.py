@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from rich.console import Console
 from sqlalchemy import func
 from sqlmodel import col, select
 
+from pilot.cli.render import render_explain
 from pilot.context import PilotContext, build_context
+from pilot.data.ingest import DROP_DIR_PRODUCER, ingest_drop_dir
 from pilot.data.producers import (
     FEEDBACK_WRITE,
     LIVE_WRITE,
@@ -24,9 +27,11 @@ from pilot.data.producers import (
     revoke_token,
 )
 from pilot.service.api import create_app
+from pilot.service.explain import explain
 from pilot.settings import Settings, load_settings
 from pilot.store import Store
-from pilot.store.models import DeadLetter, Event, ExecutionRecordRow, ProducerToken
+from pilot.store.models import DeadLetter, Event, ExecutionRecordRow, ModelVersion, ProducerToken
+from pilot.store.status import ModelStatus
 from tests import factories
 from tests.pilot.test_cli import cli
 
@@ -175,3 +180,26 @@ def test_tokens_cli_create_list_revoke(capsys: pytest.CaptureFixture[str], tmp_p
             authenticate(store, raw, RECORDS_WRITE)
     finally:
         store.close()
+
+
+def test_explain_names_the_producers_of_a_versions_records(
+    client: TestClient, ctx: PilotContext, tmp_path: Path
+) -> None:
+    for name, n in (("agent-a", 2), ("agent-b", 1)):
+        raw = create_token(ctx.store, name, [RECORDS_WRITE])[1]
+        body = {"records": [factories.record() for _ in range(n)]}
+        assert client.post("/v1/records", json=body, headers={"authorization": f"Bearer {raw}"}).json()["accepted"] == n
+    drop = tmp_path / "inbox"
+    drop.mkdir()
+    (drop / "batch.jsonl").write_text(factories.record_line() + "\n")
+    ingest_drop_dir(ctx.store, drop)
+    with ctx.store.session(write=True) as session:
+        last = session.exec(select(func.max(ExecutionRecordRow.id))).one()
+        snapshot = factories.snapshot(session, max_record_pk=last)
+        session.add(ModelVersion(id="v1", status=ModelStatus.CANDIDATE, base_model="b", snapshot_id=snapshot.id))
+    report = explain(ctx.store, "v1")
+    assert report["snapshot"]["producers"] == {"agent-a": 2, "agent-b": 1, DROP_DIR_PRODUCER: 1}
+    console = Console(record=True, width=300)
+    render_explain(console, report)
+    shown = console.export_text()
+    assert '"producers": {' in shown and "agent-a" in shown
