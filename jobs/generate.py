@@ -7,6 +7,8 @@ Config: {base_model, adapter (dir or null), input_file, output_file, max_new_tok
 Invariants:
 - The last assistant message of each item is the reference; the prompt is every message before it, rendered
   with the generation prompt exactly as the fine-tuning job renders it (jobs.common.render_chat).
+- An item whose messages end with a user turn is a prompt alone (what a rented evaluation host gets: it never
+  sees references, pilot/evaluation/remote.py): it gets a prediction and ``loss: null``.
 - Decoding is greedy over left-padded batches, so a prediction does not depend on its batch neighbours beyond
   floating-point noise. A prediction is the new tokens up to the first EOS, decoded and stripped.
 - ``loss`` is the teacher-forced mean NLL per reference token (answer tokens incl. the end-of-turn token).
@@ -62,13 +64,15 @@ def parse_config(raw: Any) -> dict[str, Any]:
     return c
 
 
-def split_item(row: dict[str, Any], index: int) -> tuple[str, list[dict[str, str]], list[dict[str, str]]]:
-    """(id, prompt messages, prompt + reference messages) of one snapshot item."""
+def split_item(row: dict[str, Any], index: int) -> tuple[str, list[dict[str, str]], list[dict[str, str]] | None]:
+    """(id, prompt messages, prompt + reference messages or None for a prompt alone) of one snapshot item."""
     item_id = str(row.get("id", index))
     messages = validate_messages(row.get("messages"), f"item {item_id}")
+    if messages and messages[-1]["role"] == "user":
+        return item_id, messages, None
     last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
     if last is None or last == 0:
-        raise JobConfigError(f"item {item_id}: needs a prompt and an assistant reference message")
+        raise JobConfigError(f"item {item_id}: needs a prompt and an assistant reference message, or a prompt alone")
     return item_id, messages[:last], messages[: last + 1]
 
 
@@ -137,15 +141,21 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     for start in range(0, len(items), bs):
         chunk = items[start : start + bs]
         prompts = [render_chat(tokenizer, p, add_generation_prompt=True).prompt_ids for _, p, _ in chunk]
-        full = [render_chat(tokenizer, f, add_generation_prompt=False) for _, _, f in chunk]
         preds = generate_batch(model, tokenizer, prompts, cfg["max_new_tokens"])
-        losses = reference_losses(model, tokenizer, [(r.prompt_ids, r.answer_ids) for r in full])
-        for (item_id, _, _), pred, loss in zip(chunk, preds, losses, strict=True):
-            results.append({"id": item_id, "prediction": pred, "loss": loss})
+        with_reference = [(i, f) for i, (_, _, f) in enumerate(chunk) if f is not None]
+        full = [render_chat(tokenizer, f, add_generation_prompt=False) for _, f in with_reference]
+        losses: list[float | None] = [None] * len(chunk)
+        if full:
+            computed = reference_losses(model, tokenizer, [(r.prompt_ids, r.answer_ids) for r in full])
+            for (i, _), loss in zip(with_reference, computed, strict=True):
+                losses[i] = loss
+        for (item_id, _, _), pred, item_loss in zip(chunk, preds, losses, strict=True):
+            results.append({"id": item_id, "prediction": pred, "loss": item_loss})
     write_jsonl(cfg["output_file"], results)
+    known = [r["loss"] for r in results if r["loss"] is not None]
     summary = {
         "items": len(results),
-        "eval_loss": sum(r["loss"] for r in results) / len(results) if results else None,
+        "eval_loss": sum(known) / len(known) if known else None,
         "duration_s": round(time.monotonic() - started, 2),
         "adapter": cfg["adapter"],
     }

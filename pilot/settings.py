@@ -262,6 +262,12 @@ class RemoteJobSettings(_Section):
     bid_markup: float = Field(1.2, ge=1.0, le=5.0, description="Bid = the offer's minimum bid x this.")
     heartbeat_every_s: float = Field(30.0, gt=0, description="How often the host uploads its heartbeat.")
     save_steps: int = Field(100, ge=1, description="Steps between checkpoints uploaded from the host.")
+    max_upload_mb: float = Field(
+        2048.0,
+        gt=0,
+        description="Largest file a host may hand back (adapter, checkpoint file); refused by its stored size before "
+        "download. Heartbeats, checkpoint markers and results have fixed caps (pilot/runs/host.py: UPLOAD_LIMITS).",
+    )
     _gone = model_validator(mode="before")(
         lambda data: _refuse_removed(data, "gpu.remote", {"job_module": REMOVED_SEAM})
     )
@@ -318,11 +324,28 @@ class ApiSettings(_Section):
     host: str = Field("127.0.0.1", description="Bind address. Keep loopback unless behind an authenticating proxy.")
     port: int = Field(8765, ge=0, le=65535)
     kill_token: SecretStr | None = Field(None, description="Bearer token for /v1/kill and /v1/resume.")
+    refusal_event_every_s: float = Field(
+        60.0,
+        ge=0,
+        description="A refused request is always counted (learning_pilot_api_refusals_total) but written as an event "
+        "only once per route, status and reason in this window; the event says how many like it were not written.",
+    )
 
 
 class IngestSettings(_Section):
     drop_dir: Path | None = Field(None, description="Watched JSONL directory. Empty: <data_dir>/inbox.")
-    batch_size: int = Field(5000, ge=1)
+    batch_size: int = Field(
+        5000,
+        ge=1,
+        description="Records validated and written per transaction (drop dir and HTTP); bounds how long one ingest "
+        "holds the store's write lock, which the kill switch's pause needs.",
+    )
+    dead_letters_per_request: int = Field(
+        1000,
+        ge=0,
+        description="Invalid lines of one HTTP request written as dead-letter rows (with their raw text); the rest are "
+        "counted and recorded in one summary row, so junk cannot fill the store.",
+    )
 
 
 class LlmSettings(_Section):

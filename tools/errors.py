@@ -10,6 +10,7 @@ The tree (adapters translate third-party exceptions into these at their boundary
     ├── ArtifactError                 the artifact store failed (tools/artifacts)
     │   ├── ArtifactNotFound
     │   └── IntegrityError            a sha256 mismatch, a pickled file, a path traversal
+    │       └── ArtifactTooLarge      larger than the caller's limit (checked before downloading)
     ├── DeployError                   a serving target refused or failed (tools/serving)
     ├── NotificationError             Slack or another notifier failed (tools/slack)
     ├── LlmError                      a model call through litellm failed or was refused (tools/llm)
@@ -53,6 +54,10 @@ class ArtifactNotFound(ArtifactError):
 
 class IntegrityError(ArtifactError):
     """An artifact failed verification: wrong sha256, unsafe format or unsafe path."""
+
+
+class ArtifactTooLarge(IntegrityError):
+    """An artifact is larger than the caller accepts; refused from its stored size before it is downloaded."""
 
 
 class DeployError(PilotError):

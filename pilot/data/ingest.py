@@ -27,6 +27,8 @@ from subagents.data.schema import ExecutionRecord, RecordError, content_hash, pa
 logger = logging.getLogger(__name__)
 
 RAW_KEEP = 4096  # bytes of an invalid line kept in the dead-letter row
+DROP_DIR_PRODUCER = "drop-dir"
+FIRST_ERRORS = 50  # (location, reason) pairs a report keeps; the rest are only counted
 
 
 @dataclass
@@ -36,12 +38,16 @@ class IngestReport:
     duplicates: int = 0
     dead_lettered: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
+    first_errors: list[tuple[str, str]] = field(default_factory=list)  # (location, reason), at most FIRST_ERRORS
+    not_kept: int = 0  # dead-lettered lines counted but not written one row each (over the request's keep)
 
     def merge(self, other: IngestReport) -> None:
         self.accepted += other.accepted
         self.duplicates += other.duplicates
         self.dead_lettered += other.dead_lettered
+        self.not_kept += other.not_kept
         self.reasons.update(other.reasons)
+        self.first_errors.extend(other.first_errors[: max(FIRST_ERRORS - len(self.first_errors), 0)])
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,7 +59,7 @@ class IngestReport:
         }
 
 
-def _row(record: ExecutionRecord, source: str, now: Any) -> dict[str, Any]:
+def _row(record: ExecutionRecord, source: str, producer: str | None, now: Any) -> dict[str, Any]:
     return {
         "record_id": record.record_id,
         "content_hash": content_hash(record),
@@ -64,6 +70,7 @@ def _row(record: ExecutionRecord, source: str, now: Any) -> dict[str, Any]:
         "ts": record.timestamp,
         "ingested_at": now,
         "source": source[:500],
+        "producer": producer[:100] if producer else None,
         "payload": record.model_dump_json(),
     }
 
@@ -74,8 +81,19 @@ def _raw_text(line: bytes | str) -> str:
     return line[:RAW_KEEP].encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def store_batch(store: Store, items: list[tuple[str, bytes | str]], *, source: str) -> IngestReport:
-    """Validate, hash and store one batch of ``(location, line)``; one transaction."""
+def store_batch(
+    store: Store,
+    items: list[tuple[str, bytes | str]],
+    *,
+    source: str,
+    producer: str | None = None,
+    keep_dead: int | None = None,
+) -> IngestReport:
+    """Validate, hash and store one batch of ``(location, line)`` sent by ``producer``; one transaction, taken only
+    after the batch is validated (keep batches to ``ingest.batch_size`` so the write lock is held briefly).
+
+    ``keep_dead`` bounds the dead-letter rows this batch writes; invalid lines past it are counted (``not_kept``,
+    ``reasons``) and the caller records them in one summary row (``record_not_kept``)."""
     report = IngestReport(source)
     now = utcnow()
     rows: dict[str, dict[str, Any]] = {}
@@ -86,11 +104,19 @@ def store_batch(store: Store, items: list[tuple[str, bytes | str]], *, source: s
         except RecordError as exc:
             dead.append({"source": source[:500], "location": location, "reason": exc.reason, "raw": _raw_text(line)})
             report.reasons[exc.reason.split(":", 1)[0]] += 1
+            if len(report.first_errors) < FIRST_ERRORS:
+                report.first_errors.append((location, exc.reason))
             continue
         if record.record_id in rows:
             report.duplicates += 1
             continue
-        rows[record.record_id] = _row(record, source, now)
+        rows[record.record_id] = _row(record, source, producer, now)
+    if keep_dead is not None and len(dead) > keep_dead:
+        report.not_kept = len(dead) - keep_dead
+        report.dead_lettered += report.not_kept
+        dead = dead[:keep_dead]
+    if not rows and not dead:
+        return report
     with store.session(write=True) as session:
         if rows:
             table = ExecutionRecordRow.__table__  # type: ignore[attr-defined]
@@ -112,32 +138,60 @@ def store_batch(store: Store, items: list[tuple[str, bytes | str]], *, source: s
     return report
 
 
+def record_not_kept(store: Store, report: IngestReport, *, location: str) -> None:
+    """One dead-letter row standing for the ``report.not_kept`` invalid lines that were not written one each."""
+    if not report.not_kept:
+        return
+    reasons = ", ".join(f"{reason}: {n}" for reason, n in report.reasons.most_common(10))
+    row = {
+        "source": report.source[:500],
+        "location": location[:100],
+        "reason": f"{report.not_kept} more invalid lines not kept one row each (reasons in the request: {reasons})",
+        "raw": "",
+        "received_at": utcnow(),
+    }
+    with store.session(write=True) as session:
+        session.execute(insert(DeadLetter.__table__), [row])  # type: ignore[attr-defined]
+
+
 def _batches(lines: Iterable[tuple[str, bytes | str]], size: int) -> Iterator[list[tuple[str, bytes | str]]]:
     iterator = iter(lines)
     while batch := list(islice(iterator, size)):
         yield batch
 
 
-def ingest_lines(store: Store, lines: Iterable[bytes | str], *, source: str, batch_size: int = 5000) -> IngestReport:
+def ingest_lines(
+    store: Store,
+    lines: Iterable[bytes | str],
+    *,
+    source: str,
+    producer: str | None = None,
+    batch_size: int = 5000,
+) -> IngestReport:
+    """Store ``lines`` in batches of ``batch_size``, each its own transaction (blank lines are skipped)."""
     numbered = ((str(n), line) for n, line in enumerate(lines, 1) if line.strip())
     report = IngestReport(source)
     for batch in _batches(numbered, batch_size):
-        report.merge(store_batch(store, batch, source=source))
+        report.merge(store_batch(store, batch, source=source, producer=producer))
     return report
 
 
-def ingest_file(store: Store, path: Path, *, batch_size: int = 5000) -> IngestReport:
+def ingest_file(store: Store, path: Path, *, batch_size: int = 5000, producer: str | None = None) -> IngestReport:
     with path.open("rb") as fh:
-        return ingest_lines(store, (line.rstrip(b"\r\n") for line in fh), source=str(path), batch_size=batch_size)
+        lines = (line.rstrip(b"\r\n") for line in fh)
+        return ingest_lines(store, lines, source=str(path), producer=producer, batch_size=batch_size)
 
 
 def ingest_drop_dir(store: Store, drop_dir: Path, *, batch_size: int = 5000) -> list[IngestReport]:
-    """Ingest every ``*.jsonl`` in ``drop_dir``; move each to processed/ or failed/ (with a reason file)."""
+    """Ingest every ``*.jsonl`` in ``drop_dir``; move each to processed/ or failed/ (with a reason file).
+
+    The drop directory's credential is the file system: whoever may write into it (the daemon's user and the
+    group the operator grants) is a producer, recorded as ``DROP_DIR_PRODUCER``. Keep it mode 0770 or tighter."""
     reports = []
     processed, failed = drop_dir / "processed", drop_dir / "failed"
     for path in sorted(drop_dir.glob("*.jsonl")):
         try:
-            report = ingest_file(store, path, batch_size=batch_size)
+            report = ingest_file(store, path, batch_size=batch_size, producer=DROP_DIR_PRODUCER)
         except OSError as exc:
             failed.mkdir(parents=True, exist_ok=True)
             (failed / f"{path.name}.reason").write_text(f"could not read: {exc}\n")

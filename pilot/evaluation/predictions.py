@@ -14,11 +14,14 @@ class EvaluationError(PilotError):
     """The evaluation could not be carried out (the generation job failed, the golden split is missing)."""
 
 
-def read_predictions(path: Path, golden_ids: Iterable[str]) -> tuple[dict[str, dict[str, Any]], float | None]:
+def read_predictions(
+    path: Path, golden_ids: Iterable[str], *, losses: bool = True
+) -> tuple[dict[str, dict[str, Any]], float | None]:
     """Parse a predictions file strictly (one JSON object per line: ``id``, ``prediction`` string, ``loss`` number
     or null) and compute the eval loss as the mean loss over the golden items answered. Raises
     ``EvaluationError`` naming the line. Only ``prediction`` and ``loss`` are kept: a score the producer added is
-    not read."""
+    not read. ``losses=False`` (a rented host, which gets prompts without references) drops every loss: one the
+    host reports could only be made up, so the eval loss is None."""
     wanted = set(golden_ids)
     predictions: dict[str, dict[str, Any]] = {}
     with path.open() as fh:
@@ -36,6 +39,7 @@ def read_predictions(path: Path, golden_ids: Iterable[str]) -> tuple[dict[str, d
                 raise EvaluationError(f"{path.name}:{number}: loss must be a number")
             if item_id in predictions:
                 raise EvaluationError(f"{path.name}:{number}: id {item_id!r} answered twice")
-            predictions[item_id] = {"prediction": prediction, "loss": None if loss is None else float(loss)}
-    losses = [float(p["loss"]) for i, p in predictions.items() if i in wanted and p["loss"] is not None]
-    return predictions, (sum(losses) / len(losses) if losses else None)
+            kept = None if loss is None or not losses else float(loss)
+            predictions[item_id] = {"prediction": prediction, "loss": kept}
+    known = [float(p["loss"]) for i, p in predictions.items() if i in wanted and p["loss"] is not None]
+    return predictions, (sum(known) / len(known) if known else None)

@@ -13,15 +13,19 @@ Invariants:
   and verified gone, and the reservation is settled with what the provider charged for the label (else elapsed
   time x $/h), before the stage's outcome is looked at.
 - Adapters go to the host by their stored keys and sha256 (verified by the daemon before renting, and by the host
-  on download); the golden file travels with its sha256.
+  on download). The host never sees a reference: it gets ``prompts.jsonl`` (each golden item's id and the
+  messages before its reference answer; no reference, no tests, no domain), so echoing or inspecting what it got
+  cannot score a point. The daemon keeps the golden file and scores here.
 - Nothing the host reports about quality is used: not its summary's eval loss, not any extra field of a prediction
-  line. Only each item's ``prediction`` (a string) and ``loss`` (a number) are read, from files whose sha256 matches
-  the result's; the eval loss is their mean over the golden items, computed here. A missing, tampered or malformed
-  predictions file is an ``EvaluationError``: the candidate is rejected with the reason.
+  line, not a loss (it had no reference to compute one from: the eval loss of a remote stage is None). Only each
+  item's ``prediction`` (a string) is read, from files whose sha256 matches the result's. A missing, tampered or
+  malformed predictions file is an ``EvaluationError``: the candidate is rejected with the reason.
 - A stage is a durable job (pilot/evaluation/stages.py): ``open_stage`` rents it (the supervisor's ``evaluate`` node,
   which then waits with ``interrupt()``), a worker or ``drive_stage`` advances it one restartable step at a time
   under the stage's lease, and ``collect_stage`` reads its predictions once the host uploaded them.
 - A stage does not retry on another host: a failed stage rejects the candidate (the next cycle may train again).
+- Heartbeat and result are read within their size caps and schemas (pilot/runs/host.py); one refused is a host
+  fault that fails the stage with the reason, never an exception out of the watcher.
 - No heartbeat for ``training.heartbeat_timeout_s``, still loading after ``gpu.remote.loading_timeout_s``, or running
   past ``evaluation.remote_max_minutes``: the instance is destroyed and the stage fails.
 - No training run carries a stage's label, so the reconciler asks ``live_stage_labels`` which owned instances are
@@ -31,6 +35,7 @@ Invariants:
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -143,17 +148,42 @@ def _reserve(ctx: PilotContext, stage_id: str, label: str, version_id: str) -> E
     return row
 
 
+def prompts_only(golden: Path, dest: Path) -> int:
+    """Write what a host may see of the golden set: per item, its id and the messages before the reference answer
+    (the last assistant message). Nothing else of the line travels (no reference, tests, domain). Returns the count."""
+    count = 0
+    with golden.open() as src, dest.open("w") as out:
+        for number, line in enumerate(src, start=1):
+            if not line.strip():
+                continue
+            try:
+                example = json.loads(line)
+                messages = example["messages"]
+                last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+                prompt = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages[:last]]
+                item_id = str(example["id"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise EvaluationError(f"{golden}:{number}: not a golden example ({exc!r})") from exc
+            if not prompt or prompt[-1]["role"] != "user":
+                raise EvaluationError(f"{golden}:{number}: no user prompt before the reference answer")
+            out.write(json.dumps({"id": item_id, "messages": prompt}, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
 def _stage_inputs(
     ctx: PilotContext, stage_id: str, golden: Path, adapters: Mapping[Side, Mapping[str, Any] | None]
 ) -> dict[str, dict[str, Any]]:
-    """``name -> {key, sha256, path}``: the code archive and golden file (stored for this stage) and the adapter
-    files (already stored, by their recorded sha256)."""
+    """``name -> {key, sha256, path}``: the code archive and the golden set's prompts (stored for this stage) and
+    the adapter files (already stored, by their recorded sha256)."""
     scratch = ctx.settings.work_dir / "eval" / stage_id
     scratch.mkdir(parents=True, exist_ok=True)
     archive = scratch / "code.tar.gz"
     archive.write_bytes(host.code_archive())
+    prompts = scratch / "prompts.jsonl"
+    prompts_only(golden, prompts)
     inputs: dict[str, dict[str, Any]] = {}
-    for name, path, rel in (("code", archive, "code.tar.gz"), ("golden", golden, "data/golden.jsonl")):
+    for name, path, rel in (("code", archive, "code.tar.gz"), ("prompts", prompts, "data/prompts.jsonl")):
         ref = ctx.artifacts.put(f"evals/{stage_id}/inputs/{path.name}", path)
         inputs[name] = {"key": ref.key, "sha256": ref.sha256, "path": rel}
     for side, files in adapters.items():
@@ -184,7 +214,7 @@ def _manifest(
             "config": {
                 "base_model": ctx.settings.training.base_model,
                 "adapter": f"adapters/{side}" if adapters.get(side) else None,
-                "input_file": "data/golden.jsonl",
+                "input_file": "data/prompts.jsonl",
                 "output_file": f"output/{side}.jsonl",
                 "max_new_tokens": e.max_new_tokens,
                 "batch_size": e.batch_size,
@@ -220,10 +250,11 @@ def _download(ctx: PilotContext, stage_id: str, result: Mapping[str, Any], golde
             raise EvaluationError(f"the evaluation host uploaded no predictions for the {side}")
         dest = scratch / f"{side}.jsonl"
         try:
-            ctx.artifacts.get(f"evals/{stage_id}/output/{side}.jsonl", dest, sha256=meta["sha256"])
+            key = f"evals/{stage_id}/output/{side}.jsonl"
+            ctx.artifacts.get(key, dest, sha256=meta["sha256"], max_bytes=host.PREDICTIONS_LIMIT)
         except ArtifactError as exc:
             raise EvaluationError(f"the {side}'s predictions from the evaluation host were refused: {exc}") from exc
-        predictions, eval_loss = read_predictions(dest, golden_ids)
+        predictions, eval_loss = read_predictions(dest, golden_ids, losses=False)
         out[side] = {"predictions": predictions, "eval_loss": eval_loss, "predictions_sha256": sha256_file(dest)}
     return out
 
@@ -319,7 +350,10 @@ def collect_stage(ctx: PilotContext, stage_id: str, golden_ids: list[str]) -> di
         raise EvaluationError(f"the evaluation stage {stage_id} {row.status}: {row.end_reason or 'no reason given'}")
     scratch = ctx.settings.work_dir / "eval" / stage_id
     try:
-        result = host.read_json(ctx, f"evals/{stage_id}/result.json", scratch)
+        try:
+            result = host.read_upload(ctx, f"evals/{stage_id}/result.json", scratch, "result")
+        except host.HostFault as exc:
+            raise EvaluationError(f"the evaluation host's result was refused: {exc}") from exc
         if result is None:
             raise EvaluationError("the evaluation host's result is gone or unreadable")
         sides = _download(ctx, stage_id, result, golden_ids)

@@ -101,7 +101,10 @@ def _check(ctx: PilotContext, row: EvalStage, now: datetime) -> tuple[dict[str, 
             fields: dict[str, Any] = {}
             if row.running_since is None:
                 fields["running_since"] = now
-            beat = host.read_json(ctx, f"evals/{row.id}/heartbeat.json", scratch)
+            try:
+                beat = host.read_upload(ctx, f"evals/{row.id}/heartbeat.json", scratch, "heartbeat")
+            except host.HostFault as exc:
+                return None, f"host fault: {exc}"
             seq = None if beat is None or beat.get("seq") is None else str(beat.get("seq"))[:80]
             if seq is not None and seq != row.last_seq:
                 fields.update(last_seq=seq, last_beat_at=now)
@@ -120,7 +123,10 @@ def _check(ctx: PilotContext, row: EvalStage, now: datetime) -> tuple[dict[str, 
             if silent > ctx.settings.training.heartbeat_timeout_s:
                 return None, f"no heartbeat from instance {instance.id} for {silent:.0f} s"
         case InstanceState.EXITED:
-            result = host.read_json(ctx, f"evals/{row.id}/result.json", scratch)
+            try:
+                result = host.read_upload(ctx, f"evals/{row.id}/result.json", scratch, "result")
+            except host.HostFault as exc:
+                return None, f"host fault: {exc}"
             if instance.exit_code != 0 or result is None or result.get("status") != "ok":
                 tail = (result or {}).get("log_tail") or []
                 last = f": {str(tail[-1])[:300]}" if isinstance(tail, list) and tail else ""

@@ -8,9 +8,14 @@ with its sha256, and presigned PUTs for the heartbeat, checkpoints, adapter and 
 Invariants:
 - Nothing sent to the host (env, onstart, label, manifest) contains a credential: the Vast API key, the S3 secret,
   or any secret setting. ``host_spec`` refuses otherwise (``check_no_credentials``).
-- What comes back is read as untrusted: small JSON objects only, checkpoints verified file by file against their
-  marker's sha256, adapters verified (sha256 from the result, safetensors only, no pickle) before being stored
-  under ``runs/<run_id>/adapter/``.
+- What comes back is read as untrusted. Every upload has a size cap checked from its stored size before it is
+  downloaded (``UPLOAD_LIMITS`` for the JSON objects, ``gpu.remote.max_upload_mb`` for files; a presigned PUT
+  cannot carry a size limit and the host job uploads with PUT, so the cap is the daemon's HEAD-before-GET) and a
+  schema (``Heartbeat``, ``CheckpointMarker``, ``HostResult``: types of every field the daemon reads, strict
+  integers, bounded strings and lists). Anything too large, not JSON or off its schema is a ``HostFault``: the
+  watcher records it and treats the host as faulty (destroy, retry elsewhere), never an exception out of it.
+  Checkpoints are verified file by file against their marker's sha256 (a bad marker is skipped, recorded), and
+  adapters (sha256 from the result, safetensors only, no pickle) before being stored under ``runs/<run_id>/adapter/``.
 
 Shared by training attempts (pilot/runs/remote.py) and evaluation stages (pilot/evaluation/remote.py).
 """
@@ -28,14 +33,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictInt, ValidationError
 
 from pilot.context import PilotContext
 from pilot.runs import lifecycle as runs
 from pilot.store.models import DatasetSnapshot, TrainingRun
+from pilot.store.status import EntityType
+from pilot.store.writers import record_event
 from subagents.training import TrainingParams, job_config
 from tools.artifacts.base import PICKLE_SUFFIXES, SAFE_ADAPTER_SUFFIXES, refuse_pickled
-from tools.errors import ArtifactError, ArtifactNotFound, IntegrityError, LaunchFailed
+from tools.errors import ArtifactError, ArtifactNotFound, ArtifactTooLarge, IntegrityError, LaunchFailed, PilotError
 from tools.gpu.base import LaunchSpec
 
 logger = logging.getLogger(__name__)
@@ -195,20 +202,83 @@ def host_spec(
     return spec
 
 
+# -- what a host may hand back ------------------------------------------------------------------------------
+KIB = 1024
+UPLOAD_LIMITS = {"heartbeat": 64 * KIB, "marker": 64 * KIB, "result": 1024 * KIB}
+PREDICTIONS_LIMIT = 256 * 1024 * KIB  # an evaluation side's predictions file
+_SHA256 = r"^[0-9a-f]{64}$"
+
+
+class HostFault(PilotError):
+    """What a rented host uploaded is refused: over its size cap, not JSON, or not of its schema."""
+
+
+class _Upload(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)  # fields the daemon does not read are dropped
+
+
+class UploadedFile(_Upload):
+    sha256: str = Field(pattern=_SHA256)
+    size: StrictInt | None = Field(None, ge=0)
+
+
+class Heartbeat(_Upload):
+    seq: StrictInt | str = Field(union_mode="left_to_right")
+    phase: str | None = Field(None, max_length=200)
+
+
+class CheckpointMarker(_Upload):
+    step: StrictInt = Field(ge=0)
+    files: dict[str, UploadedFile] = Field(max_length=len(CHECKPOINT_FILES))
+
+
+class HostResult(_Upload):
+    status: str = Field(max_length=40)
+    exit_code: StrictInt | None = None
+    error: str | None = Field(None, max_length=10_000)
+    log_tail: list[str] = Field(default_factory=list, max_length=200)
+    adapter: dict[str, UploadedFile] | None = Field(None, max_length=len(ADAPTER_FILES))
+    metrics: dict[str, Any] | None = None
+    predictions: dict[str, UploadedFile] | None = Field(None, max_length=4)
+    summaries: dict[str, UploadedFile] | None = Field(None, max_length=4)
+
+
+_SCHEMAS: dict[str, type[_Upload]] = {"heartbeat": Heartbeat, "marker": CheckpointMarker, "result": HostResult}
+
+
+def read_upload(ctx: PilotContext, key: str, scratch: Path, kind: str) -> dict[str, Any] | None:
+    """A JSON object a host uploaded, checked against ``UPLOAD_LIMITS[kind]`` before download and against its
+    schema after: the validated fields as a dict, or None when it is absent (or the store did not answer: try again
+    at the next poll). Raises ``HostFault`` when it is too large, not JSON or off its schema."""
+    dest = scratch / key.replace("/", "__")
+    limit = UPLOAD_LIMITS[kind]
+    try:
+        ctx.artifacts.get(key, dest, max_bytes=limit)
+    except ArtifactNotFound:
+        return None
+    except ArtifactTooLarge as exc:
+        raise HostFault(f"the host's {kind} is over its {limit // KIB} KiB cap: {exc}") from exc
+    except ArtifactError as exc:  # the store, not the host: read it again at the next poll
+        logger.warning("Could not read %s from the artifact store: %s", key, exc)
+        return None
+    try:
+        data = json.loads(dest.read_bytes())
+        parsed = _SCHEMAS[kind].model_validate(data)
+    except ValueError as exc:  # JSONDecodeError and ValidationError are both ValueErrors
+        detail = exc.errors()[0] if isinstance(exc, ValidationError) else exc
+        raise HostFault(f"the host's {kind} ({key}) is malformed: {str(detail)[:300]}") from exc
+    finally:
+        dest.unlink(missing_ok=True)
+    return parsed.model_dump()
+
+
+def max_upload_bytes(ctx: PilotContext) -> int:
+    return int(ctx.settings.gpu.remote.max_upload_mb * 1024 * KIB)
+
+
 # -- keys -------------------------------------------------------------------------------------------------
 def attempt_prefix(run_id: str, n: int) -> str:
     return f"runs/{run_id}/attempt-{n}"
-
-
-def read_json(ctx: PilotContext, key: str, scratch: Path) -> dict[str, Any] | None:
-    """A small JSON object the host uploaded; None when absent or unreadable (hosts are not trusted)."""
-    dest = scratch / key.replace("/", "__")
-    try:
-        ctx.artifacts.get(key, dest)
-        data = json.loads(dest.read_text())
-    except (ArtifactNotFound, ValueError, OSError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def scratch_dir(ctx: PilotContext, run_id: str) -> Path:
@@ -306,22 +376,39 @@ def _params(ctx: PilotContext) -> TrainingParams:
 
 # -- what comes back --------------------------------------------------------------------------------------
 def read_heartbeat(ctx: PilotContext, run_id: str, n: int) -> dict[str, Any] | None:
-    return read_json(ctx, f"{attempt_prefix(run_id, n)}/heartbeat.json", scratch_dir(ctx, run_id))
+    """The attempt's last heartbeat (``Heartbeat``), None if none yet; ``HostFault`` if refused."""
+    return read_upload(ctx, f"{attempt_prefix(run_id, n)}/heartbeat.json", scratch_dir(ctx, run_id), "heartbeat")
 
 
 def read_result(ctx: PilotContext, run_id: str, n: int) -> dict[str, Any] | None:
-    return read_json(ctx, f"{attempt_prefix(run_id, n)}/result.json", scratch_dir(ctx, run_id))
+    """The attempt's result (``HostResult``), None if none yet; ``HostFault`` if refused."""
+    return read_upload(ctx, f"{attempt_prefix(run_id, n)}/result.json", scratch_dir(ctx, run_id), "result")
 
 
 def latest_checkpoint(ctx: PilotContext, run_id: str, attempts: Iterable[int]) -> dict[str, Any] | None:
-    """The newest checkpoint whose every file matches its marker's sha256 (downloaded to verify)."""
+    """The newest checkpoint whose every file matches its marker's sha256 (downloaded to verify). A marker that is
+    refused (``HostFault``: too large, malformed such as ``"step": "latest"``) is skipped and recorded as a host
+    fault on the run (an event). Never raises for what a host uploaded."""
     scratch = scratch_dir(ctx, run_id)
     found: list[tuple[int, str, dict[str, Any]]] = []
     for n in attempts:
         for slot in SLOTS:
             prefix = f"{attempt_prefix(run_id, n)}/checkpoint-{slot}"
-            marker = read_json(ctx, f"{prefix}/checkpoint.json", scratch)
-            if marker and isinstance(marker.get("files"), dict) and "adapter_model.safetensors" in marker["files"]:
+            try:
+                marker = read_upload(ctx, f"{prefix}/checkpoint.json", scratch, "marker")
+            except HostFault as exc:
+                logger.warning("Run %s: checkpoint %s refused: %s", run_id, prefix, exc)
+                with ctx.store.session(write=True) as session:
+                    record_event(
+                        session,
+                        entity_type=EntityType.TRAINING_RUN,
+                        entity_id=run_id,
+                        actor="system",
+                        reason=f"host fault: checkpoint {prefix} skipped: {exc}"[:1000],
+                        data={"host_fault": "checkpoint_marker", "attempt": n},
+                    )
+                continue
+            if marker and "adapter_model.safetensors" in marker["files"]:
                 found.append((int(marker["step"]), prefix, marker))
     for step, prefix, marker in sorted(found, key=lambda f: f[0], reverse=True):
         files = {}
@@ -330,7 +417,8 @@ def latest_checkpoint(ctx: PilotContext, run_id: str, attempts: Iterable[int]) -
                 if name not in CHECKPOINT_FILES:
                     raise IntegrityError(f"unexpected checkpoint file {name!r}")
                 key = f"{prefix}/{name}"
-                ctx.artifacts.get(key, scratch / "verify" / name, sha256=str(meta["sha256"]))
+                dest = scratch / "verify" / name
+                ctx.artifacts.get(key, dest, sha256=str(meta["sha256"]), max_bytes=max_upload_bytes(ctx))
                 files[name] = {"key": key, "sha256": str(meta["sha256"])}
         except (ArtifactError, KeyError) as exc:
             logger.warning("Checkpoint %s (step %d) of run %s is incomplete: %s", prefix, step, run_id, exc)
@@ -351,7 +439,9 @@ def collect_adapter(ctx: PilotContext, run_id: str, n: int, result: dict[str, An
         if name not in ADAPTER_FILES or suffix in PICKLE_SUFFIXES or suffix not in SAFE_ADAPTER_SUFFIXES:
             raise IntegrityError(f"refusing adapter file {name!r}")
         key = f"{attempt_prefix(run_id, n)}/adapter/{name}"
-        verified[name] = ctx.artifacts.get(key, local / name, sha256=str(meta["sha256"]))
+        verified[name] = ctx.artifacts.get(
+            key, local / name, sha256=str(meta["sha256"]), max_bytes=max_upload_bytes(ctx)
+        )
         refuse_pickled(name, verified[name])
     # Only once every file passed is anything stored where a candidate would point.
     stored: dict[str, dict[str, Any]] = {}

@@ -12,6 +12,9 @@ What goes to the host and what comes back is ``pilot.runs.host``. Invariants:
 - A breach (stuck loading, silent heartbeat, host offline, outbid, OCI failure, vanished) destroys the instance; only
   when the provider confirms it gone is another host tried (at most ``gpu.remote.max_attempts`` hosts, never a host
   already tried), resuming from the last complete uploaded checkpoint. Max duration and max cost end the run.
+- What a host uploads (heartbeat, result, checkpoints, adapter) is read within its size cap and schema
+  (pilot/runs/host.py); a refused upload is a host fault: recorded on the run, the instance destroyed and verified
+  gone, the run retried on another host — never an exception out of the step.
 - At the end the instance is always destroyed and verified gone; the run's cost is what the provider charged for
   every instance that carried its label (``charges``), else elapsed time x $/h; it replaces the reservation.
 
@@ -34,6 +37,7 @@ from pilot.errors import ConflictError, TransitionError
 from pilot.runs import lifecycle as runs
 from pilot.runs.attempts import provider_cost
 from pilot.runs.host import (
+    HostFault,
     collect_adapter,
     read_heartbeat,
     read_result,
@@ -189,6 +193,7 @@ def _step(ctx: PilotContext, run_id: str, *, lease: str, poll_s: float | None) -
 
 
 LIVE = (AttemptStatus.LAUNCHED, AttemptStatus.RUNNING)
+HOST_FAULT = "host fault"  # in the end reason of an attempt ended by a refused upload
 
 
 def _at(ts: float) -> datetime:
@@ -207,7 +212,10 @@ def _running(ctx: PilotContext, run: TrainingRun, current: RunAttempt, instance:
                 reason=f"the job started on {instance.id}",
                 expected=RunStatus.PROVISIONING,
             )
-    beat = read_heartbeat(ctx, run.id, current.n)
+    try:
+        beat = read_heartbeat(ctx, run.id, current.n)
+    except HostFault as exc:
+        return _host_fault(ctx, run, current, exc)
     seq = None if beat is None else str(beat.get("seq"))[:80]
     with ctx.store.session(write=True) as session:
         row = session.get(RunAttempt, current.id, populate_existing=True)
@@ -236,7 +244,10 @@ def _running(ctx: PilotContext, run: TrainingRun, current: RunAttempt, instance:
 
 
 def _exited(ctx: PilotContext, run: TrainingRun, current: RunAttempt, instance: Instance) -> TrainingRun:
-    result = read_result(ctx, run.id, current.n)
+    try:
+        result = read_result(ctx, run.id, current.n)
+    except HostFault as exc:
+        return _host_fault(ctx, run, current, exc)
     if instance.exit_code is None:  # the container never ran the job (OCI runtime failure): a host fault
         message = f"instance {instance.id} could not start the job: {instance.detail[:300]}"
         return _breach(ctx, run, current, RunTerminationReason.LAUNCH_FAILED, message, retry=True)
@@ -260,6 +271,13 @@ def _exited(ctx: PilotContext, run: TrainingRun, current: RunAttempt, instance: 
         run = switch_run_status(session, run.id, RunStatus.COLLECTING, actor="system", reason="the job exited 0")
     testpoints.reached("collecting")
     return _collect(ctx, run, current, result)
+
+
+def _host_fault(ctx: PilotContext, run: TrainingRun, current: RunAttempt, fault: HostFault) -> TrainingRun:
+    """An upload of this attempt's host was refused: record it, destroy the host, retry elsewhere."""
+    message = f"{HOST_FAULT} on instance {current.instance_id}: {fault}"[:1000]
+    run_event(ctx, run.id, message, host_fault=True, attempt=current.n)
+    return _breach(ctx, run, current, RunTerminationReason.INVALID_OUTPUT, message, retry=True)
 
 
 def _stop(
@@ -297,14 +315,20 @@ def _breach(
 
 
 def _result_ok(ctx: PilotContext, run: TrainingRun, attempt: RunAttempt) -> bool:
-    result = read_result(ctx, run.id, attempt.n)
+    try:
+        result = read_result(ctx, run.id, attempt.n)
+    except HostFault as exc:
+        logger.warning("Run %s attempt %s: result refused: %s", run.id, attempt.n, exc)
+        return False
     return result is not None and result.get("status") == "ok"
 
 
 def _finished_before(ctx: PilotContext, run: TrainingRun, tried: list[RunAttempt]) -> bool:
     """No live attempt, and the last one that rented ended after its job uploaded an ok result."""
     last = next((a for a in reversed(tried) if a.launched_at is not None), None)
-    return last is not None and last.status == AttemptStatus.ENDED and _result_ok(ctx, run, last)
+    if last is None or last.status != AttemptStatus.ENDED or HOST_FAULT in (last.end_reason or ""):
+        return False  # a host whose uploads were refused is not trusted with the result either
+    return _result_ok(ctx, run, last)
 
 
 def _recorded_on_run(ctx: PilotContext, run: TrainingRun, current: RunAttempt) -> TrainingRun:
@@ -317,9 +341,14 @@ def _resume_collecting(ctx: PilotContext, run: TrainingRun, tried: list[RunAttem
     """A restart found the run collecting (its job exited 0, its host destroyed): collect the last attempt's
     adapter again (idempotent: same keys, verified by sha256) and register it; never rent again."""
     last = next((a for a in reversed(tried) if a.launched_at is not None), None)
-    result = read_result(ctx, run.id, last.n) if last is not None else None
+    try:
+        result = read_result(ctx, run.id, last.n) if last is not None else None
+    except HostFault as exc:
+        result, fault = None, f": {exc}"
+    else:
+        fault = ""
     if last is None or result is None or result.get("status") != "ok":
-        message = "collecting after a restart: no result from the job's host"
+        message = f"collecting after a restart: no valid result from the job's host{fault}"
         return runs.fail_run(ctx, run.id, RunTerminationReason.INVALID_OUTPUT, message, cost=provider_cost(ctx, run))
     return _collect(ctx, run, last, result)
 

@@ -20,7 +20,7 @@ from moto.server import ThreadedMotoServer
 from tools.artifacts.base import ArtifactStore
 from tools.artifacts.local import LocalArtifactStore
 from tools.artifacts.s3 import S3ArtifactStore
-from tools.errors import ArtifactNotFound, IntegrityError
+from tools.errors import ArtifactNotFound, ArtifactTooLarge, IntegrityError
 
 CREDS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
@@ -95,6 +95,15 @@ def test_sha256_mismatch_raises_and_leaves_nothing(store: ArtifactStore, tmp_pat
         store.get("runs/r1/metrics.json", dest, sha256="0" * 64)
     assert not dest.exists()
     assert list(dest.parent.iterdir()) == []
+
+
+def test_an_artifact_over_the_callers_limit_is_refused_before_download(store: ArtifactStore, tmp_path: Path) -> None:
+    store.put("runs/r1/heartbeat.json", _file(tmp_path, "hb.json", b"x" * 5000))
+    dest = tmp_path / "out" / "heartbeat.json"
+    with pytest.raises(ArtifactTooLarge, match="5000 bytes"):
+        store.get("runs/r1/heartbeat.json", dest, max_bytes=4096)
+    assert not dest.exists()
+    assert store.get("runs/r1/heartbeat.json", dest, max_bytes=5000).read_bytes() == b"x" * 5000
 
 
 def test_missing_key_is_not_found(store: ArtifactStore, tmp_path: Path) -> None:

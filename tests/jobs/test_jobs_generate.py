@@ -114,7 +114,22 @@ def test_generate_bad_config(
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err
 
 
-def test_generate_rejects_items_without_reference(tmp_path: Path, quick_base: Path) -> None:
+def test_generate_rejects_items_without_a_prompt(tmp_path: Path, quick_base: Path) -> None:
     bad = tmp_path / "bad.jsonl"
-    write_jsonl(bad, [{"id": "x", "messages": [{"role": "user", "content": "hi"}]}])
+    write_jsonl(bad, [{"id": "x", "messages": [{"role": "assistant", "content": "an answer to nothing"}]}])
     assert run_generate(tmp_path, gen_config(quick_base, tmp_path, input_file=str(bad))) == 2
+
+
+def test_a_prompt_alone_gets_the_same_prediction_and_no_loss(tmp_path: Path, quick_base: Path) -> None:
+    """What a rented evaluation host gets: the messages before the reference (pilot/evaluation/remote.py)."""
+    full = gen_config(quick_base, tmp_path)
+    assert run_generate(tmp_path, full) == 0
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [json.loads(line) for line in Path(full["input_file"]).read_text().splitlines()]
+    write_jsonl(prompts, [{"id": r["id"], "messages": r["messages"][:-1]} for r in rows])
+    alone = gen_config(quick_base, tmp_path, input_file=str(prompts), output_file=str(tmp_path / "alone.jsonl"))
+    assert run_generate(tmp_path, alone) == 0
+    with_reference, without = read_preds(full["output_file"]), read_preds(alone["output_file"])
+    assert [p["prediction"] for p in without] == [p["prediction"] for p in with_reference]
+    assert all(p["loss"] is None for p in without)
+    assert json.loads(Path(alone["output_file"] + ".summary.json").read_text())["eval_loss"] is None

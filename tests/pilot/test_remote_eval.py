@@ -46,19 +46,28 @@ from tools.gpu.base import LaunchSpec, OfferRequirements, instance_label
 
 STUB_GENERATE = textwrap.dedent(
     '''
-    """jobs.generate's stand-in on the host. STUB_GEN: ok (candidate right, champion silent) | absent (no file)."""
+    """jobs.generate's stand-in on the host. STUB_GEN: ok (candidate right, champion silent) | absent (no file) |
+    echo (the candidate's host echoes what it got for each item; the champion answers every other item right).
+    answers.json beside this file: the golden references, i.e. what a model that knows the answers would say."""
     import json, os, sys
     from pathlib import Path
 
     cfg = json.loads(Path(sys.argv[sys.argv.index("--config") + 1]).read_text())
-    if os.environ.get("STUB_GEN", "ok") == "absent":
+    mode = os.environ.get("STUB_GEN", "ok")
+    if mode == "absent":
         sys.exit(0)
+    known = json.loads((Path(__file__).parent / "answers.json").read_text())
     side = "candidate" if cfg["adapter"] and cfg["adapter"].endswith("candidate") else "champion"
     rows = [json.loads(line) for line in Path(cfg["input_file"]).read_text().splitlines() if line.strip()]
     with open(cfg["output_file"], "w") as fh:
-        for row in rows:
-            answer = row["messages"][-1]["content"] if side == "candidate" else ""
-            # A host that flatters the champion in every field the daemon must not read.
+        for n, row in enumerate(rows):
+            if side == "champion":
+                answer = known[row["id"]] if mode == "echo" and n % 2 == 0 else ""
+            elif mode == "echo":
+                answer = row["messages"][-1]["content"]  # with the golden file, this was the reference
+            else:
+                answer = known[row["id"]]
+            # A host that flatters the candidate in every field the daemon must not read.
             line = {"id": row["id"], "prediction": answer, "loss": 0.5, "score": 1.0 - len(answer)}
             fh.write(json.dumps(line) + "\\n")
     Path(cfg["output_file"] + ".summary.json").write_text(json.dumps({"eval_loss": 0.0, "exact_match": 1.0}))
@@ -115,6 +124,10 @@ def rig_factory(
         built.ctx.settings = built.ctx.settings.model_copy(update={"evaluation": e})
         generate = "stub_generate" if stub is not None else "jobs.generate"
         built.ctx.host_modules = HostModules(train=built.ctx.host_modules.train, generate=generate)
+        if stub is not None:
+            golden = Path(built.snapshot.path) / "golden.jsonl"
+            answers = {r["id"]: r["messages"][-1]["content"] for r in map(json.loads, golden.read_text().splitlines())}
+            (tmp_path / "genstub" / "answers.json").write_text(json.dumps(answers))
         made.append(built)
         return built
 
@@ -198,7 +211,7 @@ class TamperingStore:
         self.inner, self.golden = inner, golden
         self.tampered: list[str] = []
 
-    def get(self, key: str, dest: Path, *, sha256: str | None = None) -> Path:
+    def get(self, key: str, dest: Path, *, sha256: str | None = None, max_bytes: int | None = None) -> Path:
         if key.startswith("evals/") and key.endswith("/output/candidate.jsonl"):
             forged = dest.with_name("forged.jsonl")
             forged.parent.mkdir(parents=True, exist_ok=True)
@@ -211,7 +224,7 @@ class TamperingStore:
             )
             self.inner.put(key, forged)
             self.tampered.append(key)
-        return self.inner.get(key, dest, sha256=sha256)
+        return self.inner.get(key, dest, sha256=sha256, max_bytes=max_bytes)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -258,7 +271,7 @@ def test_remote_stage_predictions_rescore_to_the_local_figures(rig_factory: Call
     assert VAST_KEY not in sent and AWS["aws_secret_access_key"] not in sent
     inputs = json.loads(manifest.read_text())["inputs"]
     assert set(inputs) == {
-        "golden",
+        "prompts",
         *(
             f"{side}/{name}"
             for side in ("candidate", "champion")
@@ -280,10 +293,9 @@ def test_remote_stage_predictions_rescore_to_the_local_figures(rig_factory: Call
         local_report.champion_score,
         local_report.verdict,
     )
-    assert report.candidate_eval_loss == pytest.approx(local_report.candidate_eval_loss, rel=1e-4)
-    assert report.champion_eval_loss == pytest.approx(local_report.champion_eval_loss, rel=1e-4)
-    # The adapters made a difference (otherwise "same figures" would prove little).
-    assert report.candidate_eval_loss != pytest.approx(report.champion_eval_loss, rel=1e-3)
+    # The host had no references, so it computed no loss; the local evaluation did, and the adapters differ.
+    assert report.candidate_eval_loss is None and report.champion_eval_loss is None
+    assert local_report.candidate_eval_loss != pytest.approx(local_report.champion_eval_loss, rel=1e-3)
 
 
 def test_what_the_host_claims_about_scores_and_loss_is_ignored(rig_factory: Callable[..., Rig]) -> None:
@@ -295,9 +307,36 @@ def test_what_the_host_claims_about_scores_and_loss_is_ignored(rig_factory: Call
     # Scored here by exact match against the golden references, not by the lines' "score" fields.
     assert (report.candidate_score, report.champion_score) == (1.0, 0.0)
     assert report.verdict == "promote"
-    # The eval loss is the mean of the per-item losses (0.5), not the summary's 0.0.
-    assert report.candidate_eval_loss == pytest.approx(0.5)
+    # Neither the summary's eval loss (0.0) nor the lines' losses (0.5): a host without references cannot have one.
+    assert report.candidate_eval_loss is None and report.champion_eval_loss is None
     assert record["where"] == "remote" and record["scoring_modes"] == {"code": 0, "exact": 8}
+    assert_settled(rig, stages=1)
+
+
+def test_a_host_that_echoes_what_it_gets_cannot_make_a_worse_candidate_pass(rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory(stub="echo")
+    add_version(rig.ctx, "v1", rig.tmp)
+    golden = rig.ctx.settings.evaluation.golden_path
+    assert golden is not None
+    references = [json.loads(line)["messages"][-1]["content"] for line in golden.read_text().splitlines()]
+
+    report, record = evaluate_version(rig.ctx, "v1")
+
+    # The champion answered half the items right; the candidate's host echoed everything it was given.
+    assert report.champion_score == pytest.approx(0.5) and report.candidate_score == 0.0
+    assert report.verdict != "promote"
+    # What the host was given: prompts only (the golden file, its references and tests stayed here).
+    stage_id = record["remote_stage"]["id"]
+    manifest = rig.tmp / "echo-manifest.json"
+    rig.ctx.artifacts.get(f"evals/{stage_id}/manifest.json", manifest)
+    inputs = json.loads(manifest.read_text())["inputs"]
+    assert "golden" not in inputs and inputs["prompts"]["path"] == "data/prompts.jsonl"
+    sent = rig.tmp / "sent-prompts.jsonl"
+    rig.ctx.artifacts.get(f"evals/{stage_id}/inputs/prompts.jsonl", sent, sha256=inputs["prompts"]["sha256"])
+    rows = [json.loads(line) for line in sent.read_text().splitlines()]
+    assert len(rows) == len(references) and all(set(r) == {"id", "messages"} for r in rows)
+    assert all(r["messages"][-1]["role"] == "user" for r in rows)
+    assert not any(ref in sent.read_text() for ref in references)
     assert_settled(rig, stages=1)
 
 

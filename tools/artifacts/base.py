@@ -70,8 +70,9 @@ class ArtifactStore(abc.ABC):
         """Store a file under ``key``; returns its reference with sha256."""
 
     @abc.abstractmethod
-    def get(self, key: str, dest: Path, *, sha256: str | None = None) -> Path:
-        """Copy the artifact to ``dest``; verify ``sha256`` when given."""
+    def get(self, key: str, dest: Path, *, sha256: str | None = None, max_bytes: int | None = None) -> Path:
+        """Copy the artifact to ``dest``; verify ``sha256`` when given. ``max_bytes``: refuse (``ArtifactTooLarge``)
+        an artifact whose stored size is larger, before downloading it (and one that grew while it was read)."""
 
     @abc.abstractmethod
     def exists(self, key: str) -> bool: ...

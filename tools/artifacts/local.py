@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from tools.artifacts.base import ArtifactRef, ArtifactStore, check_key, refuse_pickled, sha256_file
-from tools.errors import ArtifactNotFound, IntegrityError
+from tools.errors import ArtifactNotFound, ArtifactTooLarge, IntegrityError
 
 
 class LocalArtifactStore(ArtifactStore):
@@ -43,13 +43,18 @@ class LocalArtifactStore(ArtifactStore):
             raise
         return ArtifactRef(key=check_key(key), uri=dest.as_uri(), sha256=digest, size=dest.stat().st_size)
 
-    def get(self, key: str, dest: Path, *, sha256: str | None = None) -> Path:
+    def get(self, key: str, dest: Path, *, sha256: str | None = None, max_bytes: int | None = None) -> Path:
         src = self._path(key)
         if not src.is_file():
             raise ArtifactNotFound(f"no artifact {key!r}")
+        if max_bytes is not None and (size := src.stat().st_size) > max_bytes:
+            raise ArtifactTooLarge(f"artifact {key!r} has {size} bytes, over the {max_bytes} accepted")
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.partial")
         shutil.copyfile(src, tmp)
+        if max_bytes is not None and (size := tmp.stat().st_size) > max_bytes:
+            tmp.unlink(missing_ok=True)
+            raise ArtifactTooLarge(f"artifact {key!r} has {size} bytes, over the {max_bytes} accepted")
         if sha256 is not None and (actual := sha256_file(tmp)) != sha256:
             tmp.unlink(missing_ok=True)
             raise IntegrityError(f"artifact {key!r} has sha256 {actual}, expected {sha256}")

@@ -27,7 +27,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tools.artifacts.base import ArtifactRef, ArtifactStore, check_key, refuse_pickled, sha256_file
-from tools.errors import ArtifactError, ArtifactNotFound, IntegrityError
+from tools.errors import ArtifactError, ArtifactNotFound, ArtifactTooLarge, IntegrityError
 
 logger = logging.getLogger(__name__)
 
@@ -101,17 +101,23 @@ class S3ArtifactStore(ArtifactStore):
         logger.info("Stored artifact %s (%d bytes, sha256 %s)", self.uri(key), size, digest)
         return ArtifactRef(key=check_key(key), uri=self.uri(key), sha256=digest, size=size)
 
-    def get(self, key: str, dest: Path, *, sha256: str | None = None) -> Path:
+    def get(self, key: str, dest: Path, *, sha256: str | None = None, max_bytes: int | None = None) -> Path:
         object_key = self._object_key(key)
         refuse_pickled(key)
         with _translated(f"get {key}", key=key):
             head = self._s3.head_object(Bucket=self.bucket, Key=object_key)
+        if max_bytes is not None and int(head.get("ContentLength") or 0) > max_bytes:
+            raise ArtifactTooLarge(
+                f"artifact {key!r} has {head.get('ContentLength')} bytes, over the {max_bytes} accepted"
+            )
         recorded = (head.get("Metadata") or {}).get("sha256")
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.partial")
         try:
             with _translated(f"get {key}", key=key):
                 self._s3.download_file(self.bucket, object_key, str(tmp), Config=self._transfer)
+            if max_bytes is not None and (size := tmp.stat().st_size) > max_bytes:  # replaced after the HEAD
+                raise ArtifactTooLarge(f"artifact {key!r} has {size} bytes, over the {max_bytes} accepted")
             actual = sha256_file(tmp)
             for expected, source in ((sha256, "the caller"), (recorded, "the store's metadata")):
                 if expected is not None and actual != expected:
