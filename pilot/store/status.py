@@ -146,6 +146,7 @@ class EntityType(enum.StrEnum):
     CANARY = "canary"
     API = "api"
     SLACK_ACTION = "slack_action"
+    DASHBOARD = "dashboard"  # sign-ins, refused dashboard requests, dashboard users created or revoked
 
 
 class DecisionAction(enum.StrEnum):
