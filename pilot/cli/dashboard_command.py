@@ -12,6 +12,8 @@ from typing import Annotated, Any
 
 import typer
 
+from tools.errors import PilotError
+
 dashboard_user_app = typer.Typer(help="People who may sign in to the web dashboard.", no_args_is_help=True)
 
 
@@ -79,7 +81,7 @@ def create(
         with store.session(write=True) as session:
             token = create_user(session, user_id, created_by=f"human:{by or getpass.getuser()}")
     except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+        raise PilotError(str(exc)) from exc
     finally:
         store.close()
     typer.echo(token)
