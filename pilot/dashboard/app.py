@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -83,15 +84,28 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
+def _warm(store: Store, records: queries.RecordRollup) -> None:
+    try:
+        with store.session() as s:
+            records.refresh(s)
+    except Exception:  # a cold rollup is only slower; the first page retries
+        logger.exception("Dashboard: could not pre-read the records")
+
+
 class Refused(Exception):
     def __init__(self, code: int, why: str) -> None:
         super().__init__(why)
         self.code, self.why = code, why
 
 
-def build_router(store: Store, settings: Settings, services: DashboardServices, *, bound_host: str) -> APIRouter:
+def build_router(
+    store: Store, settings: Settings, services: DashboardServices, *, bound_host: str, warm: bool = True
+) -> APIRouter:
     router = APIRouter(prefix=PREFIX)
     cfg = settings.dashboard
+    records = queries.RecordRollup()
+    if warm:  # the first read of every record happens now, not on the first person's page
+        threading.Thread(target=_warm, args=(store, records), name="dashboard-warm", daemon=True).start()
     secure_cookie = not is_loopback(bound_host)
 
     def client_of(request: Request) -> str:
@@ -163,7 +177,7 @@ def build_router(store: Store, settings: Settings, services: DashboardServices, 
     def overview(request: Request) -> HTMLResponse:
         def build() -> dict[str, Any]:
             with store.session() as s:
-                data = queries.overview(s, settings)
+                data = queries.overview(s, settings, records)
                 data["runs"] = queries.runs_list(s, limit=10)
             data["charts"] = render.overview_charts(data)
             return data
@@ -196,7 +210,7 @@ def build_router(store: Store, settings: Settings, services: DashboardServices, 
     def data_page(request: Request, days: int = 30) -> HTMLResponse:
         def build() -> dict[str, Any]:
             with store.session() as s:
-                data = queries.data_page(s, window_days=max(1, min(days, 366)))
+                data = queries.data_page(s, records, window_days=max(1, min(days, 366)))
             data["charts"] = render.data_charts(data)
             return data
 
@@ -332,14 +346,18 @@ def build_router(store: Store, settings: Settings, services: DashboardServices, 
     return router
 
 
-def mount(app: FastAPI, store: Store, settings: Settings, services: DashboardServices, *, bound_host: str) -> None:
+def mount(
+    app: FastAPI, store: Store, settings: Settings, services: DashboardServices, *, bound_host: str, warm: bool = True
+) -> None:
     """Add the dashboard to an app (the daemon's API, or the standalone one)."""
-    app.include_router(build_router(store, settings, services, bound_host=bound_host))
+    app.include_router(build_router(store, settings, services, bound_host=bound_host, warm=warm))
 
 
-def create_standalone_app(store: Store, settings: Settings, services: DashboardServices, *, bound_host: str) -> FastAPI:
+def create_standalone_app(
+    store: Store, settings: Settings, services: DashboardServices, *, bound_host: str, warm: bool = True
+) -> FastAPI:
     app = FastAPI(title="Learning Pilot dashboard", docs_url=None, redoc_url=None, openapi_url=None)
-    mount(app, store, settings, services, bound_host=bound_host)
+    mount(app, store, settings, services, bound_host=bound_host, warm=warm)
 
     @app.get("/")
     def root() -> RedirectResponse:

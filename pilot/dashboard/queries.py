@@ -1,13 +1,14 @@
 """What each dashboard page shows, as plain dicts: one fixed set of aggregate queries per page, never one per row.
 
-Per-day figures are grouped in SQL on the UTC day (``day_of``); the records' per-day aggregates read only the
-covering index ``ix_execution_record_ts_cover`` (ts, domain, model_version, success), so a page costs the same
-with a million records as with a thousand. ``change_marker`` is the cheap "did anything change" probe the live
-stream polls: the newest event, record, dead letter and ledger ids, and the pause flag.
+Per-day figures are grouped in SQL on the UTC day (``day_of``). The records' per-day figures come from the
+in-memory ``RecordRollup``, which reads only the records added since the page before (records are append-only),
+so a page costs the same with a million records as with a thousand. ``change_marker`` is the cheap "did anything
+change" probe the live stream polls: the newest event, record, dead letter and ledger ids, and the pause flag.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Any
@@ -73,14 +74,53 @@ def change_marker(session: Session) -> str:
     return ":".join("" if p is None else str(p) for p in parts)
 
 
-def record_days(session: Session, since: datetime) -> list[tuple[str, str, str | None, bool, int]]:
-    """(day, domain, model_version, success, count) since ``since``: one index-only pass."""
-    day = day_of(session, ExecutionRecordRow.ts)
-    keys = (col(ExecutionRecordRow.domain), col(ExecutionRecordRow.model_version), col(ExecutionRecordRow.success))
-    rows = session.execute(
-        sa_select(day, *keys, func.count()).where(col(ExecutionRecordRow.ts) >= since).group_by(day, *keys)
-    ).all()
-    return [(str(d), str(dom), mv, bool(ok), int(n)) for d, dom, mv, ok, n in rows]
+class RecordRollup:
+    """Records per (UTC day, domain, model version, success), kept in memory and brought up to date incrementally.
+
+    Execution records are append-only (ids only grow; the pilot never deletes one), so each call reads only the
+    ids above the watermark: a page costs one ``max(id)`` plus the new records since the last page, however many
+    million are stored. The first call reads them all once (the daemon warms it when it mounts the dashboard).
+    If the newest id goes backwards (the store was replaced), the rollup starts over."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._upto = 0
+        self._counts: dict[tuple[str, str, str | None, bool], int] = defaultdict(int)
+
+    def refresh(self, session: Session) -> None:
+        with self._lock:
+            top = int(session.exec(select(func.max(ExecutionRecordRow.id))).one() or 0)
+            if top < self._upto:
+                self._upto, self._counts = 0, defaultdict(int)
+            if top == self._upto:
+                return
+            day = day_of(session, ExecutionRecordRow.ts)
+            keys = (
+                col(ExecutionRecordRow.domain),
+                col(ExecutionRecordRow.model_version),
+                col(ExecutionRecordRow.success),
+            )
+            query = sa_select(day, *keys, func.count()).group_by(day, *keys)
+            if self._upto or session.get_bind().dialect.name != "sqlite":
+                query = query.where(col(ExecutionRecordRow.id) > self._upto, col(ExecutionRecordRow.id) <= top)
+            # else: the first pass on SQLite reads the covering index whole (an id range would read the table, payloads
+            # and all); its one read transaction sees exactly the rows up to ``top``.
+            rows = session.execute(query).all()
+            for d, domain, version, ok, n in rows:
+                self._counts[(str(d), str(domain), version, bool(ok))] += int(n)
+            self._upto = top
+
+    def rows(self, session: Session, since: datetime) -> list[tuple[str, str, str | None, bool, int]]:
+        """(day, domain, model_version, success, count) for the days from ``since`` on."""
+        self.refresh(session)
+        cutoff = since.date().isoformat()
+        with self._lock:
+            return [(d, dom, v, ok, n) for (d, dom, v, ok), n in self._counts.items() if d >= cutoff]
+
+    def total(self, session: Session) -> int:
+        self.refresh(session)
+        with self._lock:
+            return sum(self._counts.values())
 
 
 def _spend_days(session: Session, since: datetime, days: list[str]) -> dict[str, list[float]]:
@@ -117,7 +157,14 @@ def _success_by_version(rows: list[tuple[str, str, str | None, bool, int]], days
     return out
 
 
-def overview(session: Session, settings: Settings, *, window_days: int = 30, now: datetime | None = None) -> dict:
+def overview(
+    session: Session,
+    settings: Settings,
+    records: RecordRollup,
+    *,
+    window_days: int = 30,
+    now: datetime | None = None,
+) -> dict:
     now = now or utcnow()
     days = _days(now, window_days)
     since = datetime.fromisoformat(days[0]).replace(tzinfo=now.tzinfo)
@@ -147,7 +194,7 @@ def overview(session: Session, settings: Settings, *, window_days: int = 30, now
         select(Approval).where(Approval.status == ApprovalStatus.PENDING).order_by(col(Approval.expires_at))
     ).all()
     decisions = session.exec(select(Decision).order_by(col(Decision.created_at).desc()).limit(10)).all()
-    record_rows = record_days(session, since)
+    record_rows = records.rows(session, since)
     scored = [(vid, st, at, rep) for vid, st, at, rep in versions if (rep or {}).get("candidate_score") is not None]
     return {
         "now": iso(now),
@@ -340,17 +387,17 @@ def versions_list(session: Session, *, limit: int = 50) -> list[dict[str, Any]]:
     return [{"id": i, "status": s, "run_id": r, "at": iso(at)} for i, s, r, at in rows]
 
 
-def data_page(session: Session, *, window_days: int = 30, now: datetime | None = None) -> dict:
+def data_page(session: Session, records: RecordRollup, *, window_days: int = 30, now: datetime | None = None) -> dict:
     now = now or utcnow()
     days = _days(now, window_days)
     since = datetime.fromisoformat(days[0]).replace(tzinfo=now.tzinfo)
-    rows = record_days(session, since)
+    rows = records.rows(session, since)
     index = {d: i for i, d in enumerate(days)}
     per_domain: dict[str, list[int]] = defaultdict(lambda: [0] * len(days))
     for d, domain, _v, _ok, n in rows:
         if (i := index.get(d)) is not None:
             per_domain[domain][i] += n
-    total = session.exec(select(func.count()).select_from(ExecutionRecordRow)).one()
+    total = records.total(session)
     dead_total = session.exec(select(func.count()).select_from(DeadLetter)).one()
     reasons = session.exec(
         select(DeadLetter.reason, func.count())

@@ -13,12 +13,14 @@ from sqlmodel import select
 
 from pilot.dashboard import auth, queries
 from pilot.dashboard.app import DashboardServices, create_standalone_app
+from pilot.data.ingest import ingest_lines
 from pilot.errors import ConflictError, NotFound
 from pilot.service.explain import explain
 from pilot.settings import Settings, load_settings
 from pilot.store import Store
 from pilot.store.models import DashboardUser
 from tests.dashboard.history import DOMAINS, generate
+from tests.factories import record_line
 from tests.pilot.test_cli import cli
 
 
@@ -108,9 +110,10 @@ def test_the_standalone_view_is_read_only(store: Store, make_settings: Callable[
 def test_the_page_queries_on_both_stores(store: Store, make_settings: Callable[..., Settings]) -> None:
     settings = make_settings()
     history = generate(store, days=40, records=2_000, runs=120, versions=12)
+    records = queries.RecordRollup()
     with store.session() as s:
-        overview = queries.overview(s, settings, now=history.now)
-        data = queries.data_page(s, window_days=41, now=history.now)  # 40 days back reach into a 41st
+        overview = queries.overview(s, settings, records, now=history.now)
+        data = queries.data_page(s, records, window_days=41, now=history.now)  # 40 days back reach into a 41st
         run = queries.run_page(s, history.in_flight[0], now=history.now)
         marker = queries.change_marker(s)
     assert len(overview["spend"]["days"]) == 30
@@ -122,6 +125,10 @@ def test_the_page_queries_on_both_stores(store: Store, make_settings: Callable[.
     assert data["records_window"] == data["records_total"] == 2_000
     assert run["run"]["status"] == "running" and run["cost"]["so_far_usd"] > 0 and run["cost"]["reserved_usd"] == 4.0
     assert marker and marker.count(":") == 4
+    ingest_lines(store, [record_line(record_id="one-more", domain="sql")], source="test")  # the rollup catches up
+    with store.session() as s:
+        assert queries.data_page(s, records, window_days=41)["records_total"] == 2_001
+        assert queries.data_page(s, queries.RecordRollup(), window_days=41)["records_total"] == 2_001
 
 
 def test_the_dashboard_user_commands(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
