@@ -59,7 +59,7 @@ def main() -> None:
             f"{time.monotonic() - t0:.1f} s ({data})"
         )
     with store.session() as s:
-        run_id = queries.runs_list(s, limit=1)[0]["id"]
+        run_id = queries.runs_list(s, limit=1)[0].id
         versions = queries.versions_list(s, limit=args.versions)
         counts = (queries.RecordRollup().total(s), len(versions))
     version_id = versions[len(versions) // 2]["id"]

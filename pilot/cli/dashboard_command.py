@@ -12,18 +12,10 @@ from typing import Annotated, Any
 
 import typer
 
+from pilot.cli.kb import _settings  # the same settings lookup as the kb commands
 from tools.errors import PilotError
 
 dashboard_user_app = typer.Typer(help="People who may sign in to the web dashboard.", no_args_is_help=True)
-
-
-def _settings(ctx: typer.Context) -> Any:
-    obj = ctx.find_root().obj
-    if obj is not None and hasattr(obj, "settings"):
-        return obj.settings()
-    from pilot.settings import load_settings
-
-    return load_settings(None)
 
 
 def _store(settings: Any) -> Any:

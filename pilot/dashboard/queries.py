@@ -362,20 +362,9 @@ def run_page(session: Session, run_id: str, *, now: datetime | None = None) -> d
     }
 
 
-def runs_list(session: Session, *, limit: int = 50) -> list[dict[str, Any]]:
-    rows = session.exec(select(TrainingRun).order_by(col(TrainingRun.created_at).desc()).limit(limit)).all()
-    return [
-        {
-            "id": r.id,
-            "status": r.status,
-            "provider": r.provider,
-            "reason": r.status_message or r.termination_reason,
-            "estimated_cost_usd": r.estimated_cost_usd,
-            "actual_cost_usd": r.actual_cost_usd,
-            "at": iso(r.created_at),
-        }
-        for r in rows
-    ]
+def runs_list(session: Session, *, limit: int = 50) -> list[TrainingRun]:
+    """The newest runs (rows as they are; the templates read their fields)."""
+    return list(session.exec(select(TrainingRun).order_by(col(TrainingRun.created_at).desc()).limit(limit)).all())
 
 
 def versions_list(session: Session, *, limit: int = 50) -> list[dict[str, Any]]:
