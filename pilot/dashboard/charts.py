@@ -28,10 +28,11 @@ class Mark:
 
 
 def _nice_max(value: float) -> float:
+    """The smallest 1, 2, 2.5 or 5 x 10^k at or above ``value`` (the top of an axis)."""
     if value <= 0:
         return 1.0
-    for step in (1, 2, 2.5, 5):
-        for exp in range(-4, 10):
+    for exp in range(-4, 10):
+        for step in (1, 2, 2.5, 5):
             top = step * 10**exp
             if top >= value:
                 return float(top)
@@ -43,7 +44,7 @@ def _fmt(value: float, unit: str) -> str:
         return f"${value:,.2f}" if value < 100 else f"${value:,.0f}"
     if unit == "%":
         return f"{value * 100:.0f}%"
-    return f"{value:,.3g}"
+    return f"{value:,.0f}" if abs(value) >= 10 else f"{value:,.3g}"
 
 
 def _frame(y_max: float, y_min: float, unit: str, labels: Sequence[str], every: int, w: int) -> list[str]:
@@ -57,7 +58,7 @@ def _frame(y_max: float, y_min: float, unit: str, labels: Sequence[str], every: 
     n = max(len(labels), 1)
     step = (w - PAD_L - PAD_R) / n
     for i, label in enumerate(labels):
-        if i % every == 0 or i == n - 1:
+        if i % every == 0 or (i == n - 1 and i % every > every // 2):
             x = PAD_L + step * (i + 0.5)
             parts.append(
                 f'<text class="axis" x="{x:.1f}" y="{H - PAD_B + 14}" text-anchor="middle">{escape(label)}</text>'

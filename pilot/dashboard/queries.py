@@ -395,7 +395,7 @@ def data_page(session: Session, records: RecordRollup, *, window_days: int = 30,
         .order_by(func.count().desc())
         .limit(15)
     ).all()
-    dead = session.exec(select(DeadLetter).order_by(col(DeadLetter.id).desc()).limit(20)).all()
+    dead = session.exec(select(DeadLetter).order_by(col(DeadLetter.id).desc()).limit(12)).all()
     snapshots = session.exec(select(DatasetSnapshot).order_by(col(DatasetSnapshot.created_at).desc()).limit(20)).all()
     return {
         "days": days,

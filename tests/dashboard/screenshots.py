@@ -32,7 +32,7 @@ def main(out: Path) -> None:
     )
     store = Store(settings.database_url)
     store.migrate()
-    history = generate(store, days=90, records=60_000, runs=2_000, versions=40)
+    history = generate(store, days=90, records=60_000, runs=900, versions=40)
     with store.session(write=True) as s:
         token = create_user(s, "alice", created_by="human:screenshots")
     ctx = build_context(settings, store=store)
