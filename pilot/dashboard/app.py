@@ -5,8 +5,8 @@ Who may do what:
 - reading: anyone on loopback when the server is bound to loopback; otherwise a signed-in session;
 - kill switch: any signed-in person (stopping spend must be easy), with a confirmation step;
 - approve / reject / resume: signed-in people on ``dashboard.approvers`` only (they let money be spent);
-- every POST needs the session's CSRF token; a refused request answers 401/403, writes a ``dashboard`` event
-  naming why, and changes nothing.
+- every POST needs the session's CSRF token; a refused POST answers 400/401/403/409, writes a ``dashboard`` event
+  naming why, and changes nothing (a refused read answers 401 and is logged only).
 
 Actions take the same store paths as the CLI and Slack: ``pilot.supervisor.approvals.answer`` for answers and the
 kill switch's ``engage``/``resume``, which the daemon lends as ``DashboardServices`` (the dashboard sits below
@@ -117,6 +117,18 @@ def build_router(
 
     def refuse(request: Request, code: int, why: str, actor: str | None = None) -> HTMLResponse:
         logger.warning("Dashboard refused %s %s from %s: %s", request.method, request.url.path, client_of(request), why)
+        if request.method != "GET":  # a refused read changes nothing worth an audit row (and scanners are noisy)
+            with store.session(write=True) as s:
+                record_event(
+                    s,
+                    entity_type=EntityType.DASHBOARD,
+                    entity_id=request.url.path[:80],
+                    actor=actor or f"remote:{client_of(request)}",
+                    reason=f"refused: {why}",
+                    data={"status_code": code},
+                )
+        body = render.page("message.html", title="Refused", message=why, base=PREFIX, me=None, services=services)
+        return HTMLResponse(body, status_code=code)
         with store.session(write=True) as s:
             record_event(
                 s,
