@@ -67,6 +67,7 @@ class DashboardServices:
     explain: Callable[[Store, str], dict[str, Any]]
     kill: Callable[[str, str], dict[str, Any]] | None = None
     resume: Callable[[str, str], dict[str, Any]] | None = None
+    serving: Callable[[], bool] | None = None  # False once the process drains: open live streams end at once
 
     @property
     def actions(self) -> bool:
@@ -253,7 +254,11 @@ def build_router(
             yield ServerSentEvent(data=last, event="hello", retry=1000)
             loop = asyncio.get_running_loop()
             ends = loop.time() + STREAM_S
-            while loop.time() < ends and not await request.is_disconnected():
+
+            def going() -> bool:
+                return services.serving is None or services.serving()
+
+            while loop.time() < ends and going() and not await request.is_disconnected():
                 await asyncio.sleep(cfg.poll_s)
                 now = await run_in_threadpool(marker)
                 if now != last:

@@ -32,7 +32,7 @@ def daemon_services(ctx: PilotContext, hooks: SchedulerHooks | None = None) -> D
             hooks.on_resume()
         return result
 
-    return DashboardServices(explain=explain, kill=kill, resume=resume)
+    return DashboardServices(explain=explain, kill=kill, resume=resume, serving=hooks.is_ready)
 
 
 def mount_dashboard(app: FastAPI, ctx: PilotContext, hooks: SchedulerHooks | None = None) -> None:

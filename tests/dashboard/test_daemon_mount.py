@@ -67,7 +67,7 @@ def test_the_daemon_serves_the_dashboard_and_drains_with_a_stream_open(tmp_path:
             started = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=60) == 0
-        assert time.monotonic() - started < 40  # a stream lasts at most 25 s: the drain never waits on a page
+        assert time.monotonic() - started < 15  # the open stream ends when the drain starts; it does not hold it up
     finally:
         if proc.poll() is None:  # a failed assertion above: do not leave the daemon running
             proc.kill()
