@@ -4,21 +4,29 @@ PostgreSQL (the per-day grouping differs)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import select
 
+from pilot.context import build_context
 from pilot.dashboard import auth, queries
 from pilot.dashboard.app import DashboardServices, create_standalone_app
 from pilot.data.ingest import ingest_lines
 from pilot.errors import ConflictError, NotFound
+from pilot.service.api import create_app
+from pilot.service.api_dashboard import mount_dashboard
 from pilot.service.explain import explain
 from pilot.settings import Settings, load_settings
 from pilot.store import Store
-from pilot.store.models import DashboardUser
+from pilot.store.models import Approval, DashboardUser, utcnow
+from pilot.store.status import ApprovalKind, ApprovalStatus
+from pilot.supervisor import approvals
+from tests import factories
 from tests.dashboard.history import DOMAINS, generate
 from tests.factories import record_line
 from tests.pilot.test_cli import cli
@@ -149,3 +157,41 @@ def test_the_dashboard_user_commands(capsys: pytest.CaptureFixture[str], tmp_pat
     settings = load_settings(config)
     with Store(settings.database_url).session() as s:
         assert s.get(DashboardUser, "alice").revoked_at is not None  # type: ignore[union-attr]
+
+
+def test_answering_an_answered_or_expired_approval_is_refused(
+    store: Store, make_settings: Callable[..., Settings]
+) -> None:
+    settings = make_settings(store={"url": store.url}, gpu={"provider": "fake"}, dashboard={"approvers": ["alice"]})
+    with store.session(write=True) as s:
+        token = auth.create_user(s, "alice", created_by="human:root")
+        decision = factories.decision(s)
+        ids = [
+            approvals.request_approval(
+                s, decision=decision, kind=kind, summary={}, cost_ceiling_usd=1.0, expiry_minutes=60
+            ).id
+            for kind in (ApprovalKind.TRAINING, ApprovalKind.PROMOTION)
+        ]
+        approvals.answer(s, ids[0], approve=False, actor="human:bob")
+        expired = s.get(Approval, ids[1])
+        assert expired is not None
+        expired.expires_at = utcnow() - timedelta(minutes=1)
+        s.add(expired)
+    ctx = build_context(settings, store=store)
+    app = create_app(ctx)
+    mount_dashboard(app, ctx)
+    client = TestClient(app, client=("127.0.0.1", 50000))
+    client.post("/dashboard/signin", data={"token": token})
+    match = re.search(r'name="csrf" value="([^"]+)"', client.get("/dashboard/").text)
+    assert match is not None
+    csrf = match.group(1)
+    answered = client.post(f"/dashboard/approvals/{ids[0]}/approve", data={"csrf": csrf})
+    assert answered.status_code == 409 and "already rejected by human:bob" in answered.text
+    late = client.post(f"/dashboard/approvals/{ids[1]}/approve", data={"csrf": csrf})
+    assert late.status_code == 409 and "expired" in late.text
+    unknown = client.post("/dashboard/approvals/apv-nope/approve", data={"csrf": csrf})
+    assert unknown.status_code == 404
+    assert client.post(f"/dashboard/approvals/{ids[0]}/bless", data={"csrf": csrf}).status_code == 404
+    with store.session() as s:
+        assert s.get(Approval, ids[0]).status == ApprovalStatus.REJECTED  # type: ignore[union-attr]
+    ctx.close()
