@@ -64,7 +64,7 @@ def main() -> None:
         counts = (queries.RecordRollup().total(s), len(versions))
     version_id = versions[len(versions) // 2]["id"]
     print(
-        f"store: {counts[0]:,} records, {counts[1]} versions (page sizes: SQLite file "
+        f"store: {counts[0]:,} records, {counts[1]} versions (SQLite file "
         f"{(data / 'pilot.db').stat().st_size / 1e6:.0f} MB)"
     )
     app = create_standalone_app(store, settings, DashboardServices(explain=explain), bound_host="127.0.0.1", warm=False)
