@@ -7,7 +7,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint typecheck unit bench lock clean postgres bubblewrap
+.PHONY: install demo test lint typecheck unit bench lock clean postgres bubblewrap chromium
 
 install: $(STAMP)
 
@@ -46,7 +46,14 @@ bubblewrap:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends bubblewrap; \
 	else echo "bubblewrap (bwrap) is needed by the sandbox and its tests: install bubblewrap"; exit 1; fi
 
-unit: $(STAMP) postgres bubblewrap
+# The dashboard's browser tests drive Debian's chromium through Playwright (never `playwright install`: no download).
+chromium:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
+	else echo "chromium is needed by the dashboard's browser tests (tests/dashboard): install chromium"; exit 1; fi
+
+unit: $(STAMP) postgres bubblewrap chromium
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck unit

@@ -533,6 +533,17 @@ def evaluate(run: _Run, examples: list[Example], pad_id: int) -> float:
     return total / max(1, count)
 
 
+def loss_curve(losses: list[float], *, first_step: int = 0, points: int = 200) -> list[list[float]]:
+    """[step, train loss] pairs, at most ``points`` of them (each the mean of its stretch of steps), for charts."""
+    if not losses:
+        return []
+    size = max(1, math.ceil(len(losses) / points))
+    return [
+        [first_step + min(i + size, len(losses)), round(sum(losses[i : i + size]) / len(losses[i : i + size]), 5)]
+        for i in range(0, len(losses), size)
+    ]
+
+
 def train(cfg: FinetuneConfig, *, base: Any = None, tokenizer: Any = None) -> tuple[dict[str, Any], int]:
     """Run the job; returns (metrics, exit code). ``base``/``tokenizer`` may be passed in (benchmarks)."""
     started = time.monotonic()
@@ -587,6 +598,7 @@ def train(cfg: FinetuneConfig, *, base: Any = None, tokenizer: Any = None) -> tu
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     losses: list[float] = []
+    eval_curve: list[list[float]] = []  # [step, eval loss] at every evaluation (the dashboard's loss chart)
     tokens, step, stopped_early, eval_loss = 0, start_step, False, None
     loop_started = time.monotonic()
     with StopFlag() as stop, Heartbeat(out / "heartbeat.json", cfg.heartbeat_every_s, total_steps) as hb:
@@ -616,6 +628,7 @@ def train(cfg: FinetuneConfig, *, base: Any = None, tokenizer: Any = None) -> tu
             hb.update(step, loss)
             if eval_ex is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps):
                 eval_loss = evaluate(run, eval_ex, pad_id)
+                eval_curve.append([step, round(eval_loss, 5)])
                 if eval_loss < best_eval:
                     best_eval, best_step, bad_evals = eval_loss, step, 0
                     best_weights = _trainable_snapshot(model)
@@ -655,6 +668,8 @@ def train(cfg: FinetuneConfig, *, base: Any = None, tokenizer: Any = None) -> tu
         "device": device.type if device.type != "cuda" else f"cuda:{torch.cuda.get_device_name(device)}",
         "stopped_early": stopped_early,
         "resumed_from_step": start_step if ckpt is not None else None,
+        "loss_curve": loss_curve(losses, first_step=start_step),
+        "eval_curve": eval_curve,
     }
     write_json_atomic(out / "metrics.json", metrics)
     return metrics, 0

@@ -423,6 +423,25 @@ class DeploySettings(_Section):
     )
 
 
+class DashboardSettings(_Section):
+    enabled: bool = Field(
+        True, description="The daemon serves the web dashboard at /dashboard/ on api.host:api.port (docs/dashboard.md)."
+    )
+    host: str = Field(
+        "127.0.0.1", description="Bind address of `learning-pilot dashboard` (the read-only view without the daemon)."
+    )
+    port: int = Field(8080, ge=0, le=65535, description="Port of `learning-pilot dashboard`.")
+    approvers: list[str] = Field(
+        default_factory=list,
+        description="Dashboard user ids (`learning-pilot dashboard-user create ID`) allowed to approve, reject and "
+        "resume; any signed-in user may pull the kill switch.",
+    )
+    session_hours: float = Field(12.0, gt=0, le=24 * 30, description="How long a dashboard sign-in lasts.")
+    poll_s: float = Field(
+        1.5, gt=0, le=60, description="How often an open page's live stream checks the store for a change."
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LEARNING_PILOT_",
@@ -449,6 +468,7 @@ class Settings(BaseSettings):
     knowledge: KnowledgeSettings = KnowledgeSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     deploy: DeploySettings = DeploySettings()
+    dashboard: DashboardSettings = DashboardSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -327,6 +327,7 @@ def resume(
 
 
 def _register_plugins() -> None:
+    from pilot.cli.dashboard_command import dashboard_command, dashboard_user_app  # typer only, like kb
     from pilot.cli.kb import kb_app  # light: typer only; its commands import their stack lazily
     from pilot.cli.rehearse_command import rehearse_command  # typer only; the stack loads inside the command
     from pilot.cli.tokens import tokens_app  # typer only; the store loads inside the commands
@@ -334,6 +335,8 @@ def _register_plugins() -> None:
     app.add_typer(kb_app, name="kb")
     app.add_typer(tokens_app, name="tokens")
     app.command("rehearse")(rehearse_command)
+    app.command("dashboard")(dashboard_command)
+    app.add_typer(dashboard_user_app, name="dashboard-user")
 
 
 _register_plugins()

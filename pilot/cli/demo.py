@@ -139,3 +139,8 @@ def run_demo(settings: Settings, *, reset: bool, n_records: int, console: Consol
     console.rule("learning-pilot status")
     render_status(console, build_status(settings, store))
     console.print(f"demo finished in {time.monotonic() - started:.0f} s")
+    flag = f" --config {config}" if config is not None else ""
+    console.print(
+        f"open the dashboard on the demo's store: [bold]learning-pilot{flag} dashboard --port "
+        f"{settings.dashboard.port}[/] then http://{settings.dashboard.host}:{settings.dashboard.port}/dashboard/"
+    )

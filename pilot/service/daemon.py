@@ -273,6 +273,10 @@ def serve(settings: Settings, store: Store, *, install_signals: bool = True) -> 
     stopping = threading.Event()
     hooks = SchedulerHooks(metrics=metrics, is_ready=lambda: bool(scheduler.running) and not stopping.is_set())
     app = create_app(ctx, scheduler_hooks=hooks)
+    if settings.dashboard.enabled:  # the web dashboard at /dashboard/ (docs/dashboard.md)
+        from pilot.service.api_dashboard import mount_dashboard
+
+        mount_dashboard(app, ctx, hooks)
     server = _uvicorn_server(app, settings.api.host, settings.api.port)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -29,7 +29,11 @@ def _json() -> Any:
 
 class ExecutionRecordRow(SQLModel, table=True):
     __tablename__ = "execution_record"
-    __table_args__ = (Index("ix_execution_record_domain_id", "domain", "id"),)
+    __table_args__ = (
+        Index("ix_execution_record_domain_id", "domain", "id"),
+        # covers the dashboard's per-day aggregates (records per domain, success per version) without the table
+        Index("ix_execution_record_ts_cover", "ts", "domain", "model_version", "success"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     record_id: str = Field(max_length=200, unique=True)  # the producer's idempotency key
@@ -311,3 +315,28 @@ class EvalStage(SQLModel, table=True):
     last_beat_at: datetime | None = None  # when it was first seen, by this side's clock
     ended_at: datetime | None = None
     end_reason: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class DashboardUser(SQLModel, table=True):
+    """A person who may sign in to the web dashboard (``learning-pilot dashboard-user create``). Only the token's
+    SHA-256 is stored; the token itself is shown once, when created."""
+
+    __tablename__ = "dashboard_user"
+
+    id: str = Field(primary_key=True, max_length=100)  # recorded as human:<id> on what the person does
+    token_sha256: str = Field(max_length=64, unique=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    created_by: str = Field(default="", max_length=200)
+    revoked_at: datetime | None = None
+
+
+class DashboardSession(SQLModel, table=True):
+    """A signed-in browser: the cookie holds the session token, the row its SHA-256, the CSRF token and expiry."""
+
+    __tablename__ = "dashboard_session"
+
+    id_sha256: str = Field(primary_key=True, max_length=64)
+    user_id: str = Field(foreign_key="dashboard_user.id", max_length=100, index=True)
+    csrf: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime = Field(index=True)

@@ -147,6 +147,7 @@ class EntityType(enum.StrEnum):
     API = "api"
     SLACK_ACTION = "slack_action"
     PRODUCER = "producer"  # a producer token created or revoked (entity id: the token id)
+    DASHBOARD = "dashboard"  # sign-ins, refused dashboard requests, dashboard users created or revoked
 
 
 class DecisionAction(enum.StrEnum):

@@ -51,6 +51,8 @@ def test_finetune_writes_adapter_metrics_heartbeat_and_checkpoints(
     assert metrics["eval_loss"] > 0 and metrics["train_tokens"] > 0 and metrics["tokens_per_s"] > 0
     assert metrics["resumed_from_step"] is None and metrics["stopped_early"] is False
     assert metrics["epochs"] == pytest.approx(5 * 8 / 48, abs=1e-3)
+    assert [step for step, _ in metrics["loss_curve"]] == [1, 2, 3, 4, 5]  # the dashboard's loss chart
+    assert metrics["eval_curve"] and metrics["eval_curve"][-1][0] == 5
 
     adapter = out / "adapter"
     assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "adapter_config.json").is_file()
@@ -280,3 +282,9 @@ def test_sigterm_writes_a_complete_checkpoint_and_exits_143(
     step = json.loads((ckpts[0] / "trainer_state.json").read_text())["step"]
     assert ckpts[0].name == f"step-{step}" and step >= 2
     assert (ckpts[0] / "adapter_model.safetensors").is_file() and not (out / "metrics.json").exists()
+
+
+def test_the_loss_curve_is_bounded_and_keeps_the_step_numbers() -> None:
+    curve = finetune_lora.loss_curve([float(i) for i in range(1000)], first_step=100, points=200)
+    assert len(curve) == 200 and curve[0] == [105, 2.0] and curve[-1] == [1100, 997.0]
+    assert finetune_lora.loss_curve([]) == []
