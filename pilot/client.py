@@ -9,12 +9,17 @@ Invariants:
 - Invalid records are not an error of the call: the server dead-letters them and the report lists them with
   their index in the caller's sequence (not the batch's).
 
+- Every request carries the producer's bearer token (``learning-pilot tokens create NAME --scope records:write``):
+  the ``token`` argument, else the ``LEARNING_PILOT_PRODUCER_TOKEN`` environment variable. Without one the pilot
+  answers 401, which is raised at once.
+
 This module imports only httpx and the error root, so a producer can use it without the pilot's heavy parts.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -30,6 +35,7 @@ from tools.errors import PilotError
 logger = logging.getLogger(__name__)
 
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+TOKEN_ENV = "LEARNING_PILOT_PRODUCER_TOKEN"  # read when no token is passed; not a daemon setting
 
 
 class IngestClientError(PilotError):
@@ -63,7 +69,9 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 
 class PilotClient:
-    """``PilotClient("http://127.0.0.1:8080", token=...).send(records)``; usable as a context manager."""
+    """``PilotClient("http://127.0.0.1:8765", token="lpp_...").send(records)``; usable as a context manager.
+
+    ``token=None`` reads ``LEARNING_PILOT_PRODUCER_TOKEN``."""
 
     def __init__(
         self,
@@ -78,6 +86,7 @@ class PilotClient:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         headers = {"User-Agent": "learning-pilot-client/1"}
+        token = token if token is not None else os.environ.get(TOKEN_ENV, "").strip() or None
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.Client(

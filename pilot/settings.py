@@ -306,6 +306,12 @@ class ApiSettings(_Section):
     host: str = Field("127.0.0.1", description="Bind address. Keep loopback unless behind an authenticating proxy.")
     port: int = Field(8765, ge=0, le=65535)
     kill_token: SecretStr | None = Field(None, description="Bearer token for /v1/kill and /v1/resume.")
+    refusal_event_every_s: float = Field(
+        60.0,
+        ge=0,
+        description="A refused request is always counted (learning_pilot_api_refusals_total) but written as an event "
+        "only once per route, status and reason in this window; the event says how many like it were not written.",
+    )
 
 
 class IngestSettings(_Section):

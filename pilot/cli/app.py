@@ -121,7 +121,7 @@ def ingest(ctx: typer.Context, path: Path = typer.Argument(..., help="A JSONL fi
         raise PilotError(f"{path} does not exist")
     files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
     for file in files:
-        report = ingest_file(store, file, batch_size=settings.ingest.batch_size)
+        report = ingest_file(store, file, batch_size=settings.ingest.batch_size, producer=f"cli:{getpass.getuser()}")
         typer.echo(
             f"{file}: {report.accepted} accepted, {report.duplicates} duplicates, "
             f"{report.dead_lettered} dead-lettered"
@@ -334,8 +334,10 @@ def resume(
 def _register_plugins() -> None:
     from pilot.cli.kb import kb_app  # light: typer only; its commands import their stack lazily
     from pilot.cli.rehearse_command import rehearse_command  # typer only; the stack loads inside the command
+    from pilot.cli.tokens import tokens_app  # typer only; the store loads inside the commands
 
     app.add_typer(kb_app, name="kb")
+    app.add_typer(tokens_app, name="tokens")
     app.command("rehearse")(rehearse_command)
 
 

@@ -27,6 +27,8 @@ from subagents.data.schema import ExecutionRecord, RecordError, content_hash, pa
 logger = logging.getLogger(__name__)
 
 RAW_KEEP = 4096  # bytes of an invalid line kept in the dead-letter row
+DROP_DIR_PRODUCER = "drop-dir"
+FIRST_ERRORS = 50  # (location, reason) pairs a report keeps; the rest are only counted
 
 
 @dataclass
@@ -36,12 +38,14 @@ class IngestReport:
     duplicates: int = 0
     dead_lettered: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
+    first_errors: list[tuple[str, str]] = field(default_factory=list)  # (location, reason), at most FIRST_ERRORS
 
     def merge(self, other: IngestReport) -> None:
         self.accepted += other.accepted
         self.duplicates += other.duplicates
         self.dead_lettered += other.dead_lettered
         self.reasons.update(other.reasons)
+        self.first_errors.extend(other.first_errors[: max(FIRST_ERRORS - len(self.first_errors), 0)])
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,7 +57,7 @@ class IngestReport:
         }
 
 
-def _row(record: ExecutionRecord, source: str, now: Any) -> dict[str, Any]:
+def _row(record: ExecutionRecord, source: str, producer: str | None, now: Any) -> dict[str, Any]:
     return {
         "record_id": record.record_id,
         "content_hash": content_hash(record),
@@ -64,6 +68,7 @@ def _row(record: ExecutionRecord, source: str, now: Any) -> dict[str, Any]:
         "ts": record.timestamp,
         "ingested_at": now,
         "source": source[:500],
+        "producer": producer[:100] if producer else None,
         "payload": record.model_dump_json(),
     }
 
@@ -74,8 +79,11 @@ def _raw_text(line: bytes | str) -> str:
     return line[:RAW_KEEP].encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def store_batch(store: Store, items: list[tuple[str, bytes | str]], *, source: str) -> IngestReport:
-    """Validate, hash and store one batch of ``(location, line)``; one transaction."""
+def store_batch(
+    store: Store, items: list[tuple[str, bytes | str]], *, source: str, producer: str | None = None
+) -> IngestReport:
+    """Validate, hash and store one batch of ``(location, line)`` sent by ``producer``; one transaction, taken only
+    after the batch is validated (keep batches to ``ingest.batch_size`` so the write lock is held briefly)."""
     report = IngestReport(source)
     now = utcnow()
     rows: dict[str, dict[str, Any]] = {}
@@ -86,11 +94,13 @@ def store_batch(store: Store, items: list[tuple[str, bytes | str]], *, source: s
         except RecordError as exc:
             dead.append({"source": source[:500], "location": location, "reason": exc.reason, "raw": _raw_text(line)})
             report.reasons[exc.reason.split(":", 1)[0]] += 1
+            if len(report.first_errors) < FIRST_ERRORS:
+                report.first_errors.append((location, exc.reason))
             continue
         if record.record_id in rows:
             report.duplicates += 1
             continue
-        rows[record.record_id] = _row(record, source, now)
+        rows[record.record_id] = _row(record, source, producer, now)
     with store.session(write=True) as session:
         if rows:
             table = ExecutionRecordRow.__table__  # type: ignore[attr-defined]
@@ -118,26 +128,38 @@ def _batches(lines: Iterable[tuple[str, bytes | str]], size: int) -> Iterator[li
         yield batch
 
 
-def ingest_lines(store: Store, lines: Iterable[bytes | str], *, source: str, batch_size: int = 5000) -> IngestReport:
+def ingest_lines(
+    store: Store,
+    lines: Iterable[bytes | str],
+    *,
+    source: str,
+    producer: str | None = None,
+    batch_size: int = 5000,
+) -> IngestReport:
+    """Store ``lines`` in batches of ``batch_size``, each its own transaction (blank lines are skipped)."""
     numbered = ((str(n), line) for n, line in enumerate(lines, 1) if line.strip())
     report = IngestReport(source)
     for batch in _batches(numbered, batch_size):
-        report.merge(store_batch(store, batch, source=source))
+        report.merge(store_batch(store, batch, source=source, producer=producer))
     return report
 
 
-def ingest_file(store: Store, path: Path, *, batch_size: int = 5000) -> IngestReport:
+def ingest_file(store: Store, path: Path, *, batch_size: int = 5000, producer: str | None = None) -> IngestReport:
     with path.open("rb") as fh:
-        return ingest_lines(store, (line.rstrip(b"\r\n") for line in fh), source=str(path), batch_size=batch_size)
+        lines = (line.rstrip(b"\r\n") for line in fh)
+        return ingest_lines(store, lines, source=str(path), producer=producer, batch_size=batch_size)
 
 
 def ingest_drop_dir(store: Store, drop_dir: Path, *, batch_size: int = 5000) -> list[IngestReport]:
-    """Ingest every ``*.jsonl`` in ``drop_dir``; move each to processed/ or failed/ (with a reason file)."""
+    """Ingest every ``*.jsonl`` in ``drop_dir``; move each to processed/ or failed/ (with a reason file).
+
+    The drop directory's credential is the file system: whoever may write into it (the daemon's user and the
+    group the operator grants) is a producer, recorded as ``DROP_DIR_PRODUCER``. Keep it mode 0770 or tighter."""
     reports = []
     processed, failed = drop_dir / "processed", drop_dir / "failed"
     for path in sorted(drop_dir.glob("*.jsonl")):
         try:
-            report = ingest_file(store, path, batch_size=batch_size)
+            report = ingest_file(store, path, batch_size=batch_size, producer=DROP_DIR_PRODUCER)
         except OSError as exc:
             failed.mkdir(parents=True, exist_ok=True)
             (failed / f"{path.name}.reason").write_text(f"could not read: {exc}\n")

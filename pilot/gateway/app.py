@@ -34,7 +34,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from pilot.gateway.auth import FEEDBACK_WRITE, LIVE_WRITE, Refused, producer_identity, raw_token
+from pilot.gateway.auth import FEEDBACK_WRITE, LIVE_WRITE, ProducerCheck, Refused, raw_token
 from pilot.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from pilot.gateway.routing import RouteCache
 from pilot.gateway.spool import Spool
@@ -168,15 +168,17 @@ def create_app(gw: Gateway) -> Starlette:
     upstream = gw.settings.upstream_url.rstrip("/")
     logical = gw.settings.model_name
 
-    def producer(request: Request, scope: str) -> str:
+    check = ProducerCheck(gw.store, required=gw.settings.producer_auth)
+
+    async def producer(request: Request, scope: str) -> str:
         token = raw_token(request.headers, bearer_is_producer=gw.settings.upstream_api_key is not None)
-        return producer_identity(gw.store, token, scope, required=gw.settings.producer_auth)
+        return await check.identity(token, scope)
 
     async def proxy(request: Request, endpoint: str, path: str) -> Response:
         request_id = f"req-{uuid.uuid4().hex}"
         base_headers = {"x-request-id": request_id}
         try:
-            who = producer(request, LIVE_WRITE) if gw.settings.producer_auth else "anonymous"
+            who = await producer(request, LIVE_WRITE)
         except Refused as exc:
             gw.metrics.refused.labels(str(exc.status)).inc()
             response = openai_error(exc.status, exc.reason, "invalid_producer_token", "authentication_error")
@@ -260,7 +262,7 @@ def create_app(gw: Gateway) -> Starlette:
 
     async def feedback(request: Request) -> Response:
         try:
-            who = producer(request, FEEDBACK_WRITE)
+            who = await producer(request, FEEDBACK_WRITE)
         except Refused as exc:
             return openai_error(exc.status, exc.reason, "invalid_producer_token", "authentication_error")
         raw = await _read_body(request, 1 << 20)

@@ -3,11 +3,15 @@
 Routes: ``GET /healthz`` (the process answers), ``GET /readyz`` (store reachable and migrated, scheduler up),
 ``GET /metrics`` (Prometheus text, the daemon's own registry), ``POST /v1/kill`` and ``POST /v1/resume``
 (bearer ``api.kill_token``, compared in constant time), ``POST /slack/actions`` (Slack interactivity, see
-pilot/service/slack_actions.py), ``POST /v1/records`` (batch ingest, answered only after the commit).
+pilot/service/slack_actions.py), ``POST /v1/records`` (batch ingest by producers holding a token, see
+pilot/service/api_records.py).
 
-Invariants: a refused kill/resume (no token configured, missing or wrong token) answers 401/403, writes an
-``api`` event, and changes nothing. Blocking work (store, provider, Slack) runs in the thread pool, never on the
-event loop, so ``/healthz`` and ``/metrics`` answer while a kill is destroying instances.
+Invariants: every state-changing route needs a credential (the kill token, a Slack signature, a producer
+token); a refused request answers 401/403, changes nothing, counts in ``learning_pilot_api_refusals_total`` and
+writes a sampled ``api`` event (pilot/service/api_guard.py). Every body is bounded before it is read: over its
+route's limit (``MAX_*_BODY``) by ``Content-Length`` it is refused unread, otherwise read as a counted stream.
+Blocking work (store, provider, Slack) runs in the thread pool, never on the event loop, so ``/healthz`` and
+``/metrics`` answer while a kill is destroying instances.
 """
 
 from __future__ import annotations
@@ -25,14 +29,15 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from pilot.context import PilotContext
+from pilot.service.api_guard import BodyTooLarge, RefusalLog, read_body
+from pilot.service.api_records import bearer as _bearer
 from pilot.service.metrics import CONTENT_TYPE, PilotMetrics
-from pilot.store.status import EntityType
-from pilot.store.writers import record_event
 
 logger = logging.getLogger(__name__)
 
 MAX_RECORDS_BODY = 16 * 1024 * 1024
 MAX_KILL_BODY = 64 * 1024
+MAX_SLACK_BODY = 8 * 1024  # an interactivity click with our approval message is about 3 KB
 
 
 @dataclass
@@ -43,12 +48,6 @@ class SchedulerHooks:
     is_ready: Callable[[], bool] | None = None
     on_kill: Callable[[], None] | None = None
     on_resume: Callable[[], None] | None = None
-
-
-def _bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
 def create_app(ctx: PilotContext, *, scheduler_hooks: SchedulerHooks | None = None) -> FastAPI:
@@ -65,18 +64,12 @@ def create_app(ctx: PilotContext, *, scheduler_hooks: SchedulerHooks | None = No
 
         app.include_router(api_kb.router)
 
+    refusals = RefusalLog(ctx.store, metrics.api_refusals, every_s=ctx.settings.api.refusal_event_every_s)
+    app.state.refusals = refusals
+
     def refuse(route: str, code: int, why: str, request: Request) -> JSONResponse:
         client = request.client.host if request.client else "?"
-        logger.warning("Refused %s from %s: %s", route, client, why)
-        with ctx.store.session(write=True) as session:
-            record_event(
-                session,
-                entity_type=EntityType.API,
-                entity_id=route,
-                actor=f"remote:{client}",
-                reason=f"refused: {why}",
-                data={"status_code": code},
-            )
+        refusals.record(route, code, why, client=client)
         return JSONResponse({"error": why}, status_code=code)
 
     def authorised(route: str, request: Request) -> JSONResponse | None:
@@ -92,9 +85,10 @@ def create_app(ctx: PilotContext, *, scheduler_hooks: SchedulerHooks | None = No
         return None
 
     async def json_body(request: Request, limit: int) -> dict[str, Any]:
-        raw = await request.body()
-        if not raw or len(raw) > limit:
-            return {}
+        try:
+            raw = await read_body(request, limit)
+        except BodyTooLarge:
+            return {}  # the token was right; an oversized note only loses the reason and the name
         try:
             data = json.loads(raw)
         except ValueError:
@@ -166,13 +160,16 @@ def create_app(ctx: PilotContext, *, scheduler_hooks: SchedulerHooks | None = No
     async def slack_actions(request: Request) -> Response:
         from pilot.service.slack_actions import handle_action
 
-        body = await request.body()
-        result = await run_in_threadpool(handle_action, ctx, body, dict(request.headers))
+        try:
+            body = await read_body(request, MAX_SLACK_BODY)
+        except BodyTooLarge:
+            return await run_in_threadpool(refuse, "/slack/actions", 413, f"body over {MAX_SLACK_BODY} bytes", request)
+        result = await run_in_threadpool(handle_action, ctx, body, dict(request.headers), refusals=refusals)
         if result.accepted:
             return Response(status_code=200)  # Slack wants an empty 200 within 3 s; the message is updated apart
         return JSONResponse({"error": result.message}, status_code=result.status_code)
 
     from pilot.service.api_records import add_record_routes
 
-    add_record_routes(app, ctx, max_body=MAX_RECORDS_BODY)
+    add_record_routes(app, ctx, max_body=MAX_RECORDS_BODY, refusals=refusals)
     return app

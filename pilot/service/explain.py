@@ -1,18 +1,20 @@
 """``learning-pilot explain VERSION``: the chain from records to a promotion, read from the store.
 
-records -> snapshot (hash, counts, what was dropped/scrubbed) -> decision (why) -> approval (who) -> run (offer,
-price, cost) -> adapter (sha256) -> evaluation (gate report) -> promotion history (who, when, why).
+records -> snapshot (hash, counts, what was dropped/scrubbed, which producers sent the records it saw) -> decision
+(why) -> approval (who) -> run (offer, price, cost) -> adapter (sha256) -> evaluation (gate report) -> promotion
+history (who, when, why).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import func
 from sqlmodel import col, select
 
 from pilot.serving.registry import get_version
 from pilot.store import Store
-from pilot.store.models import AliasHistory, Approval, DatasetSnapshot, Decision, Event, TrainingRun
+from pilot.store.models import AliasHistory, Approval, DatasetSnapshot, Decision, Event, ExecutionRecordRow, TrainingRun
 
 
 def _iso(value: Any) -> str | None:
@@ -37,6 +39,14 @@ def explain(store: Store, version_id: str) -> dict[str, Any]:
             .order_by(col(Event.id))
         ).all()
         manifest = snapshot.manifest if snapshot else {}
+        producers: dict[str, int] = {}
+        if snapshot is not None:
+            rows = s.exec(
+                select(ExecutionRecordRow.producer, func.count())
+                .where(col(ExecutionRecordRow.id) <= snapshot.max_record_pk)
+                .group_by(col(ExecutionRecordRow.producer))
+            ).all()
+            producers = {name or "unknown (before producer tokens)": int(n) for name, n in rows}
         return {
             "version": {"id": version.id, "status": version.status, "base_model": version.base_model},
             "records": manifest.get("source"),
@@ -47,6 +57,7 @@ def explain(store: Store, version_id: str) -> dict[str, Any]:
                 "dropped": manifest.get("dropped"),
                 "scrubbed": manifest.get("scrubbed"),
                 "quarantined": len(manifest.get("quarantined") or []),
+                "producers": producers,  # who sent the records the snapshot saw, and how many each
             }
             if snapshot
             else None,

@@ -53,6 +53,7 @@ METRIC_NAMES = frozenset(
         "learning_pilot_paused",
         "learning_pilot_leader",
         "learning_pilot_scrape_errors_total",
+        "learning_pilot_api_refusals_total",
     }
 )
 
@@ -172,6 +173,15 @@ class PilotMetrics:
             "and the gate asks a human); see the daemon's log for the reason",
             registry=self.registry,
         )
+        self.api_refusals = Counter(
+            "learning_pilot_api_refusals",
+            "Requests the HTTP API refused (no or wrong credential, over the size limit...), by route and status; "
+            "only a sample of them is written as events",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        for route, status in (("/v1/records", "401"), ("/v1/records", "413"), ("/v1/kill", "401")):
+            self.api_refusals.labels(route, status)  # exposed at 0 from the start, so rate() alerts work
         self.scrape_errors = Counter(
             "learning_pilot_scrape_errors", "Scrapes that could not read the store", registry=self.registry
         )

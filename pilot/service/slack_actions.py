@@ -1,7 +1,9 @@
 """Slack interactivity: an Approve / Reject click becomes ``pilot.supervisor.approvals.answer`` — or is refused.
 
-Checks, in order; the first that fails answers 401/403/409, writes a ``slack_action`` event naming why, and
-changes nothing else:
+The body is at most a few KB (the API refuses a larger one, 413, before reading it, pilot/service/api.py) and
+is parsed only after its signature is verified. Checks, in order; the first that fails answers 401/403/409,
+writes a ``slack_action`` event naming why (sampled for the unsigned ones, 1-4, which anyone can send: counted
+in ``learning_pilot_api_refusals_total``, pilot/service/api_guard.py), and changes nothing else:
 
 1. Slack is configured with a signing secret (else 403: the endpoint is off);
 2. the timestamp is within 5 minutes of now (401: stale, a replay window closed);
@@ -39,6 +41,7 @@ from sqlmodel import col
 
 from pilot.context import PilotContext
 from pilot.errors import ConflictError, NotFound
+from pilot.service.api_guard import RefusalLog
 from pilot.store.models import Approval, PilotState, utcnow
 from pilot.store.status import ApprovalStatus, EntityType
 from pilot.store.writers import record_event
@@ -123,25 +126,46 @@ def _shown_ceiling(payload: Mapping[str, Any]) -> float | None:
 
 
 def handle_action(
-    ctx: PilotContext, body: bytes, headers: Mapping[str, str], *, now: float | None = None
+    ctx: PilotContext,
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    now: float | None = None,
+    refusals: RefusalLog | None = None,
 ) -> ActionResult:
     """Verify and carry out one interactivity request (the raw body, as Slack signed it)."""
     now = time.time() if now is None else now
     slack = ctx.settings.slack
+    if refusals is None:
+        refusals = RefusalLog(ctx.store, None, every_s=0.0)
+
+    def unsigned(code: int, why: str) -> ActionResult:
+        logger.warning("Refused an unsigned Slack action (%s): %s", code, why)
+        refusals.record(
+            "/slack/actions",
+            code,
+            why,
+            client="slack?",
+            actor="anonymous",
+            entity_type=EntityType.SLACK_ACTION,
+            entity_id="unknown",
+        )
+        return ActionResult(code, why)
+
     if slack.signing_secret is None or not slack.signing_secret.get_secret_value():
-        return _refuse(ctx, 403, "Slack interactivity is not configured (no signing secret)")
+        return unsigned(403, "Slack interactivity is not configured (no signing secret)")
     lower = {k.lower(): v for k, v in headers.items()}
     timestamp = lower.get("x-slack-request-timestamp", "")
     signature = lower.get("x-slack-signature", "")
     if not timestamp.isdigit() or not signature:
-        return _refuse(ctx, 401, "missing Slack signature headers")
+        return unsigned(401, "missing Slack signature headers")
     if abs(now - int(timestamp)) > WINDOW_S:
-        return _refuse(ctx, 401, f"stale timestamp ({int(now - int(timestamp))} s old; the window is {WINDOW_S} s)")
+        return unsigned(401, f"stale timestamp (the window is {WINDOW_S} s)")
     verifier = SignatureVerifier(slack.signing_secret.get_secret_value(), clock=_Clock(now))  # type: ignore[arg-type]
     if not verifier.is_valid(body=body, timestamp=timestamp, signature=signature):
-        return _refuse(ctx, 401, "invalid signature")
+        return unsigned(401, "invalid signature")
     if not _remember(ctx, timestamp, signature, now):
-        return _refuse(ctx, 401, "replayed request (this signature was already used)")
+        return unsigned(401, "replayed request (this signature was already used)")
     payload = _payload(body)
     if payload is None or payload.get("type") != "block_actions" or not payload.get("actions"):
         return _refuse(ctx, 400, "not a block_actions payload")

@@ -41,7 +41,25 @@ class ExecutionRecordRow(SQLModel, table=True):
     ts: datetime = Field(index=True)
     ingested_at: datetime = Field(default_factory=utcnow)
     source: str = Field(default="", max_length=500)
+    producer: str | None = Field(default=None, max_length=100, index=True)  # who sent it (token name, drop-dir, cli)
     payload: str = Field(sa_column=Column(Text, nullable=False))  # the validated record as JSON
+
+
+class ProducerToken(SQLModel, table=True):
+    """A producer's credential for the ingest endpoints (``pilot/data/producers.py`` is the only writer).
+
+    Only the sha256 of the token is stored; ``prefix`` (the first characters of the raw token) lets an operator
+    match a token to its row without the secret. ``scopes`` is a comma-separated list (``records:write``...)."""
+
+    __tablename__ = "producer_token"
+
+    id: str = Field(primary_key=True, max_length=40)
+    name: str = Field(max_length=100, index=True)
+    token_hash: str = Field(max_length=64, unique=True)
+    prefix: str = Field(max_length=20)
+    scopes: str = Field(max_length=200)
+    created_at: datetime = Field(default_factory=utcnow)
+    revoked_at: datetime | None = None
 
 
 class DeadLetter(SQLModel, table=True):

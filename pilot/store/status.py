@@ -146,6 +146,7 @@ class EntityType(enum.StrEnum):
     CANARY = "canary"
     API = "api"
     SLACK_ACTION = "slack_action"
+    PRODUCER = "producer"  # a producer token created or revoked (entity id: the token id)
     GATEWAY_CALL = "gateway_call"  # feedback on a proxied call (entity id: the request id)
 
 

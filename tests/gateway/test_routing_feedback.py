@@ -159,3 +159,33 @@ def test_expired_calls_stay_unlabelled_and_refuse_feedback(make_rig) -> None:
     with rig.store.session() as s:
         assert s.get(GatewayCall, rid).status == CallStatus.UNLABELLED
         assert s.exec(select(ExecutionRecordRow)).all() == []  # never training data
+
+
+def test_producer_tokens_guard_calls_and_feedback(make_rig) -> None:
+    from pilot.data.producers import create_token, revoke_token
+
+    rig = make_rig(producer_auth=True)
+    _, live = create_token(rig.store, "agent-prod", scopes=["live:write", "feedback:write"])
+    _, records_only = create_token(rig.store, "etl", scopes=["records:write"])
+    c = openai.OpenAI(base_url=rig.url, api_key="sk-product", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):  # no token
+        c.chat.completions.create(model="agent", messages=MESSAGES)
+    with pytest.raises(openai.PermissionDeniedError):  # a token without live:write
+        c.chat.completions.create(model="agent", messages=MESSAGES, extra_headers={"X-Producer-Token": records_only})
+    raw = c.chat.completions.with_raw_response.create(
+        model="agent", messages=MESSAGES, extra_headers={"X-Producer-Token": live}
+    )
+    rid = raw.headers["x-request-id"]
+    assert rig.upstream.requests[-1][2]["authorization"] == "Bearer sk-product"  # the product's key, untouched
+    assert "x-producer-token" not in rig.upstream.requests[-1][2]  # the producer token never goes upstream
+    refused = httpx.post(f"{rig.root}/v1/feedback", json={"request_id": rid, "success": True}, timeout=10)
+    assert refused.status_code == 401
+    with PilotClient(rig.root, token=None) as pilot:
+        pilot._http.headers["X-Producer-Token"] = live
+        assert pilot.feedback(request_id=rid, success=True)["record_id"] == f"gw-{rid}"
+    with rig.store.session() as s:
+        assert s.get(GatewayCall, rid).producer == "producer:agent-prod"
+    revoke_token(rig.store, "agent-prod")
+    time.sleep(5.1)  # the verdict cache (pilot/gateway/auth.py CACHE_S)
+    with pytest.raises(openai.AuthenticationError):
+        c.chat.completions.create(model="agent", messages=MESSAGES, extra_headers={"X-Producer-Token": live})

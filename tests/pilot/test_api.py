@@ -12,6 +12,7 @@ from sqlalchemy import func
 from sqlmodel import select
 
 from pilot.context import PilotContext, build_context
+from pilot.data.producers import RECORDS_WRITE, create_token
 from pilot.service.api import create_app
 from pilot.settings import Settings
 from pilot.store import Store
@@ -114,18 +115,24 @@ def _count(store: Store, table: type) -> int:
         return int(session.exec(select(func.count()).select_from(table)).one())
 
 
+def _producer(ctx: PilotContext) -> dict[str, str]:
+    return {"authorization": f"Bearer {create_token(ctx.store, 'test-producer', [RECORDS_WRITE])[1]}"}
+
+
 def test_records_batch_is_idempotent_and_reports_each_bad_line(client: TestClient, ctx: PilotContext) -> None:
+    auth = _producer(ctx)
     good = [factories.record_line(record_id=f"rec-{n}") for n in range(3)]
     body = "\n".join([good[0], "{broken", good[1], json.dumps(factories.record(success="yes")), good[2]])
-    first = client.post("/v1/records", content=body, headers={"content-type": "application/x-ndjson"}).json()
+    first = client.post("/v1/records", content=body, headers={"content-type": "application/x-ndjson", **auth}).json()
     assert (first["received"], first["accepted"], first["duplicates"], first["dead_lettered"]) == (5, 3, 0, 2)
     assert [r["line"] for r in first["rejected"]] == [2, 4]
     assert "success" in first["rejected"][1]["reason"]
     assert _count(ctx.store, ExecutionRecordRow) == 3  # committed before the answer
-    again = client.post("/v1/records", json={"records": [json.loads(g) for g in good]}).json()
+    again = client.post("/v1/records", json={"records": [json.loads(g) for g in good]}, headers=auth).json()
     assert (again["accepted"], again["duplicates"]) == (0, 3)
     assert _count(ctx.store, ExecutionRecordRow) == 3 and _count(ctx.store, DeadLetter) == 2
 
 
-def test_records_refuses_a_malformed_json_body(client: TestClient) -> None:
-    assert client.post("/v1/records", content=b"[1,2]", headers={"content-type": "application/json"}).status_code == 400
+def test_records_refuses_a_malformed_json_body(client: TestClient, ctx: PilotContext) -> None:
+    headers = {"content-type": "application/json", **_producer(ctx)}
+    assert client.post("/v1/records", content=b"[1,2]", headers=headers).status_code == 400
