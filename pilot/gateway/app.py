@@ -1,4 +1,4 @@
-"""The gateway's HTTP surface: an OpenAI-compatible proxy that records every call (Starlette, one httpx client).
+"""The gateway's HTTP surface: an OpenAI-compatible proxy that records every call (Starlette, one aiohttp pool).
 
 Routes: ``POST /v1/chat/completions`` and ``POST /v1/completions`` (streamed SSE or not), ``GET /v1/models``,
 ``POST /v1/feedback``, ``GET /healthz``, ``GET /metrics``.
@@ -18,6 +18,7 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -26,8 +27,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
-import httpx
+import aiohttp
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
@@ -68,7 +68,7 @@ class Gateway:
     store: Store
     routes: RouteCache
     spool: Spool
-    client: httpx.AsyncClient
+    client: aiohttp.ClientSession | None  # made on the serving loop (pilot/gateway/server.py)
     metrics: GatewayMetrics
     on_feedback: Callable[[dict[str, Any], str], dict[str, Any]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -100,7 +100,7 @@ class _Call:
             "x-pilot-model": self.model,
         }
 
-    def unreachable(self, gw: Gateway, exc: httpx.HTTPError, *, streamed: bool) -> Response:
+    def unreachable(self, gw: Gateway, exc: BaseException, *, streamed: bool) -> Response:
         """The upstream could not be reached or did not answer: a 502/504 of our own, recorded as failed."""
         status, code, message = _transport_error(exc)
         self.record(gw, status=status, outcome=code.removeprefix("upstream_"), response="", streamed=streamed)
@@ -156,10 +156,13 @@ def _upstream_headers(gw: Gateway, request: Request) -> dict[str, str]:
     return headers
 
 
-def _transport_error(exc: httpx.HTTPError) -> tuple[int, str, str]:
-    if isinstance(exc, httpx.TimeoutException):
+UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
+
+
+def _transport_error(exc: BaseException) -> tuple[int, str, str]:
+    if isinstance(exc, asyncio.TimeoutError):  # aiohttp's connect and read timeouts are TimeoutErrors too
         return 504, "upstream_timeout", f"the upstream did not answer in time ({type(exc).__name__})"
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, aiohttp.ClientConnectorError):
         return 502, "upstream_unreachable", f"the upstream is unreachable: {exc}"
     return 502, "upstream_broken", f"the upstream connection failed: {type(exc).__name__}: {exc}"
 
@@ -214,12 +217,14 @@ def create_app(gw: Gateway) -> Starlette:
         content = json.dumps(body).encode()
         if body.get("stream") is True:
             return await _stream(gw, call, f"{upstream}{path}", headers, content)
+        assert gw.client is not None
         try:
-            answer = await gw.client.post(f"{upstream}{path}", content=content, headers=headers)
-        except httpx.HTTPError as exc:
+            async with gw.client.post(f"{upstream}{path}", data=content, headers=headers) as answer:
+                data = await answer.read()
+                status, answer_headers = answer.status, answer.headers
+        except UPSTREAM_ERRORS as exc:
             return call.unreachable(gw, exc, streamed=False)
-        data = answer.content
-        if answer.status_code == 200:
+        if status == 200:
             try:
                 json.loads(data)
             except ValueError:
@@ -228,13 +233,13 @@ def create_app(gw: Gateway) -> Starlette:
                 response = openai_error(502, message, "upstream_broken", "upstream_error")
                 response.headers.update(call.headers())
                 return response
-        outcome = "ok" if answer.status_code == 200 else "upstream_error"
+        outcome = "ok" if status == 200 else "upstream_error"
         text = data[:MAX_RECORDED_RESPONSE].decode("utf-8", "replace")
-        call.record(gw, status=answer.status_code, outcome=outcome, response=text, streamed=False)
-        out_headers = {k: v for k in _PASS_BACK if (v := answer.headers.get(k))}
-        if answer.headers.get("x-request-id"):
-            out_headers["x-upstream-request-id"] = answer.headers["x-request-id"]
-        return Response(data, answer.status_code, headers={**out_headers, **call.headers()})
+        call.record(gw, status=status, outcome=outcome, response=text, streamed=False)
+        out_headers = {k: v for k in _PASS_BACK if (v := answer_headers.get(k))}
+        if answer_headers.get("x-request-id"):
+            out_headers["x-upstream-request-id"] = answer_headers["x-request-id"]
+        return Response(data, status, headers={**out_headers, **call.headers()})
 
     async def chat(request: Request) -> Response:
         return await proxy(request, "chat", "/chat/completions")
@@ -243,15 +248,17 @@ def create_app(gw: Gateway) -> Starlette:
         return await proxy(request, "completions", "/completions")
 
     async def models(request: Request) -> Response:
+        assert gw.client is not None
         try:
-            answer = await gw.client.get(f"{upstream}/models", headers=_upstream_headers(gw, request))
-        except httpx.HTTPError as exc:
+            async with gw.client.get(f"{upstream}/models", headers=_upstream_headers(gw, request)) as answer:
+                body, status = await answer.read(), answer.status
+        except UPSTREAM_ERRORS as exc:
             status, code, message = _transport_error(exc)
             return openai_error(status, message, code, "upstream_error")
-        if answer.status_code != 200:
-            return Response(answer.content, answer.status_code, media_type="application/json")
+        if status != 200:
+            return Response(body, status, media_type="application/json")
         try:
-            listing = answer.json()
+            listing = json.loads(body)
             data = list(listing.get("data") or [])
         except (ValueError, AttributeError):
             return openai_error(502, "the upstream's model list is not JSON", "upstream_broken", "upstream_error")
@@ -297,27 +304,27 @@ def create_app(gw: Gateway) -> Starlette:
 
 
 async def _stream(gw: Gateway, call: _Call, url: str, headers: dict[str, str], content: bytes) -> Response:
+    assert gw.client is not None
     try:
-        upstream = await gw.client.send(gw.client.build_request("POST", url, content=content, headers=headers),
-                                        stream=True)  # fmt: skip
-    except httpx.HTTPError as exc:
+        upstream = await gw.client.post(url, data=content, headers=headers)
+    except UPSTREAM_ERRORS as exc:
         return call.unreachable(gw, exc, streamed=True)
-    if upstream.status_code != 200:
+    if upstream.status != 200:
         try:
-            data = await upstream.aread()
-        except httpx.HTTPError:
+            data = await upstream.read()
+        except UPSTREAM_ERRORS:
             data = b""
         finally:
-            await upstream.aclose()
-        call.record(gw, status=upstream.status_code, outcome="upstream_error",
+            upstream.release()
+        call.record(gw, status=upstream.status, outcome="upstream_error",
                     response=data[:MAX_RECORDED_RESPONSE].decode("utf-8", "replace"), streamed=True)  # fmt: skip
-        return Response(data, upstream.status_code, headers={"content-type": "application/json", **call.headers()})
+        return Response(data, upstream.status, headers={"content-type": "application/json", **call.headers()})
 
     async def relay() -> AsyncIterator[bytes]:
         kept: list[bytes] = []
         size, tail, ttft, outcome = 0, b"", None, "cut"
         try:
-            async for chunk in upstream.aiter_raw():
+            async for chunk in upstream.content.iter_any():
                 if ttft is None:
                     ttft = (time.perf_counter() - call.started) * 1000
                 if size < MAX_RECORDED_RESPONSE:
@@ -329,18 +336,20 @@ async def _stream(gw: Gateway, call: _Call, url: str, headers: dict[str, str], c
                 outcome = "ok"
             else:
                 yield _sse_error("the upstream stream ended before [DONE]", "upstream_cut")
-        except httpx.TimeoutException:
+        except TimeoutError:
             outcome = "timeout"
             yield _sse_error("the upstream stream stalled past the read timeout", "upstream_timeout")
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             outcome = "cut"
             yield _sse_error(f"the upstream stream broke off: {type(exc).__name__}", "upstream_cut")
         except BaseException:  # cancelled: the client left
             outcome = "client_gone"
             raise
         finally:
-            with anyio.CancelScope(shield=True):
-                await upstream.aclose()  # closes the upstream connection mid-stream: the upstream request ends
+            if outcome == "ok":
+                upstream.release()  # read to the end: the connection goes back to the pool
+            else:
+                upstream.close()  # closes the upstream connection mid-stream: the upstream request ends
             text = b"".join(kept).decode("utf-8", "replace")
             call.record(gw, status=200, outcome=outcome, response=text, streamed=True, ttft_ms=ttft)
 

@@ -189,6 +189,8 @@ def ingest_segments(spool: Spool, store: Store, clean: ScrubCache, counters: Ing
             segment = segments.pop(0)
             try:
                 calls = spool.read(segment)
+            except FileNotFoundError:
+                continue  # another ingester stored and deleted it
             except (OSError, ValueError) as exc:
                 logger.warning("Spool segment %s unreadable, skipped: %s", segment, exc)
                 counters.bad += 1

@@ -15,6 +15,7 @@ Invariants:
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -40,7 +41,13 @@ class SpoolCounters:
 
 class Spool:
     def __init__(
-        self, directory: Path, *, fsync_interval_s: float = 0.2, max_bytes: int = 512 << 20, max_pending: int = 200_000
+        self,
+        directory: Path,
+        *,
+        fsync_interval_s: float = 0.2,
+        max_bytes: int = 512 << 20,
+        max_pending: int = 200_000,
+        recover: bool = True,
     ) -> None:
         self.directory = directory
         self.fsync_interval_s = fsync_interval_s
@@ -56,7 +63,8 @@ class Spool:
         self._thread: threading.Thread | None = None
         directory.mkdir(parents=True, exist_ok=True)
         os.chmod(directory, 0o700)
-        self._recover()
+        if recover:  # the gateway's own spool; its ingester process only reads complete segments
+            self._recover()
 
     # -- the hot path -----------------------------------------------------------------------------------------
     def append(self, call: dict[str, Any]) -> bool:
@@ -89,7 +97,8 @@ class Spool:
 
     def _run(self) -> None:
         while not self._stop.wait(self.fsync_interval_s):
-            self.flush()
+            if not self.flush():
+                self._bytes = self._measure()  # nothing written (maybe all dropped): see what the ingester freed
 
     def flush(self) -> int:
         """Write and fsync one segment of everything waiting; returns how many calls it holds."""
@@ -116,8 +125,8 @@ class Spool:
                 self.counters.dropped_error += len(calls)
                 logger.warning("Spool write to %s failed; %d calls not recorded: %s", self.directory, len(calls), exc)
                 return 0
-            self._bytes += len(data)
             self.counters.spooled += len(calls)
+        self._bytes = self._measure()  # the ingester (another process) deletes what it stored
         with self._flushed:
             self._flushed.notify_all()
         return len(calls)
@@ -125,6 +134,14 @@ class Spool:
     def wait_flushed(self, timeout: float) -> None:
         with self._flushed:
             self._flushed.wait(timeout)
+
+    def _measure(self) -> int:
+        total = 0
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                with contextlib.suppress(FileNotFoundError):  # ingested and deleted meanwhile
+                    total += entry.stat().st_size
+        return total
 
     def _fsync_dir(self) -> None:
         fd = os.open(self.directory, os.O_RDONLY)
@@ -149,13 +166,8 @@ class Spool:
 
     def done(self, segment: Path) -> None:
         """The segment's calls are in the store: delete it."""
-        try:
-            size = segment.stat().st_size
+        with contextlib.suppress(FileNotFoundError):  # another ingester (a clean stop, a restart) took it first
             segment.unlink()
-        except FileNotFoundError:
-            return  # another gateway sharing the directory took it
-        with self._lock:
-            self._bytes = max(0, self._bytes - size)
 
     def _recover(self) -> None:
         for tmp in sorted(self.directory.glob("*.tmp")):
@@ -185,7 +197,7 @@ class Spool:
             os.chmod(segment, 0o600)
             with segment.open("rb") as fh:
                 self.counters.recovered += sum(1 for _ in fh)
-            self._bytes += segment.stat().st_size
+        self._bytes = self._measure()
         if self.counters.recovered or self.counters.torn:
             logger.warning(
                 "Spool %s: recovered %d calls left by an earlier gateway process; %d torn lines discarded. A process "

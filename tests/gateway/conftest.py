@@ -29,8 +29,7 @@ class Rig:
 
     def drain(self) -> None:
         """Everything the gateway answered is in the store."""
-        self.runtime.spool.flush()
-        self.runtime.ingest_now()
+        self.runtime.drain()
 
 
 @pytest.fixture

@@ -29,6 +29,11 @@ def count(store: Store) -> int:
         return int(s.exec(select(func.count()).select_from(GatewayCall)).one())
 
 
+def metric(rig, name: str) -> float:
+    text = httpx.get(f"{rig.root}/metrics").text
+    return next(float(line.split()[1]) for line in text.splitlines() if line.startswith(f"{name} "))
+
+
 def test_store_outage_keeps_calls_in_the_spool_then_ingests_them(make_rig, tmp_path: Path) -> None:
     down = Store(f"sqlite:///{tmp_path / 'missing' / 'dir' / 'pilot.db'}")  # cannot even be opened
     rig = make_rig(store=down)
@@ -36,8 +41,11 @@ def test_store_outage_keeps_calls_in_the_spool_then_ingests_them(make_rig, tmp_p
     for _ in range(5):
         assert c.chat.completions.create(model="agent", messages=MESSAGES).choices[0].message.content
     rig.runtime.spool.flush()
-    time.sleep(0.5)
-    assert rig.runtime.ingest_counters.store_failures >= 1 and rig.runtime.spool.bytes_on_disk > 0
+    deadline = time.monotonic() + 10
+    while metric(rig, "learning_pilot_gateway_store_failures") < 1:
+        assert time.monotonic() < deadline, "the ingester never tried the store"
+        time.sleep(0.1)
+    assert rig.runtime.spool.bytes_on_disk > 0 and len(rig.runtime.spool.segments()) >= 1
     good = Store(f"sqlite:///{tmp_path / 'pilot.db'}")
     good.migrate()
     rig.runtime.store = good
@@ -53,9 +61,7 @@ def test_full_spool_drops_records_not_requests(make_rig, tmp_path: Path) -> None
     for _ in range(20):
         c.chat.completions.create(model="agent", messages=MESSAGES)
         time.sleep(0.02)
-    text = httpx.get(f"{rig.root}/metrics").text
-    dropped = next(float(line.split()[1]) for line in text.splitlines()
-                   if line.startswith("learning_pilot_gateway_records_dropped "))  # fmt: skip
+    dropped = metric(rig, "learning_pilot_gateway_records_dropped")
     assert dropped > 0 and rig.runtime.spool.counters.dropped_full == dropped
 
 

@@ -55,7 +55,7 @@ def _last_text(body: dict[str, Any]) -> str:
 
 
 class FakeOpenAIServer:
-    def __init__(self, base_model: str = "base", *, responder: Responder | None = None) -> None:
+    def __init__(self, base_model: str = "base", *, responder: Responder | None = None, port: int = 0) -> None:
         self.base_model = base_model
         self.adapters: set[str] = set()
         self.responder = responder or _default_responder
@@ -70,7 +70,7 @@ class FakeOpenAIServer:
         self._lock = threading.Lock()
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
+        self._sock.bind(("127.0.0.1", port))
         app = Starlette(
             routes=[
                 Route("/v1/models", self._models, methods=["GET"]),
@@ -234,3 +234,10 @@ class FakeOpenAIServer:
         finally:
             if not finished and cut is None:
                 self.aborted += 1
+
+
+if __name__ == "__main__":  # ``python -m tools.serving.openai_fake PORT [BASE_MODEL]``: a fake in its own process
+    import sys
+
+    fake = FakeOpenAIServer(sys.argv[2] if len(sys.argv) > 2 else "base", port=int(sys.argv[1]))
+    fake._serve()
