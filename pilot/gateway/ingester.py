@@ -38,15 +38,19 @@ class IngesterConfig:
     spool_dir: Path
     batch: int
     window_s: float
+    parent_pid: int  # the gateway: read there, since it may be gone before this process has finished starting
 
 
 class SharedCounters:
-    """``IngestCounters`` the parent can read (for /metrics) while the child writes them."""
+    """``IngestCounters`` the parent can read (for /metrics) while the child writes them.
+
+    Lock-free shared int64s (one writer): a lock held by a process that is killed would hang the other one.
+    """
 
     def __init__(self, ctx: Any) -> None:
-        self.ingested = ctx.Value("q", 0)
-        self.bad = ctx.Value("q", 0)
-        self.store_failures = ctx.Value("q", 0)
+        self.ingested = ctx.Value("q", 0, lock=False)
+        self.bad = ctx.Value("q", 0, lock=False)
+        self.store_failures = ctx.Value("q", 0, lock=False)
 
     def publish(self, counters: IngestCounters) -> None:
         self.ingested.value = counters.ingested
@@ -57,14 +61,13 @@ class SharedCounters:
 def run(config: IngesterConfig, shared: SharedCounters, stop: multiprocessing.synchronize.Event) -> None:
     """The child's main loop (``multiprocessing`` spawn target)."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parent = os.getppid()
     store = Store(config.database_url)
     spool = Spool(config.spool_dir, recover=False)
     clean, counters = ScrubCache(), IngestCounters()
     window = timedelta(seconds=config.window_s)
     backoff, down, last_sweep = INGEST_EVERY_S, False, 0.0
     while not stop.wait(backoff):
-        if os.getppid() != parent:
+        if os.getppid() != config.parent_pid:
             break  # the gateway died: the next start ingests what is left
         try:
             ingest_segments(spool, store, clean, counters, batch=config.batch)

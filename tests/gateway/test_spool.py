@@ -89,6 +89,65 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _gateway_process(data: Path, fake: FakeOpenAIServer, port: int, fsync_s: float) -> subprocess.Popen[bytes]:
+    """``learning-pilot gateway`` in its own process, answering on ``port``."""
+    env = {
+        **os.environ,
+        "LEARNING_PILOT_DATA_DIR": str(data),
+        "LEARNING_PILOT_TRAINING__BASE_MODEL": "base-model",
+        "LEARNING_PILOT_GATEWAY__UPSTREAM_URL": fake.url,
+        "LEARNING_PILOT_GATEWAY__FSYNC_INTERVAL_S": str(fsync_s),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),  # this checkout, not an installed copy
+    }
+    env.pop("LEARNING_PILOT_CONFIG", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pilot.cli", "gateway", "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=data.parent,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            return proc
+        except httpx.TransportError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"the gateway did not start: {proc.communicate()[0].decode()}") from None
+            time.sleep(0.1)
+
+
+def _calls(port: int, n: int) -> list[str]:
+    c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0)
+    return [
+        c.chat.completions.with_raw_response.create(model="agent", messages=MESSAGES).headers["x-request-id"]
+        for _ in range(n)
+    ]
+
+
+def _stored(store: Store) -> set[str]:
+    with store.session() as s:
+        return set(s.exec(select(GatewayCall.request_id)).all())
+
+
+def test_sigterm_stops_cleanly_with_every_answered_call_stored(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    store = Store(f"sqlite:///{data / 'pilot.db'}")
+    store.migrate()
+    port = _free_port()
+    with FakeOpenAIServer("base-model") as fake:
+        proc = _gateway_process(data, fake, port, fsync_s=10)  # the calls stay in memory: only the stop writes them
+        try:
+            ids = _calls(port, 10)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            out = proc.communicate(timeout=30)[0].decode()
+    assert proc.returncode == 0, out
+    assert set(ids) <= _stored(store)  # the stop wrote the spool's last interval and ingested it
+    assert [p for p in (data / "spool").rglob("*") if p.is_file()] == []  # deleted once ingested
+    store.close()
+
+
 def test_kill_9_loses_at_most_the_last_fsync_interval(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
@@ -96,35 +155,9 @@ def test_kill_9_loses_at_most_the_last_fsync_interval(tmp_path: Path) -> None:
     store.migrate()
     port = _free_port()
     with FakeOpenAIServer("base-model") as fake:
-        env = {
-            **os.environ,
-            "LEARNING_PILOT_DATA_DIR": str(data),
-            "LEARNING_PILOT_TRAINING__BASE_MODEL": "base-model",
-            "LEARNING_PILOT_GATEWAY__UPSTREAM_URL": fake.url,
-            "LEARNING_PILOT_GATEWAY__FSYNC_INTERVAL_S": "0.1",
-            "PYTHONPATH": str(Path(__file__).resolve().parents[2]),  # this checkout, not an installed copy
-        }
-        env.pop("LEARNING_PILOT_CONFIG", None)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pilot.cli", "gateway", "--port", str(port)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path,
-        )  # fmt: skip
+        proc = _gateway_process(data, fake, port, fsync_s=0.1)
         try:
-            url = f"http://127.0.0.1:{port}/v1"
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    httpx.get(url.removesuffix("/v1") + "/healthz", timeout=1)
-                    break
-                except httpx.TransportError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise AssertionError(f"the gateway did not start: {proc.communicate()[0].decode()}") from None
-                    time.sleep(0.1)
-            c = openai.OpenAI(base_url=url, api_key="k", max_retries=0)
-            ids = [
-                c.chat.completions.with_raw_response.create(model="agent", messages=MESSAGES).headers["x-request-id"]
-                for _ in range(30)
-            ]
+            ids = _calls(port, 30)
             time.sleep(0.3)  # past the fsync interval: every call answered so far is on disk
             # Stop the ingester from getting them first: the kill lands while records may still be in the spool.
         finally:
@@ -138,8 +171,6 @@ def test_kill_9_loses_at_most_the_last_fsync_interval(tmp_path: Path) -> None:
     runtime = GatewayRuntime(settings, store, port=port)  # the restart reads the dead process's spool
     assert before + runtime.spool.counters.recovered >= len(ids)  # and says how many it found (a warning)
     runtime.ingest_now()
-    with store.session() as s:
-        stored = set(s.exec(select(GatewayCall.request_id)).all())
-    assert set(ids) <= stored  # nothing answered before the last fsync interval was lost
+    assert set(ids) <= _stored(store)  # nothing answered before the last fsync interval was lost
     assert runtime.spool.segments() == []
     store.close()
