@@ -129,12 +129,17 @@ def _stored(store: Store) -> set[str]:
         return set(s.exec(select(GatewayCall.request_id)).all())
 
 
-def test_sigterm_stops_cleanly_with_every_answered_call_stored(tmp_path: Path) -> None:
+def _migrated(tmp_path: Path) -> tuple[Path, Store, int]:
+    """A data dir with a migrated store, and a free port for the gateway process."""
     data = tmp_path / "data"
     data.mkdir()
     store = Store(f"sqlite:///{data / 'pilot.db'}")
     store.migrate()
-    port = _free_port()
+    return data, store, _free_port()
+
+
+def test_sigterm_stops_cleanly_with_every_answered_call_stored(tmp_path: Path) -> None:
+    data, store, port = _migrated(tmp_path)
     with FakeOpenAIServer("base-model") as fake:
         proc = _gateway_process(data, fake, port, fsync_s=10)  # the calls stay in memory: only the stop writes them
         try:
@@ -149,11 +154,7 @@ def test_sigterm_stops_cleanly_with_every_answered_call_stored(tmp_path: Path) -
 
 
 def test_kill_9_loses_at_most_the_last_fsync_interval(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
-    store = Store(f"sqlite:///{data / 'pilot.db'}")
-    store.migrate()
-    port = _free_port()
+    data, store, port = _migrated(tmp_path)
     with FakeOpenAIServer("base-model") as fake:
         proc = _gateway_process(data, fake, port, fsync_s=0.1)
         try:
