@@ -190,3 +190,25 @@ def join(store: Store, body: FeedbackIn, *, window: timedelta, producer: str) ->
             data=body.model_dump(exclude_none=True),
         )
     return Joined(call.request_id, record.record_id, record.success, replaced)
+
+
+def records_for_unlabelled(store: Store, ids: list[str]) -> int:
+    """``gateway.train_on_unlabelled``: calls the feedback window closed on become execution records graded by
+    whether they were answered (``success`` = outcome ok), tagged ``unlabelled``; the calls stay unlabelled.
+    Returns how many records were stored (already stored ones are skipped)."""
+    stored = 0
+    for start in range(0, len(ids), 900):
+        with store.session() as session:
+            query = select(GatewayCall).where(col(GatewayCall.request_id).in_(ids[start : start + 900]))
+            calls = session.exec(query).all()
+        lines: list[tuple[str, bytes | str]] = []
+        for call in calls:
+            body = FeedbackIn(request_id=call.request_id, success=call.outcome == "ok", tags=["unlabelled"])
+            try:
+                record = parse_record(completed_record(call, body))
+            except RecordError:
+                continue  # nothing to learn from (an empty prompt): it stays traffic only
+            lines.append((call.request_id, record.model_dump_json()))
+        if lines:
+            stored += store_batch(store, lines, source="gateway:unlabelled").accepted
+    return stored

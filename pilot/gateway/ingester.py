@@ -6,7 +6,8 @@ In its own process it costs the proxy nothing but a core's share.
 
 Invariants: it only reads and deletes complete segments (``*.jsonl``) of its gateway's spool directory, commits a
 batch before deleting its segments (pilot/gateway/calls.py), retries with backoff while the store is down
-(logging the outage once), sweeps expired open calls every ``SWEEP_EVERY_S``, and exits when its parent is gone
+(logging the outage once), sweeps expired open calls every ``SWEEP_EVERY_S`` (into records too when
+``gateway.train_on_unlabelled`` is on), and exits when its parent is gone
 (a ``kill -9`` of the gateway leaves no orphan ingesting behind the next start's back for long).
 """
 
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pilot.gateway.calls import IngestCounters, ScrubCache, ingest_segments, sweep
+from pilot.gateway.feedback import records_for_unlabelled
 from pilot.gateway.spool import Spool
 from pilot.store import Store
 
@@ -39,6 +41,7 @@ class IngesterConfig:
     batch: int
     window_s: float
     parent_pid: int  # the gateway: read there, since it may be gone before this process has finished starting
+    train_on_unlabelled: bool = False  # gateway.train_on_unlabelled: expired calls become records too
 
 
 class SharedCounters:
@@ -72,7 +75,9 @@ def run(config: IngesterConfig, shared: SharedCounters, stop: multiprocessing.sy
         try:
             ingest_segments(spool, store, clean, counters, batch=config.batch)
             if time.monotonic() - last_sweep > SWEEP_EVERY_S:
-                sweep(store, window=window)
+                expired = sweep(store, window=window)
+                if config.train_on_unlabelled and expired:
+                    records_for_unlabelled(store, expired)
                 last_sweep = time.monotonic()
         except Exception:  # loop boundary: the store is down; segments stay in the spool
             counters.store_failures += 1

@@ -149,8 +149,9 @@ class GatewayRuntime:
         self.spool.start()
         g = self.settings.gateway
         config = IngesterConfig(
-            self.store.url, self.spool.directory, g.ingest_batch, self.window.total_seconds(), os.getpid()
-        )
+            self.store.url, self.spool.directory, g.ingest_batch, self.window.total_seconds(), os.getpid(),
+            train_on_unlabelled=g.train_on_unlabelled,
+        )  # fmt: skip
         self._ingester, self._shared, self._ingester_stop = ingester.start(config)
 
     def stop_background(self) -> None:

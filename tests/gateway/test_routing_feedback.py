@@ -161,6 +161,27 @@ def test_expired_calls_stay_unlabelled_and_refuse_feedback(make_rig) -> None:
         assert s.exec(select(ExecutionRecordRow)).all() == []  # never training data
 
 
+def test_train_on_unlabelled_turns_expired_calls_into_records_graded_by_the_answer(make_rig) -> None:
+    from pilot.gateway.calls import sweep
+    from pilot.gateway.feedback import records_for_unlabelled
+
+    rig = make_rig(feedback_window_h=1, train_on_unlabelled=True)
+    ok = call(rig, content="rename y")
+    rig.upstream.fail_next(500)
+    with pytest.raises(openai.InternalServerError):
+        call(rig, content="rename z")
+    rig.drain()
+    expired = sweep(rig.store, window=timedelta(hours=1), now=utcnow() + timedelta(hours=2))
+    assert len(expired) == 2 and records_for_unlabelled(rig.store, expired) == 2
+    assert records_for_unlabelled(rig.store, expired) == 0  # already stored: skipped
+    with rig.store.session() as s:
+        records = {r.record_id: parse_record(json.loads(r.payload)) for r in s.exec(select(ExecutionRecordRow))}
+        assert {s.get(GatewayCall, rid).status for rid in expired} == {CallStatus.UNLABELLED}
+    assert records[f"gw-{ok}"].success is True and "unlabelled" in records[f"gw-{ok}"].tags
+    [failed] = [r for rid, r in records.items() if rid != f"gw-{ok}"]
+    assert failed.success is False
+
+
 def test_producer_tokens_guard_calls_and_feedback(make_rig) -> None:
     from pilot.data.producers import create_token, revoke_token
 
