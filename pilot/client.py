@@ -172,3 +172,35 @@ class PilotClient:
             report.retries += 1
             self._sleep(delay)
         raise AssertionError("unreachable")  # the loop returns or raises
+
+    def feedback(
+        self, *, request_id: str | None = None, session_id: str | None = None, **outcome: Any
+    ) -> dict[str, Any]:
+        """Report the outcome of a call made through the gateway (``POST /v1/feedback``; base URL: the gateway's):
+        ``request_id`` (the answer's ``X-Request-Id``) or ``session_id`` (its latest call), and any of ``success``,
+        ``tests_passed``, ``tests_total``, ``rating``, ``comment``, ``tests``, ``domain``, ``tags``. A later report
+        for the same call replaces the earlier one. Raises ``IngestClientError`` (404: unknown or expired call)."""
+        body = {"request_id": request_id, "session_id": session_id, **outcome}
+        body = {k: v for k, v in body.items() if v is not None}
+        for attempt in range(self.max_retries + 1):
+            response: httpx.Response | None = None
+            try:
+                response = self._http.post("/v1/feedback", json=body)
+            except httpx.TransportError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code == 200:
+                    result: dict[str, Any] = response.json()
+                    return result
+                try:
+                    problem = str(response.json()["error"]["message"])
+                except (ValueError, KeyError, TypeError):
+                    problem = response.text[:500]
+                if response.status_code not in RETRY_STATUS:
+                    raise IngestClientError(
+                        f"feedback refused: HTTP {response.status_code}: {problem}", status_code=response.status_code
+                    )
+            if attempt == self.max_retries:
+                raise IngestClientError(f"feedback not delivered after {attempt + 1} attempts: {problem}")
+            self._sleep(self._delay(attempt, response))
+        raise AssertionError("unreachable")

@@ -442,6 +442,33 @@ class DashboardSettings(_Section):
     )
 
 
+class GatewaySettings(_Section):
+    """The OpenAI-compatible capture gateway (``learning-pilot gateway``, pilot/gateway/, docs/gateway.md)."""
+
+    host: str = Field("127.0.0.1", description="Bind address of the gateway.")
+    port: int = Field(8780, ge=0, le=65535)
+    upstream_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible base URL (vLLM, Ollama).")
+    upstream_api_key: SecretStr | None = Field(
+        None, description="Replaces the product's Authorization header upstream. Empty: the product's is passed on."
+    )
+    model_name: str = Field("agent", description="Logical model name the product asks for; rewritten to the adapter.")
+    spool_dir: Path | None = Field(None, description="Local spool of calls not yet ingested. Empty: <data_dir>/spool.")
+    spool_max_mb: float = Field(512.0, gt=0, description="Spool size over which new calls are dropped (counted).")
+    fsync_interval_s: float = Field(0.2, gt=0, le=10, description="Spool fsync batch: what a kill -9 may lose.")
+    ingest_batch: int = Field(5000, ge=1, description="Calls per store transaction when the spool is ingested.")
+    connect_timeout_s: float = Field(5.0, gt=0, description="Upstream connect timeout (then 502).")
+    read_timeout_s: float = Field(120.0, gt=0, description="Upstream silence that ends a call (then 504).")
+    max_body_mb: float = Field(8.0, gt=0, description="Largest request body accepted (then 413).")
+    route_refresh_s: float = Field(1.0, gt=0, description="How often champion and canary are re-read from the store.")
+    producer_auth: bool = Field(False, description="Require a producer token (X-Producer-Token) on every call.")
+    feedback_window_h: float = Field(
+        24.0, gt=0, description="Feedback accepted this long after a call; later calls stay unlabelled traffic."
+    )
+    train_on_unlabelled: bool = Field(
+        False, description="Turn calls with no feedback in the window into records (success = answered). Off: never."
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LEARNING_PILOT_",
@@ -469,6 +496,7 @@ class Settings(BaseSettings):
     monitoring: MonitoringSettings = MonitoringSettings()
     deploy: DeploySettings = DeploySettings()
     dashboard: DashboardSettings = DashboardSettings()
+    gateway: GatewaySettings = GatewaySettings()
 
     @classmethod
     def settings_customise_sources(
@@ -511,6 +539,10 @@ class Settings(BaseSettings):
     @property
     def work_dir(self) -> Path:
         return self.data_dir / "work"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.gateway.spool_dir or self.data_dir / "spool"
 
 
 class CredentialsSource(PydanticBaseSettingsSource):

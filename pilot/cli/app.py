@@ -192,6 +192,18 @@ def run(ctx: typer.Context, once: bool = typer.Option(False, "--once", help="Run
 
 
 @app.command()
+def gateway(
+    ctx: typer.Context,
+    port: int | None = typer.Option(None, "--port", help="Listen port (default: gateway.port)."),
+) -> None:
+    """Run the OpenAI-compatible capture gateway in front of gateway.upstream_url (docs/gateway.md)."""
+    from pilot.gateway.server import GatewayRuntime
+
+    settings, store = _open_store(ctx)
+    GatewayRuntime(settings, store, port=port).serve()
+
+
+@app.command()
 def models(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
     """Model versions with lineage, aliases, and the promotion history."""
     from pilot.cli.render import models_report, render_models

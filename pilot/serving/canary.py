@@ -169,9 +169,11 @@ def end_rollout(session: Session, *, actor: str, reason: str) -> None:
 
 def pick_model(session: Session, settings: Settings, session_id: str) -> Route:
     """The model for ``session_id``: the canary's version for its share of sessions, else the champion."""
-    rollout = get_rollout(session)
-    champion = alias_target(session, CHAMPION)
-    base = settings.training.base_model
+    return route_for(get_rollout(session), alias_target(session, CHAMPION), settings.training.base_model, session_id)
+
+
+def route_for(rollout: Rollout | None, champion: str | None, base: str, session_id: str) -> Route:
+    """``pick_model`` over already-read state (the gateway caches the rollout and champion between refreshes)."""
     if rollout is not None and rollout.version == champion and rollout.share < 1.0:
         on_new = bucket(session_id) < rollout.share
         version = rollout.version if on_new else rollout.baseline

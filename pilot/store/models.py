@@ -340,3 +340,34 @@ class DashboardSession(SQLModel, table=True):
     csrf: str = Field(max_length=64)
     created_at: datetime = Field(default_factory=utcnow)
     expires_at: datetime = Field(index=True)
+
+
+class GatewayCall(SQLModel, table=True):
+    """One call the capture gateway proxied (pilot/gateway/), scrubbed. ``status`` is ``CallStatus``: open (an
+    outcome may still come), labelled (joined into the execution record ``record_id``), unlabelled (the feedback
+    window passed: traffic for drift and volume, not training)."""
+
+    __tablename__ = "gateway_call"
+    __table_args__ = (Index("ix_gateway_call_session_ts", "session_id", "ts"),)
+
+    request_id: str = Field(primary_key=True, max_length=64)
+    session_id: str = Field(max_length=200)
+    endpoint: str = Field(max_length=40)
+    model: str = Field(max_length=200)  # what the upstream was asked for (adapter name or base model)
+    model_version: str | None = Field(default=None, max_length=200, index=True)
+    producer: str = Field(default="", max_length=200)
+    ts: datetime = Field(index=True)
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    upstream_status: int = 0
+    outcome: str = Field(max_length=20)  # ok | upstream_error | timeout | unreachable | cut | client_gone
+    streamed: bool = False
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    prompt: str = Field(sa_column=Column(Text, nullable=False))  # scrubbed messages / prompt as JSON
+    output: str = Field(sa_column=Column(Text, nullable=False))  # scrubbed answer (a stream reassembled)
+    status: str = Field(default="open", max_length=20, index=True)
+    record_id: str | None = Field(default=None, max_length=200)
+    feedback: dict[str, Any] = _json()
+    ingested_at: datetime = Field(default_factory=utcnow)
+    labelled_at: datetime | None = None

@@ -148,6 +148,16 @@ class EntityType(enum.StrEnum):
     SLACK_ACTION = "slack_action"
     PRODUCER = "producer"  # a producer token created or revoked (entity id: the token id)
     DASHBOARD = "dashboard"  # sign-ins, refused dashboard requests, dashboard users created or revoked
+    GATEWAY_CALL = "gateway_call"  # feedback on a proxied call (entity id: the request id)
+
+
+class CallStatus(enum.StrEnum):
+    """``gateway_call.status``: open (an outcome may still come), labelled (joined into an execution record),
+    unlabelled (the feedback window passed: drift and volume only)."""
+
+    OPEN = "open"
+    LABELLED = "labelled"
+    UNLABELLED = "unlabelled"
 
 
 class DecisionAction(enum.StrEnum):
@@ -210,12 +220,19 @@ _MODEL_EDGES: dict[ModelStatus, frozenset[ModelStatus]] = {
     ModelStatus.REJECTED: frozenset(),
 }
 
+_CALL_EDGES: dict[CallStatus, frozenset[CallStatus]] = {
+    CallStatus.OPEN: frozenset({CallStatus.LABELLED, CallStatus.UNLABELLED}),
+    CallStatus.LABELLED: frozenset({CallStatus.LABELLED}),  # a later outcome replaces the earlier one
+    CallStatus.UNLABELLED: frozenset(),
+}
+
 ALLOWED_EDGES: dict[type[enum.StrEnum], dict] = {  # type: ignore[type-arg]
     RunStatus: _RUN_EDGES,
     AttemptStatus: _ATTEMPT_EDGES,
     StageStatus: _STAGE_EDGES,
     ApprovalStatus: _APPROVAL_EDGES,
     ModelStatus: _MODEL_EDGES,
+    CallStatus: _CALL_EDGES,
 }
 
 

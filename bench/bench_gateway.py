@@ -1,0 +1,208 @@
+"""The capture gateway's cost: added latency, added time to first token, throughput, and how fast records land.
+
+Run: ``python bench/bench_gateway.py [--calls 4000] [--concurrency 50] [--streams 400] [--records 100000]``.
+
+Three processes on loopback: the fake OpenAI upstream (tools/serving/openai_fake.py), one gateway process
+(``learning-pilot gateway``, recording on, SQLite store in a temp dir) and this load generator (aiohttp, one
+pooled connector). The same calls go straight to the upstream and through the gateway in alternating rounds, so
+the difference is the gateway. Prints:
+
+- added latency p50/p99 of small non-streamed chat calls at ``--concurrency`` clients (targets 1 ms / 5 ms);
+- added time to first streamed token, p50 (target 2 ms), at 10 concurrent streams;
+- calls/s through the one gateway process with recording on (target 1,000/s);
+- seconds from the last of ``--records`` calls until all their records are in the store (target 5 s), and how
+  many are missing (target 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from sqlmodel import func, select  # noqa: E402
+
+from pilot.store import Store  # noqa: E402
+from pilot.store.models import GatewayCall  # noqa: E402
+
+BASE = "base-model"
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _wait_up(url: str) -> None:
+    deadline = time.monotonic() + 60
+    async with aiohttp.ClientSession() as http:
+        while True:
+            try:
+                async with http.get(url) as answer:
+                    if answer.status < 500:
+                        return
+            except aiohttp.ClientError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{url} did not come up")
+            await asyncio.sleep(0.1)
+
+
+async def load(base: str, model: str, calls: int, concurrency: int) -> tuple[list[float], float, float]:
+    """Non-streamed calls; returns (latencies in ms, calls/s, time of the last answer)."""
+    latencies: list[float] = []
+    todo = iter(range(calls))
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    last = 0.0
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def worker(w: int) -> None:
+            nonlocal last
+            for i in todo:
+                body = {"model": model, "messages": [{"role": "system", "content": "You fix code."},
+                                                     {"role": "user", "content": f"task {i}"}]}  # fmt: skip
+                t = time.perf_counter()
+                async with http.post(f"{base}/chat/completions", json=body, headers={"X-Session-Id": f"s{w}"}) as r:
+                    await r.read()
+                    if r.status != 200:
+                        raise SystemExit(f"call failed: HTTP {r.status}")
+                last = time.perf_counter()
+                latencies.append((last - t) * 1000)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    return latencies, calls / elapsed, last
+
+
+async def ttft(base: str, model: str, streams: int, concurrency: int = 10) -> list[float]:
+    firsts: list[float] = []
+    todo = iter(range(streams))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as http:
+
+        async def worker() -> None:
+            for i in todo:
+                body = {"model": model, "stream": True, "messages": [{"role": "user", "content": f"say {i} a b c"}]}
+                t = time.perf_counter()
+                async with http.post(f"{base}/chat/completions", json=body) as r:
+                    first = None
+                    async for line in r.content:
+                        if first is None and line.startswith(b"data:"):
+                            first = (time.perf_counter() - t) * 1000
+                    assert first is not None
+                    firsts.append(first)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return firsts
+
+
+def _count(store: Store) -> int:
+    with store.session() as s:
+        return int(s.exec(select(func.count()).select_from(GatewayCall)).one())
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=4000)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--streams", type=int, default=400)
+    parser.add_argument("--records", type=int, default=100_000)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+    data = tmp / "data"
+    data.mkdir()
+    store = Store(f"sqlite:///{data / 'pilot.db'}")
+    store.migrate()
+    up_port, gw_port = _port(), _port()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "LEARNING_PILOT_DATA_DIR": str(data),
+           "LEARNING_PILOT_TRAINING__BASE_MODEL": BASE,
+           "LEARNING_PILOT_GATEWAY__UPSTREAM_URL": f"http://127.0.0.1:{up_port}/v1"}  # fmt: skip
+    env.pop("LEARNING_PILOT_CONFIG", None)
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "tools.serving.openai_fake", str(up_port), BASE], env=env, cwd=tmp),
+        subprocess.Popen([sys.executable, "-m", "pilot.cli", "gateway", "--port", str(gw_port)], env=env, cwd=tmp),
+    ]
+    direct, via = f"http://127.0.0.1:{up_port}/v1", f"http://127.0.0.1:{gw_port}/v1"
+    try:
+        await _wait_up(f"{direct}/models")
+        await _wait_up(f"http://127.0.0.1:{gw_port}/healthz")
+        await load(direct, BASE, 500, args.concurrency)  # warm both
+        await load(via, "agent", 500, args.concurrency)
+        d_lat: list[float] = []
+        g_lat: list[float] = []
+        d_rates, g_rates = [], []
+        for _ in range(2):  # alternate, so drift on a shared machine hits both sides
+            lat, rate, _ = await load(direct, BASE, args.calls // 2, args.concurrency)
+            d_lat += lat
+            d_rates.append(rate)
+            lat, rate, _ = await load(via, "agent", args.calls // 2, args.concurrency)
+            g_lat += lat
+            g_rates.append(rate)
+        d_first = await ttft(direct, BASE, args.streams // 2)
+        g_first = await ttft(via, "agent", args.streams // 2)
+        d_first += await ttft(direct, BASE, args.streams // 2)
+        g_first += await ttft(via, "agent", args.streams // 2)
+        figures = {
+            "non_streamed": {
+                "concurrency": args.concurrency,
+                "direct_p50_ms": round(_pct(d_lat, 0.5), 2),
+                "gateway_p50_ms": round(_pct(g_lat, 0.5), 2),
+                "added_p50_ms": round(_pct(g_lat, 0.5) - _pct(d_lat, 0.5), 2),
+                "direct_p99_ms": round(_pct(d_lat, 0.99), 2),
+                "gateway_p99_ms": round(_pct(g_lat, 0.99), 2),
+                "added_p99_ms": round(_pct(g_lat, 0.99) - _pct(d_lat, 0.99), 2),
+                "direct_calls_per_s": round(statistics.mean(d_rates)),
+                "gateway_calls_per_s": round(statistics.mean(g_rates)),
+            },
+            "streamed": {
+                "direct_ttft_p50_ms": round(_pct(d_first, 0.5), 2),
+                "gateway_ttft_p50_ms": round(_pct(g_first, 0.5), 2),
+                "added_ttft_p50_ms": round(_pct(g_first, 0.5) - _pct(d_first, 0.5), 2),
+            },
+        }
+        print(json.dumps(figures, indent=2), flush=True)
+        before = _count(store)
+        # every call through the gateway above is recorded too (the warm-up, the rounds, the streams)
+        expected_before = 500 + 2 * (args.calls // 2) + 2 * (args.streams // 2)
+        _, rate, last = await load(via, "agent", args.records, args.concurrency)
+        deadline = time.perf_counter() + 600
+        while (n := _count(store)) < expected_before + args.records and time.perf_counter() < deadline:
+            await asyncio.sleep(0.05)
+        landed = time.perf_counter() - last
+        print(json.dumps({"records": {
+            "calls": args.records,
+            "gateway_calls_per_s_with_recording": round(rate),
+            "seconds_from_last_call_to_all_records_stored": round(landed, 2),
+            "missing": expected_before + args.records - n,
+            "stored_before_this_run": before,
+        }}, indent=2))  # fmt: skip
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
+        store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
