@@ -460,13 +460,28 @@ class GatewaySettings(_Section):
     read_timeout_s: float = Field(120.0, gt=0, description="Upstream silence that ends a call (then 504).")
     max_body_mb: float = Field(8.0, gt=0, description="Largest request body accepted (then 413).")
     route_refresh_s: float = Field(1.0, gt=0, description="How often champion and canary are re-read from the store.")
-    producer_auth: bool = Field(False, description="Require a producer token (X-Producer-Token) on every call.")
+    producer_auth: bool = Field(
+        False,
+        description="Require a producer token (live:write) on every proxied call. /v1/feedback always needs one "
+        "(feedback:write).",
+    )
     feedback_window_h: float = Field(
         24.0, gt=0, description="Feedback accepted this long after a call; later calls stay unlabelled traffic."
     )
     train_on_unlabelled: bool = Field(
-        False, description="Turn calls with no feedback in the window into records (success = answered). Off: never."
+        False,
+        description="Turn calls with no feedback in the window into records (success = answered). Off: never. "
+        "Needs producer_auth (anonymous calls never become training data).",
     )
+
+    @model_validator(mode="after")
+    def _unlabelled_needs_auth(self) -> GatewaySettings:
+        if self.train_on_unlabelled and not self.producer_auth:
+            raise ValueError(
+                "gateway.train_on_unlabelled needs gateway.producer_auth = true: calls no producer token vouches "
+                "for must never become training data"
+            )
+        return self
 
 
 class Settings(BaseSettings):

@@ -174,7 +174,10 @@ def create_app(gw: Gateway) -> Starlette:
     check = ProducerCheck(gw.store, required=gw.settings.producer_auth)
 
     async def producer(request: Request, scope: str) -> str:
-        token = raw_token(request.headers, bearer_is_producer=gw.settings.upstream_api_key is not None)
+        # The bearer token is the producer's on /v1/feedback (nothing goes upstream), and on calls when the gateway
+        # replaces the product's key upstream.
+        bearer = scope == FEEDBACK_WRITE or gw.settings.upstream_api_key is not None
+        token = raw_token(request.headers, bearer_is_producer=bearer)
         return await check.identity(token, scope)
 
     async def proxy(request: Request, endpoint: str, path: str) -> Response:

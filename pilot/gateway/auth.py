@@ -1,9 +1,12 @@
 """Who is calling the gateway: producer tokens (pilot/data/producers.py), checked in one place.
 
-With ``gateway.producer_auth`` off the caller is ``anonymous`` (the gateway binds to loopback by default). With it
-on, the token (``X-Producer-Token``, or the bearer token when ``gateway.upstream_api_key`` replaces the product's
-key) must hold ``live:write`` for proxied calls and ``feedback:write`` for outcomes: a missing, unknown or revoked
-token is refused with 401, one without the scope with 403. ``/v1/feedback`` always needs a token when auth is on.
+``/v1/feedback`` always needs a token with ``feedback:write``: an outcome is what turns a call into training data
+and into live quality (the canary, the automatic rollback), so it is a state-changing write like ``POST /v1/records``
+(docs/security.md). Proxied calls need a token with ``live:write`` only when ``gateway.producer_auth`` is on; off,
+the caller is ``anonymous`` and its calls stay unlabelled traffic until an authenticated outcome names them
+(``gateway.train_on_unlabelled`` needs ``producer_auth``). The token is ``X-Producer-Token``, or the bearer token
+when ``gateway.upstream_api_key`` replaces the product's key. A missing, unknown or revoked token is refused with
+401, one without the scope with 403.
 
 A verdict is cached for ``CACHE_S`` per (token, scope) so the hot path does not read the store on every call: a
 revocation takes effect within that. A cache miss reads the store in the thread pool, never on the event loop.
@@ -52,7 +55,7 @@ class ProducerCheck:
 
     async def identity(self, token: str | None, scope: str) -> str:
         """``producer:<name>`` for the records, or raises ``Refused``."""
-        if not self.required:
+        if not self.required and scope != FEEDBACK_WRITE:
             return "anonymous"
         key = (hashlib.sha256((token or "").encode()).hexdigest(), scope)
         hit = self._cache.get(key)

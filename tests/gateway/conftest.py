@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
+from pilot.data.producers import FEEDBACK_WRITE, LIVE_WRITE, create_token
 from pilot.gateway.server import GatewayRuntime
 from pilot.settings import Settings, load_settings
 from pilot.store import Store
@@ -22,6 +24,11 @@ class Rig:
     store: Store
     settings: Settings
     url: str  # the gateway's OpenAI base URL (ends in /v1)
+    feedback_token: str  # feedback:write (/v1/feedback always needs one) and live:write
+
+    @property
+    def feedback_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.feedback_token}"}
 
     @property
     def root(self) -> str:
@@ -47,8 +54,12 @@ def make_rig(tmp_path: Path) -> Iterator[Callable[..., Rig]]:
         if store is None:
             store = Store(settings.database_url)
             store.migrate()
+        try:
+            _, token = create_token(store, f"feedback-{len(started)}", scopes=[FEEDBACK_WRITE, LIVE_WRITE])
+        except OperationalError:  # the spool tests' store that cannot be opened: no token, none needed
+            token = ""
         runtime = GatewayRuntime(settings, store)
-        rig = Rig(fake, runtime, store, settings, runtime.start())
+        rig = Rig(fake, runtime, store, settings, runtime.start(), token)
         started.append(rig)
         return rig
 

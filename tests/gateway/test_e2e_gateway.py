@@ -95,7 +95,7 @@ def test_base_url_change_records_joins_outcomes_trains_routes_and_rolls_back(mak
 
     # 1. Traffic on the base model; the product reports outcomes later (~85% success), by request id.
     ids = sync_traffic(rig.url, 70, 0)
-    with PilotClient(rig.root) as pilot:
+    with PilotClient(rig.root, token=rig.feedback_token) as pilot:
         for i, rid in enumerate(ids):
             pilot.feedback(request_id=rid, success=i % 7 != 0, tests_passed=3 if i % 7 else 1, tests_total=3)
     rig.drain()
@@ -127,7 +127,7 @@ def test_base_url_change_records_joins_outcomes_trains_routes_and_rolls_back(mak
     # 4. v1 does worse live: outcomes reported through feedback on its (streamed) calls, ~80% failures.
     served = asyncio.run(streamed_traffic(rig.url, 40, 100))
     assert {v for _, v in served} == {"v1"}
-    with PilotClient(rig.root) as pilot:
+    with PilotClient(rig.root, token=rig.feedback_token) as pilot:
         for i, (rid, _) in enumerate(served):
             pilot.feedback(request_id=rid, success=i % 5 == 0, rating=1 if i % 5 else 4)
     rig.drain()

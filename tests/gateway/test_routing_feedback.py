@@ -82,7 +82,7 @@ def call(rig, session_id: str = "s-1", content: str = "rename x to count") -> st
     raw = c.chat.completions.with_raw_response.create(
         model="agent",
         messages=[{"role": "user", "content": content}],
-        extra_headers={"X-Session-Id": session_id},
+        extra_headers={"X-Session-Id": session_id, "X-Producer-Token": rig.feedback_token},
     )
     return raw.headers["x-request-id"]
 
@@ -91,7 +91,7 @@ def test_feedback_completes_the_call_into_an_execution_record(make_rig) -> None:
     rig = make_rig()
     # The answer carries a secret: it must reach the record scrubbed.
     rid = call(rig, content="my key is AKIAIOSFODNN7EXAMPLE, rename x")
-    with PilotClient(rig.root) as pilot:  # right away: the call may still be in the spool
+    with PilotClient(rig.root, token=rig.feedback_token) as pilot:  # right away: the call may still be in the spool
         joined = pilot.feedback(request_id=rid, success=True, tests_passed=3, tests_total=3, rating=5,
                                 comment="good", domain="python-naming", tags=["t1"])  # fmt: skip
     assert joined["record_id"] == f"gw-{rid}" and joined["replaced"] is False
@@ -110,7 +110,7 @@ def test_feedback_completes_the_call_into_an_execution_record(make_rig) -> None:
 def test_second_feedback_wins_and_both_are_in_the_event_log(make_rig) -> None:
     rig = make_rig()
     rid = call(rig)
-    with PilotClient(rig.root) as pilot:
+    with PilotClient(rig.root, token=rig.feedback_token) as pilot:
         pilot.feedback(request_id=rid, success=True)
         second = pilot.feedback(session_id="s-1", success=False, comment="it broke later")
     assert second["replaced"] is True
@@ -135,14 +135,14 @@ def test_second_feedback_wins_and_both_are_in_the_event_log(make_rig) -> None:
 )
 def test_bad_feedback_is_refused_with_a_reason(make_rig, body, status, code) -> None:
     rig = make_rig()
-    answer = httpx.post(f"{rig.root}/v1/feedback", json=body, timeout=10)
+    answer = httpx.post(f"{rig.root}/v1/feedback", json=body, headers=rig.feedback_headers, timeout=10)
     assert answer.status_code == status
     assert answer.json()["error"]["code"] == code and answer.json()["error"]["message"]
 
 
 def test_feedback_body_not_json_is_400(make_rig) -> None:
     rig = make_rig()
-    answer = httpx.post(f"{rig.root}/v1/feedback", content=b"{oops", timeout=10)
+    answer = httpx.post(f"{rig.root}/v1/feedback", content=b"{oops", headers=rig.feedback_headers, timeout=10)
     assert answer.status_code == 400 and answer.json()["error"]["code"] == "invalid_json"
 
 
@@ -153,7 +153,9 @@ def test_expired_calls_stay_unlabelled_and_refuse_feedback(make_rig) -> None:
     from pilot.gateway.calls import sweep
 
     assert sweep(rig.store, window=timedelta(hours=1), now=utcnow() + timedelta(hours=2)) == [rid]
-    answer = httpx.post(f"{rig.root}/v1/feedback", json={"request_id": rid, "success": True}, timeout=10)
+    answer = httpx.post(
+        f"{rig.root}/v1/feedback", json={"request_id": rid, "success": True}, headers=rig.feedback_headers, timeout=10
+    )
     assert answer.status_code == 404 and answer.json()["error"]["code"] == "expired"
     assert "feedback window" in answer.json()["error"]["message"]
     with rig.store.session() as s:
@@ -165,7 +167,7 @@ def test_train_on_unlabelled_turns_expired_calls_into_records_graded_by_the_answ
     from pilot.gateway.calls import sweep
     from pilot.gateway.feedback import records_for_unlabelled
 
-    rig = make_rig(feedback_window_h=1, train_on_unlabelled=True)
+    rig = make_rig(feedback_window_h=1, train_on_unlabelled=True, producer_auth=True)
     ok = call(rig, content="rename y")
     rig.upstream.fail_next(500)
     with pytest.raises(openai.InternalServerError):
@@ -210,3 +212,25 @@ def test_producer_tokens_guard_calls_and_feedback(make_rig) -> None:
     time.sleep(5.1)  # the verdict cache (pilot/gateway/auth.py CACHE_S)
     with pytest.raises(openai.AuthenticationError):
         c.chat.completions.create(model="agent", messages=MESSAGES, extra_headers={"X-Producer-Token": live})
+
+
+def test_feedback_needs_a_token_even_with_producer_auth_off(make_rig) -> None:
+    """An outcome turns a call into training data and live quality: /v1/feedback is never anonymous."""
+    rig = make_rig()  # producer_auth off: calls are anonymous traffic
+    rid = call(rig)
+    body = {"request_id": rid, "success": False}
+    assert httpx.post(f"{rig.root}/v1/feedback", json=body, timeout=10).status_code == 401
+    wrong = httpx.post(f"{rig.root}/v1/feedback", json=body, headers={"Authorization": "Bearer lpp_nope"}, timeout=10)
+    assert wrong.status_code == 401
+    rig.drain()
+    with rig.store.session() as s:
+        assert s.exec(select(ExecutionRecordRow)).all() == []
+        assert s.get(GatewayCall, rid).status == CallStatus.OPEN
+
+
+def test_train_on_unlabelled_without_producer_auth_is_refused_by_the_settings(tmp_path) -> None:
+    from pilot.errors import ConfigError
+    from pilot.settings import load_settings
+
+    with pytest.raises(ConfigError, match="producer_auth"):
+        load_settings(None, data_dir=tmp_path, gateway={"train_on_unlabelled": True})
