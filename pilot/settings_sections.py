@@ -1,0 +1,76 @@
+"""Settings sections of the surfaces people and products use directly, the web dashboard and the capture gateway,
+kept apart from pilot/settings.py (which assembles every section into ``Settings``) so each module stays readable.
+``Section`` is the base of every section: unknown keys are refused, values are frozen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+__all__ = ["DashboardSettings", "GatewaySettings", "Section"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DashboardSettings(Section):
+    enabled: bool = Field(
+        True, description="The daemon serves the web dashboard at /dashboard/ on api.host:api.port (docs/dashboard.md)."
+    )
+    host: str = Field(
+        "127.0.0.1", description="Bind address of `learning-pilot dashboard` (the read-only view without the daemon)."
+    )
+    port: int = Field(8080, ge=0, le=65535, description="Port of `learning-pilot dashboard`.")
+    approvers: list[str] = Field(
+        default_factory=list,
+        description="Dashboard user ids (`learning-pilot dashboard-user create ID`) allowed to approve, reject and "
+        "resume; any signed-in user may pull the kill switch.",
+    )
+    session_hours: float = Field(12.0, gt=0, le=24 * 30, description="How long a dashboard sign-in lasts.")
+    poll_s: float = Field(
+        1.5, gt=0, le=60, description="How often an open page's live stream checks the store for a change."
+    )
+
+
+class GatewaySettings(Section):
+    """The OpenAI-compatible capture gateway (``learning-pilot gateway``, pilot/gateway/, docs/gateway.md)."""
+
+    host: str = Field("127.0.0.1", description="Bind address of the gateway.")
+    port: int = Field(8780, ge=0, le=65535)
+    upstream_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible base URL (vLLM, Ollama).")
+    upstream_api_key: SecretStr | None = Field(
+        None, description="Replaces the product's Authorization header upstream. Empty: the product's is passed on."
+    )
+    model_name: str = Field("agent", description="Logical model name the product asks for; rewritten to the adapter.")
+    spool_dir: Path | None = Field(None, description="Local spool of calls not yet ingested. Empty: <data_dir>/spool.")
+    spool_max_mb: float = Field(512.0, gt=0, description="Spool size over which new calls are dropped (counted).")
+    fsync_interval_s: float = Field(0.2, gt=0, le=10, description="Spool fsync batch: what a kill -9 may lose.")
+    ingest_batch: int = Field(5000, ge=1, description="Calls per store transaction when the spool is ingested.")
+    connect_timeout_s: float = Field(5.0, gt=0, description="Upstream connect timeout (then 502).")
+    read_timeout_s: float = Field(120.0, gt=0, description="Upstream silence that ends a call (then 504).")
+    max_body_mb: float = Field(8.0, gt=0, description="Largest request body accepted (then 413).")
+    route_refresh_s: float = Field(1.0, gt=0, description="How often champion and canary are re-read from the store.")
+    producer_auth: bool = Field(
+        False,
+        description="Require a producer token (live:write) on every proxied call. /v1/feedback always needs one "
+        "(feedback:write).",
+    )
+    feedback_window_h: float = Field(
+        24.0, gt=0, description="Feedback accepted this long after a call; later calls stay unlabelled traffic."
+    )
+    train_on_unlabelled: bool = Field(
+        False,
+        description="Turn calls with no feedback in the window into records (success = answered). Off: never. "
+        "Needs producer_auth (anonymous calls never become training data).",
+    )
+
+    @model_validator(mode="after")
+    def _unlabelled_needs_auth(self) -> GatewaySettings:
+        if self.train_on_unlabelled and not self.producer_auth:
+            raise ValueError(
+                "gateway.train_on_unlabelled needs gateway.producer_auth = true: calls no producer token vouches "
+                "for must never become training data"
+            )
+        return self
