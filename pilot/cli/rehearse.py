@@ -27,6 +27,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import datetime
 import importlib.resources
 import logging
 import secrets
@@ -505,11 +506,29 @@ def _cycle(run_cycle: Callable[..., list[Any]], ctx: Any, report: RehearsalRepor
         return []
 
 
+def _settle_late_charges(ctx: Any, say: Say) -> None:
+    """The settle worker's passes as the daemon runs them (pilot/spend/settlement.py), its clock moved past each
+    recheck instead of waiting: spend settled at an estimate is re-read until the provider's figure is authoritative."""
+    from pilot.runs.attempts import resettle
+    from pilot.store.models import utcnow
+
+    step = datetime.timedelta(seconds=ctx.settings.budget.settle_recheck_s)
+    closed: list[str] = []
+    for k in range(1, 6):  # the backoff doubles the recheck
+        report = resettle(ctx, now=utcnow() + step * (2**k))
+        closed += report.closed
+        if not report.checked and not report.skipped:
+            break
+    if closed:
+        say(f"settle worker: re-read the provider's charges for {', '.join(sorted(set(closed)))}")
+
+
 def _check(ctx: Any, server: Any, report: RehearsalReport, results: list[Any], say: Say) -> None:
     """The checks that make the exit status, each printed as one line."""
     from pilot.store.models import ModelVersion, SpendEntry, TrainingRun
     from pilot.store.status import RunStatus
 
+    _settle_late_charges(ctx, say)
     with ctx.store.session() as session:
         run = session.exec(select(TrainingRun).order_by(col(TrainingRun.created_at).desc())).first()
         version = (
