@@ -127,6 +127,35 @@ class TrainingSettings(_Section):
     )
 
 
+class RewardSettings(_Section):
+    """The reward of one execution (subagents/data/rewards.py); the defaults are the seed design's values."""
+
+    success: float = Field(1.0, description="Reward of an execution that succeeded.")
+    failure: float = Field(-1.0, description="Reward of an execution that failed (instead of success).")
+    per_test_passed: float = Field(0.5, description="Added per test passed.")
+    per_second: float = Field(-0.01, description="Added per second the execution took.")
+    per_1k_tokens: float = Field(-0.05, description="Added per 1,000 tokens spent (the token-cost penalty).")
+    performance_bonus: float = Field(0.2, description="Added to a success with all tests passed in <= fast_s.")
+    fast_s: float = Field(5.0, ge=0, description="Duration at or under which a success earns the performance bonus.")
+    concision_bonus: float = Field(0.1, description="Added to a success whose output is <= concise_chars long.")
+    concise_chars: int = Field(400, ge=0, description="Output length at or under which the concision bonus applies.")
+    per_rating_step: float = Field(0.5, description="Added per human rating step above 3 (subtracted below).")
+
+
+class ReinforcementSettings(_Section):
+    """Which method a cycle trains with (subagents/training.py: choose_method) and the preference job's knobs."""
+
+    enabled: bool = Field(True, description="Build preference data from failures and let a cycle train DPO or KTO.")
+    min_pairs: int = Field(50, ge=1, description="DPO pairs (two attempts at one task) in train needed for DPO.")
+    min_undesirable: int = Field(50, ge=1, description="Failed attempts in train needed for KTO (when DPO is out).")
+    min_pair_margin: float = Field(0.5, gt=0, description="Least reward difference between a pair's two answers.")
+    max_pairs_per_cluster: int = Field(4, ge=1, description="Most DPO pairs from one task cluster.")
+    beta: float = Field(0.1, gt=0, description="Strength of the pull towards the reference (base) model.")
+    sft_weight: float = Field(1.0, ge=0, description="Weight of the NLL on good answers added to the loss.")
+    cost_factor_dpo: float = Field(3.0, ge=1, description="GPU time per token of DPO relative to supervised.")
+    cost_factor_kto: float = Field(4.0, ge=1, description="GPU time per token of KTO relative to supervised.")
+
+
 class JudgeSettings(_Section):
     """The optional LLM judge (subagents/judge.py): advice stored beside the exact-match scores; the gate ignores it."""
 
@@ -403,6 +432,8 @@ class Settings(BaseSettings):
     budget: BudgetSettings = BudgetSettings()
     curation: CurationSettings = CurationSettings()
     training: TrainingSettings = TrainingSettings()
+    rewards: RewardSettings = RewardSettings()
+    reinforcement: ReinforcementSettings = ReinforcementSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
     gpu: GpuSettings = GpuSettings()
     artifacts: ArtifactSettings = ArtifactSettings()
