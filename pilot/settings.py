@@ -145,7 +145,10 @@ class RewardSettings(_Section):
 class ReinforcementSettings(_Section):
     """Which method a cycle trains with (subagents/training.py: choose_method) and the preference job's knobs."""
 
-    enabled: bool = Field(True, description="Build preference data from failures and let a cycle train DPO or KTO.")
+    enabled: bool = Field(True, description="Rewards per example; failures kept as preference data in snapshots.")
+    choose_method: bool = Field(
+        False, description="Let a cycle train DPO or KTO when the data holds enough pairs or failures (else: LoRA SFT)."
+    )
     min_pairs: int = Field(50, ge=1, description="DPO pairs (two attempts at one task) in train needed for DPO.")
     min_undesirable: int = Field(50, ge=1, description="Failed attempts in train needed for KTO (when DPO is out).")
     min_pair_margin: float = Field(0.5, gt=0, description="Least reward difference between a pair's two answers.")
