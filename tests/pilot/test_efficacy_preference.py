@@ -15,9 +15,10 @@ Measured on this machine (30 steps each, beta 2, 80 golden items), by record see
 CI [-0.05, +0.20], inconclusive. A tiny model at 30 steps is seed-sensitive: the test shows the mechanism on
 a pinned dataset, not a guarantee for every dataset.
 
-The gamed / noisy reward: the same KTO run on records whose failures are labelled successful (mislabelled), or
-whose success flags and ratings are random, reports a healthy training reward margin, yet on the golden set the
-gate does not promote it over the better champion (the KTO candidate above).
+The gamed / noisy reward: records whose failures are labelled successful (mislabelled: no failure is left, so
+the run is supervised, on the wrong answers), or whose success flags and ratings are random (KTO, whose own
+training reward margin reads healthy): on the golden set the gate does not promote either over the better
+champion (the KTO candidate above).
 """
 
 from __future__ import annotations
