@@ -393,7 +393,7 @@ def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
     sd = opt.state_dict()
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
@@ -460,13 +460,37 @@ def build_peft_model(base: Any, cfg: FinetuneConfig) -> Any:
     return model
 
 
-def _load_adapter_weights(model: Any, ckpt: Path) -> None:
+def load_adapter_weights(model: Any, ckpt: Path) -> None:
     from peft import set_peft_model_state_dict
 
     weights = load_file(str(ckpt / "adapter_model.safetensors"))
     result = set_peft_model_state_dict(model, weights)
     if result.unexpected_keys:
         raise JobConfigError(f"checkpoint {ckpt} does not match the lora config (unexpected weights)")
+
+
+def restore_checkpoint(model: Any, opt: torch.optim.Optimizer, ckpt: Path, device: torch.device) -> dict[str, Any]:
+    """Adapter, optimizer and RNG state back from a complete checkpoint; returns its trainer_state.json."""
+    state: dict[str, Any] = read_json(ckpt / "trainer_state.json")
+    load_adapter_weights(model, ckpt)
+    restore_optimizer(opt, load_file(str(ckpt / "optimizer.safetensors")))
+    rng = load_file(str(ckpt / "rng_state.safetensors"))
+    torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng and device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"])
+    return state
+
+
+def save_adapter(model: Any, out: Path) -> None:
+    """The final adapter, safetensors only, in out/adapter (replacing any earlier one)."""
+    adapter_dir = out / "adapter"
+    if adapter_dir.exists():
+        shutil.rmtree(adapter_dir)
+    model.save_pretrained(str(adapter_dir), safe_serialization=True)
+
+
+def device_name(device: torch.device) -> str:
+    return device.type if device.type != "cuda" else f"cuda:{torch.cuda.get_device_name(device)}"
 
 
 def _trainable_snapshot(model: Any) -> dict[str, torch.Tensor]:
@@ -573,13 +597,7 @@ def train(cfg: FinetuneConfig, *, base: Any = None, tokenizer: Any = None) -> tu
 
     start_step, best_eval, best_step, bad_evals = 0, math.inf, None, 0
     if ckpt is not None:
-        st = read_json(ckpt / "trainer_state.json")
-        _load_adapter_weights(model, ckpt)
-        _restore_optimizer(opt, load_file(str(ckpt / "optimizer.safetensors")))
-        rng = load_file(str(ckpt / "rng_state.safetensors"))
-        torch.set_rng_state(rng["cpu"])
-        if "cuda" in rng and device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"])
+        st = restore_checkpoint(model, opt, ckpt, device)
         start_step = int(st["step"])
         best_eval = st.get("best_eval_loss") if st.get("best_eval_loss") is not None else math.inf
         best_step, bad_evals = st.get("best_step"), int(st.get("evals_without_improvement", 0))
@@ -648,10 +666,7 @@ def train(cfg: FinetuneConfig, *, base: Any = None, tokenizer: Any = None) -> tu
     if best_weights is not None:
         _restore_trainable(model, best_weights)
         eval_loss = None if math.isinf(best_eval) else best_eval
-    adapter_dir = out / "adapter"
-    if adapter_dir.exists():
-        shutil.rmtree(adapter_dir)
-    model.save_pretrained(str(adapter_dir), safe_serialization=True)
+    save_adapter(model, out)
     tail = losses[-10:]
     metrics = {
         "train_loss": sum(tail) / len(tail) if tail else None,
@@ -665,7 +680,7 @@ def train(cfg: FinetuneConfig, *, base: Any = None, tokenizer: Any = None) -> tu
         "peak_memory_mb": round(peak_memory_mb(device), 1),
         "duration_s": round(time.monotonic() - started, 2),
         "precision": precision,
-        "device": device.type if device.type != "cuda" else f"cuda:{torch.cuda.get_device_name(device)}",
+        "device": device_name(device),
         "stopped_early": stopped_early,
         "resumed_from_step": start_step if ckpt is not None else None,
         "loss_curve": loss_curve(losses, first_step=start_step),

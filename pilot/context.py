@@ -27,6 +27,7 @@ class HostModules:
     rehearsal inject stubs here; they are not settings."""
 
     train: str = "jobs.finetune_lora"
+    preference: str = "jobs.preference"  # DPO / KTO runs
     generate: str = "jobs.generate"
 
 

@@ -20,7 +20,7 @@ from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from pilot.errors import ConfigError
-from pilot.settings_sections import DashboardSettings, GatewaySettings
+from pilot.settings_sections import DashboardSettings, GatewaySettings, ReinforcementSettings, RewardSettings
 from pilot.settings_sections import Section as _Section
 
 DEFAULT_SEARCH_PATH = (
@@ -436,6 +436,8 @@ class Settings(BaseSettings):
     budget: BudgetSettings = BudgetSettings()
     curation: CurationSettings = CurationSettings()
     training: TrainingSettings = TrainingSettings()
+    rewards: RewardSettings = RewardSettings()
+    reinforcement: ReinforcementSettings = ReinforcementSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
     gpu: GpuSettings = GpuSettings()
     artifacts: ArtifactSettings = ArtifactSettings()

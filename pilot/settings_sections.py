@@ -1,5 +1,6 @@
-"""Settings sections of the surfaces people and products use directly, the web dashboard and the capture gateway,
-kept apart from pilot/settings.py (which assembles every section into ``Settings``) so each module stays readable.
+"""Settings sections kept apart from pilot/settings.py (which assembles every section into ``Settings``) so each
+module stays readable: the surfaces people and products use directly (the web dashboard, the capture gateway) and
+the reinforcement layer (rewards, preference methods; docs/reinforcement.md).
 ``Section`` is the base of every section: unknown keys are refused, values are frozen."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-__all__ = ["DashboardSettings", "GatewaySettings", "Section"]
+__all__ = ["DashboardSettings", "GatewaySettings", "ReinforcementSettings", "RewardSettings", "Section"]
 
 
 class Section(BaseModel):
@@ -74,3 +75,35 @@ class GatewaySettings(Section):
                 "for must never become training data"
             )
         return self
+
+
+class RewardSettings(Section):
+    """The reward of one execution (subagents/data/rewards.py); the defaults are the seed design's values."""
+
+    success: float = Field(1.0, description="Reward of an execution that succeeded.")
+    failure: float = Field(-1.0, description="Reward of an execution that failed (instead of success).")
+    per_test_passed: float = Field(0.5, description="Added per test passed.")
+    per_second: float = Field(-0.01, description="Added per second the execution took.")
+    per_1k_tokens: float = Field(-0.05, description="Added per 1,000 tokens spent (the token-cost penalty).")
+    performance_bonus: float = Field(0.2, description="Added to a success with all tests passed in <= fast_s.")
+    fast_s: float = Field(5.0, ge=0, description="Duration at or under which a success earns the performance bonus.")
+    concision_bonus: float = Field(0.1, description="Added to a success whose output is <= concise_chars long.")
+    concise_chars: int = Field(400, ge=0, description="Output length at or under which the concision bonus applies.")
+    per_rating_step: float = Field(0.5, description="Added per human rating step above 3 (subtracted below).")
+
+
+class ReinforcementSettings(Section):
+    """Which method a cycle trains with (subagents/training.py: choose_method) and the preference job's knobs."""
+
+    enabled: bool = Field(True, description="Rewards per example; failures kept as preference data in snapshots.")
+    choose_method: bool = Field(
+        False, description="Let a cycle train DPO or KTO when the data holds enough pairs or failures (else: LoRA SFT)."
+    )
+    min_pairs: int = Field(50, ge=1, description="DPO pairs (two attempts at one task) in train needed for DPO.")
+    min_undesirable: int = Field(50, ge=1, description="Failed attempts in train needed for KTO (when DPO is out).")
+    min_pair_margin: float = Field(0.5, gt=0, description="Least reward difference between a pair's two answers.")
+    max_pairs_per_cluster: int = Field(4, ge=1, description="Most DPO pairs from one task cluster.")
+    beta: float = Field(0.1, gt=0, description="Strength of the pull towards the reference (base) model.")
+    sft_weight: float = Field(1.0, ge=0, description="Weight of the NLL on good answers added to the loss.")
+    cost_factor_dpo: float = Field(3.0, ge=1, description="GPU time per token of DPO relative to supervised.")
+    cost_factor_kto: float = Field(4.0, ge=1, description="GPU time per token of KTO relative to supervised.")

@@ -17,6 +17,11 @@ from tools.gpu.offers import JobShape, rank_offers
 from tools.gpu.offers import requirements_for as offer_requirements
 
 CHARS_PER_TOKEN = 4.0  # a conservative average for code and English
+# Training methods: supervised LoRA on successes, or a preference method on what the failures add.
+METHODS = ("sft", "dpo", "kto")
+# The snapshot file each method trains on, and the jobs/ module that runs it.
+METHOD_FILES = {"sft": "train.jsonl", "dpo": "dpo.jsonl", "kto": "kto.jsonl"}
+METHOD_MODULES = {"sft": "jobs.finetune_lora", "dpo": "jobs.preference", "kto": "jobs.preference"}
 STARTUP_HOURS_REMOTE = 0.15  # image pull + dependency install on a fresh host, billed
 
 
@@ -51,23 +56,91 @@ class TrainingPlan:
 
 
 def count_tokens(jsonl: Path) -> tuple[int, int]:
-    """(examples, estimated tokens) of a snapshot split, from its message text."""
+    """(examples, estimated tokens) of a snapshot split or preference file, from its text: messages, or a
+    prompt with its chosen and rejected answers (DPO: both are scored) or its completion (KTO)."""
     examples = chars = 0
     with jsonl.open() as fh:
         for line in fh:
             if not line.strip():
                 continue
             examples += 1
-            chars += sum(len(m.get("content", "")) for m in json.loads(line).get("messages", []))
+            row = json.loads(line)
+            messages = row.get("messages") or row.get("prompt") or []
+            chars += sum(len(m.get("content", "")) for m in messages)
+            chars += sum(len(str(row.get(k, ""))) for k in ("chosen", "rejected", "completion"))
     return examples, int(chars / CHARS_PER_TOKEN) + examples * 8  # + template tokens
 
 
-def job_shape(params: TrainingParams, train_tokens: int, *, max_dph: float | None = None) -> JobShape:
-    """The job as the offer model sees it (tools/gpu/offers.py): size, sequence, batch, tokens to process."""
+@dataclass(frozen=True)
+class MethodChoice:
+    """Which method a cycle trains with, why (one line with the figures), and those figures."""
+
+    method: str
+    reason: str
+    figures: dict[str, Any]
+
+
+def choose_method(
+    preference: dict[str, Any], *, train_examples: int, enabled: bool, min_pairs: int, min_undesirable: int
+) -> MethodChoice:
+    """From what the snapshot holds (``Manifest.preference``: desirable, undesirable, pairs, pair sources):
+
+    - DPO when there are at least ``min_pairs`` pairs (two attempts at one task with different rewards): the
+      sharpest signal, the same prompt with a better and a worse answer;
+    - else KTO when there are at least ``min_undesirable`` failed attempts (and some successes): unpaired, it
+      still learns what the failures did wrong;
+    - else supervised LoRA on the successes (also whenever the reinforcement layer is off or the snapshot has no
+      preference data).
+    """
+    pairs = int(preference.get("pairs", 0))
+    bad = int(preference.get("undesirable", 0))
+    good = int(preference.get("desirable", 0))
+    figures = {
+        "train_examples": train_examples,
+        "pairs": pairs,
+        "pair_sources": preference.get("pair_sources", {}),
+        "desirable": good,
+        "undesirable": bad,
+        "clusters_with_both_outcomes": preference.get("clusters_with_both_outcomes", 0),
+        "min_pairs": min_pairs,
+        "min_undesirable": min_undesirable,
+    }
+    if not enabled or not preference:
+        why = "preference methods are off" if not enabled else "the snapshot holds no preference data"
+        return MethodChoice("sft", f"supervised: {train_examples} successful examples; {why}", figures)
+    if pairs >= min_pairs:
+        return MethodChoice(
+            "dpo",
+            f"DPO: {pairs} pairs (>= {min_pairs}) of two attempts at one task with different rewards "
+            f"{figures['pair_sources']}, from {good} successes and {bad} failed attempts",
+            figures,
+        )
+    if bad >= min_undesirable and good > 0:
+        return MethodChoice(
+            "kto",
+            f"KTO: {bad} failed attempts (>= {min_undesirable}) and {good} successes; only {pairs} pairs "
+            f"(< {min_pairs}) for DPO",
+            figures,
+        )
+    return MethodChoice(
+        "sft",
+        f"supervised: {train_examples} successful examples; {pairs} pairs (< {min_pairs}) and {bad} failures "
+        f"(< {min_undesirable}) are too few for a preference method",
+        figures,
+    )
+
+
+def job_shape(
+    params: TrainingParams, train_tokens: int, *, max_dph: float | None = None, cost_factor: float = 1.0
+) -> JobShape:
+    """The job as the offer model sees it (tools/gpu/offers.py): size, sequence, batch, tokens to process.
+    ``cost_factor``: GPU time per token of the method relative to supervised (a preference step runs a
+    reference forward and scores two answers), applied as supervised-equivalent tokens."""
     if params.max_steps is not None:
         tokens, epochs = int(params.max_steps * params.batch_size * params.grad_accum * params.seq_len / 2), 1.0
     else:
         tokens, epochs = train_tokens, params.epochs
+    tokens = int(tokens * cost_factor)
     return JobShape(
         params_b=params.base_model_params_b,
         seq_len=params.seq_len,
@@ -85,12 +158,12 @@ def requirements_for(params: TrainingParams, *, max_dph: float) -> OfferRequirem
     return offer_requirements(job_shape(params, 1, max_dph=max_dph))
 
 
-def expected_hours(params: TrainingParams, train_tokens: int, *, remote: bool) -> float:
+def expected_hours(params: TrainingParams, train_tokens: int, *, remote: bool, cost_factor: float = 1.0) -> float:
     if params.max_steps is not None:
         tokens = params.max_steps * params.batch_size * params.grad_accum * params.seq_len / 2
     else:
         tokens = train_tokens * params.epochs
-    hours = tokens / params.tokens_per_second_estimate / 3600
+    hours = tokens * cost_factor / params.tokens_per_second_estimate / 3600
     return hours + (STARTUP_HOURS_REMOTE if remote else 0.0)
 
 
@@ -102,6 +175,8 @@ def plan_training(
     train_tokens: int,
     remote: bool,
     truncation: TruncationReport | None = None,
+    method: MethodChoice | None = None,
+    cost_factor: float = 1.0,
 ) -> TrainingPlan | None:
     """The offer with the lowest expected TOTAL cost of the job (not the lowest $/h). None when there is none.
 
@@ -118,8 +193,12 @@ def plan_training(
     figures: dict[str, Any] = {"train_examples": train_examples, "train_tokens": train_tokens}
     if truncation is not None:
         figures["truncation"] = truncation.to_dict()
+    if method is not None:  # priced per method: cost_factor x the supervised GPU time per token
+        figures.update(method=method.method, method_reason=method.reason, method_figures=method.figures)
+        figures["cost_factor"] = cost_factor
+    shape = job_shape(params, train_tokens, cost_factor=cost_factor)
     if remote:
-        ranked = [(o, c) for o, c in rank_offers(offers, job_shape(params, train_tokens)) if c.total_usd < float("inf")]
+        ranked = [(o, c) for o, c in rank_offers(offers, shape) if c.total_usd < float("inf")]
         if not ranked:
             return None
         best, estimate = ranked[0]
@@ -136,7 +215,7 @@ def plan_training(
             offers_ranked=len(ranked),
         )
     else:
-        hours = expected_hours(params, train_tokens, remote=False)
+        hours = expected_hours(params, train_tokens, remote=False, cost_factor=cost_factor)
         best = min(offers, key=lambda o: o.dph_total)
         cost = round(best.dph_total * hours, 4)
     figures.update(
@@ -156,8 +235,55 @@ def plan_training(
     )
 
 
-def job_config(params: TrainingParams, *, train_file: Path, eval_file: Path | None, output_dir: Path) -> dict[str, Any]:
-    """The JSON config ``jobs/finetune_lora.py`` reads."""
+@dataclass(frozen=True)
+class PreferenceParams:
+    method: str  # "dpo" | "kto"
+    beta: float = 0.1
+    sft_weight: float = 1.0
+    desirable_weight: float = 1.0
+    undesirable_weight: float = 1.0
+
+
+def kto_weights(desirable: int, undesirable: int) -> tuple[float, float]:
+    """KTO's class weights: desirable_weight * desirable / (undesirable_weight * undesirable) kept in [1, 4/3],
+    the band the KTO paper recommends, by up-weighting the rarer side."""
+    if desirable <= 0 or undesirable <= 0:
+        return 1.0, 1.0
+    ratio = desirable / undesirable
+    if ratio < 1.0:
+        return round(1.0 / ratio, 4), 1.0
+    if ratio > 4 / 3:
+        return 1.0, round(ratio / (4 / 3), 4)
+    return 1.0, 1.0
+
+
+def job_config(
+    params: TrainingParams,
+    *,
+    train_file: Path,
+    eval_file: Path | None,
+    output_dir: Path,
+    preference: PreferenceParams | None = None,
+) -> dict[str, Any]:
+    """The JSON config ``jobs/finetune_lora.py`` reads; with ``preference``, ``jobs/preference.py``'s (the same
+    keys, no eval file and no packing, plus the method's)."""
+    config = _sft_config(params, train_file=train_file, eval_file=eval_file, output_dir=output_dir)
+    if preference is not None:
+        config.update(asdict(preference), eval_file=None)
+    return config
+
+
+def preference_params(figures: dict[str, Any]) -> PreferenceParams | None:
+    """The preference job's parameters a plan's figures carry (``figures["preference"]``), None for supervised."""
+    raw = figures.get("preference")
+    if figures.get("method", "sft") == "sft" or not raw:
+        return None
+    return PreferenceParams(**raw)
+
+
+def _sft_config(
+    params: TrainingParams, *, train_file: Path, eval_file: Path | None, output_dir: Path
+) -> dict[str, Any]:
     p = asdict(params)
     return {
         "base_model": p["base_model"],

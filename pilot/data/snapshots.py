@@ -25,6 +25,8 @@ from pilot.store.models import DatasetSnapshot, ExecutionRecordRow, TrainingRun
 from pilot.store.status import EntityType, RunStatus
 from pilot.store.writers import record_event
 from subagents.data.curate import CurationConfig, CurationResult, curate
+from subagents.data.preference import PreferenceData, preference_data
+from subagents.data.rewards import RewardWeights
 from subagents.data.schema import ExecutionRecord
 from subagents.data.snapshot import write_snapshot
 
@@ -53,6 +55,21 @@ def curation_config(ctx: PilotContext) -> CurationConfig:
         golden_fraction=c.golden_fraction,
         cluster_threshold=c.cluster_threshold,
     )
+
+
+def reward_weights(ctx: PilotContext) -> RewardWeights | None:
+    """The reward weights when the reinforcement layer is on (curation then keeps failures), else None."""
+    if not ctx.settings.reinforcement.enabled:
+        return None
+    return RewardWeights(**ctx.settings.rewards.model_dump())
+
+
+def preference_for(ctx: PilotContext, result: CurationResult) -> PreferenceData | None:
+    """KTO examples and DPO pairs from the train split, when the reinforcement layer is on."""
+    if not ctx.settings.reinforcement.enabled:
+        return None
+    r = ctx.settings.reinforcement
+    return preference_data(result, min_margin=r.min_pair_margin, max_pairs_per_cluster=r.max_pairs_per_cluster)
 
 
 def frozen_golden(session: Session) -> set[str]:
@@ -125,12 +142,15 @@ def make_snapshot(ctx: PilotContext, *, actor: str = "supervisor") -> tuple[Data
         newest = newest_record_pk(session)
         records = list(iter_records(session, upto_pk=newest))
         golden_keys = frozen_golden(session)
-    result = curate(records, curation_config(ctx), frozen_golden=golden_keys)
+    result = curate(records, curation_config(ctx), frozen_golden=golden_keys, rewards=reward_weights(ctx))
+    preference = preference_for(ctx, result)
     root = ctx.settings.snapshots_dir
     root.mkdir(parents=True, exist_ok=True)
     staging = root / f".staging-{uuid.uuid4().hex[:8]}"
     try:  # the final pass refuses to write a snapshot that still holds a secret or PII (ResidualSecretError)
-        manifest = write_snapshot(result, staging, source={"records": len(records), "max_record_pk": newest})
+        manifest = write_snapshot(
+            result, staging, source={"records": len(records), "max_record_pk": newest}, preference=preference
+        )
     except SnapshotError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         with ctx.store.session(write=True) as session:

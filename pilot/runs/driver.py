@@ -27,7 +27,7 @@ from pilot.store.leases import LeaseKeeper, holds, run_lease
 from pilot.store.models import DatasetSnapshot, TrainingRun, utcnow
 from pilot.store.status import EntityType, RunStatus, RunTerminationReason
 from pilot.store.writers import record_event, switch_run_status
-from subagents.training import classify_exit, job_config
+from subagents.training import METHOD_FILES, classify_exit, job_config, preference_params
 from tools.errors import ProviderError
 from tools.gpu.base import InstanceState, LaunchSpec
 
@@ -104,16 +104,23 @@ def _launch_local(ctx: PilotContext, run: TrainingRun, *, lease: str) -> Trainin
     output_dir = workdir / "output"
     output_dir.mkdir(parents=True, exist_ok=True)
     snap = Path(snapshot.path)
+    figures = (run.config or {}).get("plan") or {}
+    method = str(figures.get("method", "sft"))
     config = job_config(
-        training_params(ctx), train_file=snap / "train.jsonl", eval_file=snap / "eval.jsonl", output_dir=output_dir
+        training_params(ctx),
+        train_file=snap / METHOD_FILES[method],
+        eval_file=snap / "eval.jsonl",
+        output_dir=output_dir,
+        preference=preference_params(figures),
     )
     config_path = workdir / "job.json"
     config_path.write_text(json.dumps(config, indent=2))
+    module = ctx.host_modules.train if method == "sft" else ctx.host_modules.preference
     spec = LaunchSpec(
         label=run.label,
         offer_id=run.offer_id,
         image=ctx.settings.gpu.vast.image,
-        command=[sys.executable, "-m", "jobs.finetune_lora", "--config", str(config_path)],
+        command=[sys.executable, "-m", module, "--config", str(config_path)],
         env={"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"},
     )
     try:

@@ -40,7 +40,7 @@ from pilot.runs import lifecycle as runs
 from pilot.store.models import DatasetSnapshot, TrainingRun
 from pilot.store.status import EntityType
 from pilot.store.writers import record_event
-from subagents.training import TrainingParams, job_config
+from subagents.training import METHOD_FILES, TrainingParams, job_config, preference_params
 from tools.artifacts.base import PICKLE_SUFFIXES, SAFE_ADAPTER_SUFFIXES, refuse_pickled
 from tools.errors import ArtifactError, ArtifactNotFound, ArtifactTooLarge, IntegrityError, LaunchFailed, PilotError
 from tools.gpu.base import LaunchSpec
@@ -297,9 +297,10 @@ def stage_inputs(ctx: PilotContext, run: TrainingRun, snapshot: DatasetSnapshot)
     archive.write_bytes(code_archive())
     files = {"code": (archive, "code.tar.gz")}
     snap = Path(snapshot.path)
-    for name in ("train", "eval"):
-        if (snap / f"{name}.jsonl").is_file():
-            files[name] = (snap / f"{name}.jsonl", f"data/{name}.jsonl")
+    method = str(((run.config or {}).get("plan") or {}).get("method", "sft"))
+    for name, file in (("train", METHOD_FILES[method]), ("eval", "eval.jsonl")):
+        if (snap / file).is_file():
+            files[name] = (snap / file, f"data/{file}")
     staged = {}
     for name, (path, rel) in files.items():
         ref = ctx.artifacts.put(f"runs/{run.id}/inputs/{path.name}", path)
@@ -330,11 +331,14 @@ def build_manifest(
     get_s, put_s = url_lifetimes(ctx)
     prefix = attempt_prefix(run.id, n)
     remote = ctx.settings.gpu.remote
+    figures = (run.config or {}).get("plan") or {}
+    preference = preference_params(figures)
     config = job_config(
         _params(ctx),
         train_file=Path(inputs["train"]["path"]),
         eval_file=Path(inputs["eval"]["path"]) if "eval" in inputs else None,
         output_dir=Path("output"),
+        preference=preference,
     )
     config.update(save_steps=remote.save_steps, heartbeat_every_s=min(remote.heartbeat_every_s, 10.0))
 
@@ -348,7 +352,7 @@ def build_manifest(
         "run_id": run.id,
         "attempt": n,
         "heartbeat_every_s": remote.heartbeat_every_s,
-        "job_module": ctx.host_modules.train,
+        "job_module": ctx.host_modules.train if preference is None else ctx.host_modules.preference,
         "code": get(inputs["code"]),
         "inputs": {name: {**get(ref), "path": ref["path"]} for name, ref in inputs.items() if name != "code"},
         "config": config,

@@ -8,6 +8,7 @@ worker (the daemon's jobs worker, or ``run --once`` driving it) rents, watches a
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,25 +29,66 @@ from pilot.supervisor.facts import gather_facts
 from pilot.supervisor.state import CycleState, get_decision, log_line, run_for_decision, update_decision
 from subagents.data.errors import SnapshotError
 from subagents.lengths import truncation_report
-from subagents.training import TrainingPlan, count_tokens, plan_training, requirements_for
+from subagents.training import (
+    METHOD_FILES,
+    MethodChoice,
+    PreferenceParams,
+    TrainingPlan,
+    choose_method,
+    count_tokens,
+    kto_weights,
+    plan_training,
+    requirements_for,
+)
 from tools.errors import PilotError
 
 
+def choose_run_method(ctx: PilotContext, snap: DatasetSnapshot) -> MethodChoice:
+    """Supervised, DPO or KTO, from what the snapshot holds (subagents/training.py: choose_method)."""
+    r = ctx.settings.reinforcement
+    return choose_method(
+        dict(snap.manifest.get("preference") or {}),
+        train_examples=snap.train_count,
+        enabled=r.enabled and r.choose_method,
+        min_pairs=r.min_pairs,
+        min_undesirable=r.min_undesirable,
+    )
+
+
 def price_run(ctx: PilotContext, snapshot_id: str) -> tuple[DatasetSnapshot, TrainingPlan | None]:
-    """The training subagent prices the snapshot's run on the provider's offers as they are now."""
+    """The training subagent chooses the method and prices the snapshot's run on the provider's offers as they
+    are now (a preference method at its cost factor: its steps cost more GPU time per token)."""
     with ctx.store.session() as session:
         snap = session.get(DatasetSnapshot, snapshot_id)
     assert snap is not None
-    examples, tokens = count_tokens(Path(snap.path) / "train.jsonl")
+    choice = choose_run_method(ctx, snap)
+    data = Path(snap.path) / METHOD_FILES[choice.method]
+    examples, tokens = count_tokens(data)
     params = training_params(ctx)
     offers = ctx.gpu.search_offers(requirements_for(params, max_dph=ctx.settings.budget.max_dph))
     remote = ctx.gpu.name != "local"
     cut = truncation_report(
         Path(snap.path) / "train.jsonl", params.seq_len, max_share=ctx.settings.training.max_truncated_share
     )
-    return snap, plan_training(
-        params, offers, train_examples=examples, train_tokens=tokens, remote=remote, truncation=cut
+    r = ctx.settings.reinforcement
+    factor = {"sft": 1.0, "dpo": r.cost_factor_dpo, "kto": r.cost_factor_kto}[choice.method]
+    plan = plan_training(
+        params,
+        offers,
+        train_examples=examples,
+        train_tokens=tokens,
+        remote=remote,
+        truncation=cut,
+        method=choice,
+        cost_factor=factor,
     )
+    if plan is not None and choice.method != "sft":
+        good, bad = kto_weights(int(choice.figures["desirable"]), int(choice.figures["undesirable"]))
+        pref = PreferenceParams(
+            choice.method, beta=r.beta, sft_weight=r.sft_weight, desirable_weight=good, undesirable_weight=bad
+        )
+        plan.figures["preference"] = asdict(pref)
+    return snap, plan
 
 
 def max_spend(ctx: PilotContext, training: TrainingPlan) -> float:
@@ -174,7 +216,8 @@ def plan(ctx: PilotContext, state: CycleState) -> dict[str, Any]:
         }
     update_decision(ctx, decision.id, figures=figures)
     line = (
-        f"plan: {training.train_examples} examples (~{training.train_tokens} tokens) on {training.offer.gpu_name} at "
+        f"plan: {training.figures.get('method_reason', 'supervised')}; "
+        f"{training.train_examples} examples (~{training.train_tokens} tokens) on {training.offer.gpu_name} at "
         f"${training.offer.dph_total:.3f}/h, ~{training.expected_hours:.3f} h, est. ${training.estimated_cost_usd:.4f} "
         f"(at most ${max_spend(ctx, training):.4f}); {ruling.reason}"
     )
@@ -196,8 +239,8 @@ def request_approval(ctx: PilotContext, state: CycleState) -> dict[str, Any]:
             decision=decision,
             kind=ApprovalKind.TRAINING,
             summary={
-                "what": "LoRA fine-tune",
-                "why": why,
+                "what": f"LoRA fine-tune, method {figures.get('method', 'sft')}",
+                "why": f"{why}; {figures['method_reason']}" if figures.get("method_reason") else why,
                 "snapshot": state["snapshot_id"],
                 "plan": figures,
                 "max_spend_usd": ceiling,

@@ -23,6 +23,14 @@ Invariants:
   An example's ``split_key`` is its cluster's key, so ``assign_split(example.split_key)`` is its split (or it
   is golden by ``frozen_golden``).
 - Deterministic: the same records in the same order and config give the same result.
+
+With ``rewards`` (the reinforcement layer, subagents/data/rewards.py): every example carries its record's reward,
+and the records the quality filters drop as failures (not_success, tests_failed, low_rating; they still count in
+``dropped``) are kept as ``failures`` for preference data, after the same injection screening, exact dedup and
+scrubbing. The splits of the successful examples do not change: clusters are computed over them alone, as
+without ``rewards``; a failure then takes the split of the success clusters it joins when clustered together
+with them, or its own key's split when it joins none. A failure that joins clusters in two splits is dropped
+(``failure_straddles``), so no task cluster reaches both training and golden through a failure.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from typing import Any
 from subagents.data.clusters import TaskItem, task_clusters
 from subagents.data.dedup import near_duplicates
 from subagents.data.injection import screen
+from subagents.data.rewards import RewardWeights, reward, reward_distribution
 from subagents.data.schema import ExecutionRecord, content_hash
 from subagents.data.scrub import scrub
 from subagents.data.split import Split, assign_split, split_key
@@ -55,6 +64,11 @@ class DropReason:
     EXACT_DUPLICATE = "exact_duplicate"
     NEAR_DUPLICATE = "near_duplicate"
     OVER_MAX_EXAMPLES = "over_max_examples"
+    FAILURE_STRADDLES = "failure_straddles"  # a failure kept for preference data linked two splits' clusters
+
+
+# The quality reasons that mark an attempt that went wrong (kept, with ``rewards``, as preference data).
+FAILURE_REASONS = frozenset({DropReason.NOT_SUCCESS, DropReason.TESTS_FAILED, DropReason.LOW_RATING})
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,10 +110,14 @@ class Example:
     split_key: str
     record_id: str
     tests: str = ""  # scrubbed test code the product ran (code tasks); "" when the record had none
+    reward: float | None = None  # the record's reward (rewards.py), when curation computed rewards
+    success: bool = True  # False for a failure kept for preference data
+    rating: int | None = None  # the human rating of the record, if any (not serialised: it is in ``weight``)
 
     def to_json(self) -> str:
-        """The snapshot line format (the demo task spec): id, domain, weight, messages, and ``tests`` only when
-        there are any (readers must ignore keys they do not know; jobs.common.read_jsonl does)."""
+        """The snapshot line format (the demo task spec): id, domain, weight, messages, ``tests`` only when
+        there are any, ``reward`` only when computed (readers must ignore keys they do not know;
+        jobs.common.read_jsonl does)."""
         line: dict[str, object] = {
             "id": self.id,
             "domain": self.domain,
@@ -108,6 +126,8 @@ class Example:
         }
         if self.tests:
             line["tests"] = self.tests
+        if self.reward is not None:
+            line["reward"] = self.reward
         return json.dumps(line, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -124,6 +144,9 @@ class CurationResult:
     config: CurationConfig = field(default_factory=CurationConfig)
     records_in: int = 0
     task_clusters: dict[str, int] = field(default_factory=dict)  # clusters, records in multi-record clusters, largest
+    failures: dict[str, list[Example]] = field(default_factory=dict)  # split -> failed attempts (with ``rewards``)
+    rewards: dict[str, dict[str, float]] = field(default_factory=dict)  # domain -> reward distribution
+    failures_skipped: dict[str, int] = field(default_factory=dict)  # why failed attempts were not kept
 
     def split(self, name: Split | str) -> list[Example]:
         return {Split.TRAIN: self.train, Split.EVAL: self.eval, Split.GOLDEN: self.golden}[Split(name)]
@@ -166,12 +189,17 @@ def _screen_record(record: ExecutionRecord) -> str | None:
 
 
 def curate(
-    records: Iterable[ExecutionRecord], config: CurationConfig | None = None, *, frozen_golden: Collection[str] = ()
+    records: Iterable[ExecutionRecord],
+    config: CurationConfig | None = None,
+    *,
+    frozen_golden: Collection[str] = (),
+    rewards: RewardWeights | None = None,
 ) -> CurationResult:
     """Filter, screen, deduplicate, scrub and split ``records`` (see the module docstring).
 
     ``frozen_golden``: split keys that were golden before (``split_key`` of the previous snapshot's golden
-    prompts); a task cluster holding any of them is golden whatever else joined it."""
+    prompts); a task cluster holding any of them is golden whatever else joined it. ``rewards``: compute each
+    example's reward and keep failed attempts for preference data (the module docstring)."""
     config = config or CurationConfig()
     dropped: Counter[str] = Counter()
     samples: dict[str, list[str]] = defaultdict(list)
@@ -186,11 +214,15 @@ def curate(
     seen: set[str] = set()
     kept: list[tuple[ExecutionRecord, str]] = []
     n_in = 0
+    failed: list[tuple[ExecutionRecord, str]] = []
+    failure_skips: Counter[str] = Counter()
     for record in records:
         n_in += 1
         reason = _quality_reason(record, config)
         if reason is not None:
             drop(reason, record.record_id)
+            if rewards is not None and reason in FAILURE_REASONS and record.output.strip():
+                _keep_failure(record, failed, failure_skips)
             continue
         injection = _screen_record(record)
         if injection is not None:
@@ -233,31 +265,35 @@ def curate(
     cluster_key = {c: split_key(kept[mark[2]][0].prompt) for c, mark in first.items()}
     sizes = Counter(cluster_of)
 
+    def cluster_split(c: int) -> Split:
+        if c in frozen_clusters:
+            return Split.GOLDEN
+        return assign_split(cluster_key[c], eval_fraction=config.eval_fraction, golden_fraction=config.golden_fraction)
+
     # Steps 5-6.
     scrubbed: Counter[str] = Counter()
     splits: dict[Split, list[tuple[Example, ExecutionRecord]]] = {s: [] for s in Split}
     for idx, (record, digest) in enumerate(kept):
         if idx in near:
             continue
-        prompt, output, tests = scrub(record.prompt), scrub(record.output), scrub(record.tests)
-        scrubbed.update(prompt.counts)
-        scrubbed.update(output.counts)
-        scrubbed.update(tests.counts)
-        key = cluster_key[cluster_of[idx]]
-        example = Example(
-            id=f"ex-{hashlib.sha256(digest.encode()).hexdigest()[:20]}",
-            domain=record.domain,
-            weight=outcome_weight(record),
-            messages=({"role": "user", "content": prompt.text}, {"role": "assistant", "content": output.text}),
-            split_key=key,
-            record_id=record.record_id,
-            tests=tests.text,
-        )
-        if cluster_of[idx] in frozen_clusters:
-            which = Split.GOLDEN
-        else:
-            which = assign_split(key, eval_fraction=config.eval_fraction, golden_fraction=config.golden_fraction)
-        splits[which].append((example, record))
+        example = _example(record, digest, cluster_key[cluster_of[idx]], rewards, scrubbed, success=True)
+        splits[cluster_split(cluster_of[idx])].append((example, record))
+
+    failures: dict[str, list[Example]] = {}
+    if rewards is not None:
+        seen_success = {digest for _, digest in kept}
+        conflicting = sum(1 for _, d in failed if d in seen_success)
+        if conflicting:  # the same answer to the same task reported both ways: no signal either way
+            failure_skips["same_as_success"] += conflicting
+            failed = [(r, d) for r, d in failed if d not in seen_success]
+        placed = _place_failures(kept, failed, cluster_of, cluster_split, cluster_key, config, frozen_golden)
+        failures = {s.value: [] for s in Split}
+        for (record, digest), where in zip(failed, placed, strict=True):
+            if where is None:
+                failure_skips[DropReason.FAILURE_STRADDLES] += 1
+                continue
+            which, key = where
+            failures[which.value].append(_example(record, digest, key, rewards, scrubbed, success=False))
 
     # Step 7: cap train, keeping the highest weight, then the newest; the survivors keep input order.
     train = splits[Split.TRAIN]
@@ -271,6 +307,12 @@ def curate(
 
     out = {s: [example for example, _ in pairs] for s, pairs in splits.items()}
     domain_counts = {s.value: dict(sorted(Counter(e.domain for e in out[s]).items())) for s in Split}
+    rewarded = [*out[Split.TRAIN], *out[Split.EVAL], *out[Split.GOLDEN], *(e for f in failures.values() for e in f)]
+    distribution = (
+        reward_distribution((e.domain, e.reward, e.success) for e in rewarded if e.reward is not None)
+        if rewards is not None
+        else {}
+    )
     return CurationResult(
         train=out[Split.TRAIN],
         eval=out[Split.EVAL],
@@ -287,4 +329,98 @@ def curate(
             "clustered_records": sum(n for n in sizes.values() if n > 1),
             "largest": max(sizes.values(), default=0),
         },
+        failures=failures,
+        rewards=distribution,
+        failures_skipped=dict(sorted(failure_skips.items())),
     )
+
+
+def _example(
+    record: ExecutionRecord,
+    digest: str,
+    key: str,
+    rewards: RewardWeights | None,
+    scrubbed: Counter[str],
+    *,
+    success: bool,
+) -> Example:
+    """The scrubbed example of ``record`` in the cluster keyed ``key`` (scrub counts added to ``scrubbed``)."""
+    prompt, output, tests = scrub(record.prompt), scrub(record.output), scrub(record.tests)
+    scrubbed.update(prompt.counts)
+    scrubbed.update(output.counts)
+    scrubbed.update(tests.counts)
+    return Example(
+        id=f"ex-{hashlib.sha256(digest.encode()).hexdigest()[:20]}",
+        domain=record.domain,
+        weight=outcome_weight(record),
+        messages=({"role": "user", "content": prompt.text}, {"role": "assistant", "content": output.text}),
+        split_key=key,
+        record_id=record.record_id,
+        tests=tests.text,
+        reward=reward(record, rewards).total if rewards is not None else None,
+        success=success,
+        rating=record.feedback.rating if record.feedback is not None else None,
+    )
+
+
+def _keep_failure(record: ExecutionRecord, failed: list[tuple[ExecutionRecord, str]], skips: Counter[str]) -> None:
+    """Screen a failed attempt and keep it (once per content) for preference data."""
+    injection = _screen_record(record)
+    if injection is not None:
+        skips[f"injection:{injection}"] += 1
+        return
+    digest = content_hash(record)
+    if any(d == digest for _, d in failed):
+        skips[DropReason.EXACT_DUPLICATE] += 1
+        return
+    failed.append((record, digest))
+
+
+def _place_failures(
+    kept: list[tuple[ExecutionRecord, str]],
+    failed: list[tuple[ExecutionRecord, str]],
+    cluster_of: list[int],
+    cluster_split: Any,
+    cluster_key: dict[int, str],
+    config: CurationConfig,
+    frozen_golden: Collection[str],
+) -> list[tuple[Split, str] | None]:
+    """Each failure's (split, cluster key), or None when it joins success clusters of two splits."""
+    if not failed:
+        return []
+    n = len(kept)
+    joint = task_clusters(
+        [TaskItem(r.prompt, r.output) for r, _ in kept] + [TaskItem(r.prompt, r.output) for r, _ in failed],
+        config.cluster_threshold,
+    )
+    success_clusters: dict[int, list[int]] = defaultdict(list)  # joint cluster -> success clusters, in order
+    failure_first: dict[int, int] = {}  # joint cluster -> its first failure (for failure-only clusters)
+    frozen: set[int] = set()
+    for i, g in enumerate(joint):
+        if i < n:
+            if cluster_of[i] not in success_clusters[g]:
+                success_clusters[g].append(cluster_of[i])
+        else:
+            failure_first.setdefault(g, i - n)
+            if frozen_golden and split_key(failed[i - n][0].prompt) in frozen_golden:
+                frozen.add(g)
+    out: list[tuple[Split, str] | None] = []
+    for j in range(len(failed)):
+        g = joint[n + j]
+        members = success_clusters.get(g, [])
+        splits = {cluster_split(c) for c in members}
+        if g in frozen:
+            splits.add(Split.GOLDEN)
+        if len(splits) > 1:
+            out.append(None)
+        elif members:
+            out.append((splits.pop(), cluster_key[members[0]]))
+        else:
+            key = split_key(failed[failure_first[g]][0].prompt)
+            which = (
+                Split.GOLDEN
+                if g in frozen
+                else assign_split(key, eval_fraction=config.eval_fraction, golden_fraction=config.golden_fraction)
+            )
+            out.append((which, key))
+    return out

@@ -13,6 +13,10 @@ Invariants:
 - A line is ``Example.to_json()``: id, domain, weight, messages, and ``tests`` (scrubbed test code) only for
   examples that have some; ``Manifest.with_tests`` counts those per split (absent in manifests written before
   the field existed, read back as empty).
+- Preference data (the reinforcement layer, subagents/data/preference.py), when given: ``kto.jsonl`` and
+  ``dpo.jsonl`` (train split only) in ``preference_files``, their figures in ``preference``, the reward
+  distribution per domain in ``rewards`` and the failed attempts kept per split in ``failures``. The content
+  hash covers those files too when present, so a snapshot without them hashes as before they existed.
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from subagents.data.curate import CurationResult
 from subagents.data.errors import SnapshotError, SnapshotExistsError
 from subagents.data.final_pass import refuse, scan_snapshot_dir
+from subagents.data.preference import PreferenceData
 
 __all__ = ["SPLIT_FILES", "FileEntry", "Manifest", "read_manifest", "verify_snapshot", "write_snapshot"]
 
 SPLIT_FILES: dict[str, str] = {"train": "train.jsonl", "eval": "eval.jsonl", "golden": "golden.jsonl"}
+PREFERENCE_FILES: dict[str, str] = {"kto": "kto.jsonl", "dpo": "dpo.jsonl"}
 MANIFEST = "manifest.json"
 
 
@@ -74,13 +80,36 @@ class Manifest(BaseModel):
     source: dict[str, Any]
     with_tests: dict[str, int] = Field(default_factory=dict)  # split -> examples carrying test code
     task_clusters: dict[str, int] = Field(default_factory=dict)  # clusters, clustered_records, largest (curate.py)
+    rewards: dict[str, dict[str, float]] = Field(default_factory=dict)  # domain -> reward distribution
+    failures: dict[str, int] = Field(default_factory=dict)  # split -> failed attempts kept for preference data
+    failures_skipped: dict[str, int] = Field(default_factory=dict)  # why failed attempts were not kept
+    preference: dict[str, Any] = Field(default_factory=dict)  # preference.PreferenceData.figures
+    preference_files: dict[str, FileEntry] = Field(default_factory=dict)  # kto / dpo -> file
 
 
-def _combined_hash(files: dict[str, FileEntry]) -> str:
+def _combined_hash(files: dict[str, FileEntry], preference_files: dict[str, FileEntry] | None = None) -> str:
     h = hashlib.sha256()
     for split, name in SPLIT_FILES.items():
         h.update(f"{name}:{files[split].sha256}\n".encode())
+    for kind, name in PREFERENCE_FILES.items():
+        if preference_files and kind in preference_files:
+            h.update(f"{name}:{preference_files[kind].sha256}\n".encode())
     return h.hexdigest()
+
+
+def _write_lines(path: Path, lines: list[str]) -> FileEntry:
+    h = hashlib.sha256()
+    size = 0
+    with path.open("wb") as fh:
+        for text in lines:
+            line = (text + "\n").encode("utf-8")
+            h.update(line)
+            size += len(line)
+            fh.write(line)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.chmod(path, 0o444)
+    return FileEntry(name=path.name, sha256=h.hexdigest(), bytes=size, examples=len(lines))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -92,9 +121,15 @@ def _fsync_dir(path: Path) -> None:
 
 
 def write_snapshot(
-    result: CurationResult, directory: Path, *, source: dict[str, Any], now: datetime | None = None
+    result: CurationResult,
+    directory: Path,
+    *,
+    source: dict[str, Any],
+    now: datetime | None = None,
+    preference: PreferenceData | None = None,
 ) -> Manifest:
-    """Write ``result`` as a new snapshot at ``directory`` (which must not exist, or be empty)."""
+    """Write ``result`` (and ``preference``, if any) as a new snapshot at ``directory`` (which must not exist,
+    or be empty)."""
     directory = Path(directory)
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise SnapshotExistsError(f"snapshot {directory} already exists; snapshots are immutable")
@@ -102,23 +137,19 @@ def write_snapshot(
     tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:12]}"
     tmp.mkdir()
     try:
-        files: dict[str, FileEntry] = {}
-        for split, name in SPLIT_FILES.items():
-            examples = result.split(split)
-            h = hashlib.sha256()
-            size = 0
-            with (tmp / name).open("wb") as fh:
-                for example in examples:
-                    line = (example.to_json() + "\n").encode("utf-8")
-                    h.update(line)
-                    size += len(line)
-                    fh.write(line)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp / name, 0o444)
-            files[split] = FileEntry(name=name, sha256=h.hexdigest(), bytes=size, examples=len(examples))
+        files = {
+            split: _write_lines(tmp / name, [e.to_json() for e in result.split(split)])
+            for split, name in SPLIT_FILES.items()
+        }
+        pref_files: dict[str, FileEntry] = {}
+        line_ids = {name: [e.record_id for e in result.split(split)] for split, name in SPLIT_FILES.items()}
+        if preference is not None:
+            pref_files["kto"] = _write_lines(tmp / PREFERENCE_FILES["kto"], [k.to_json() for k in preference.kto])
+            pref_files["dpo"] = _write_lines(tmp / PREFERENCE_FILES["dpo"], [p.to_json() for p in preference.dpo])
+            line_ids[PREFERENCE_FILES["kto"]] = [k.record_id for k in preference.kto]
+            line_ids[PREFERENCE_FILES["dpo"]] = [" / ".join(p.record_ids) for p in preference.dpo]
         manifest = Manifest(
-            content_hash=_combined_hash(files),
+            content_hash=_combined_hash(files, pref_files),
             created_at=now or datetime.now(UTC),
             counts={split: entry.examples for split, entry in files.items()},
             records_in=result.records_in,
@@ -133,6 +164,11 @@ def write_snapshot(
             source=source,
             with_tests={s: sum(1 for e in result.split(s) if e.tests) for s in SPLIT_FILES},
             task_clusters=result.task_clusters,
+            rewards=result.rewards,
+            failures={s: len(v) for s, v in result.failures.items()},
+            failures_skipped=result.failures_skipped,
+            preference=preference.figures if preference is not None else {},
+            preference_files=pref_files,
         )
         with (tmp / MANIFEST).open("w", encoding="utf-8") as fh:
             fh.write(manifest.model_dump_json(indent=2))
@@ -141,7 +177,6 @@ def write_snapshot(
         os.chmod(tmp / MANIFEST, 0o444)
         # Defence in depth: what was written is scanned again with the scrubber's detectors; a hit refuses
         # the snapshot (ResidualSecretError names the records) and the temporary directory goes.
-        line_ids = {name: [e.record_id for e in result.split(split)] for split, name in SPLIT_FILES.items()}
         refuse(scan_snapshot_dir(tmp, line_ids), f"snapshot {directory.name}")
         _fsync_dir(tmp)
         try:
@@ -171,7 +206,7 @@ def read_manifest(directory: Path) -> Manifest:
 def verify_snapshot(directory: Path) -> Manifest:
     """Read the manifest and check every file's sha256 and the content hash; raise SnapshotError on mismatch."""
     manifest = read_manifest(directory)
-    for split, entry in manifest.files.items():
+    for split, entry in (*manifest.files.items(), *manifest.preference_files.items()):
         h = hashlib.sha256()
         try:
             with (Path(directory) / entry.name).open("rb") as fh:
@@ -181,6 +216,6 @@ def verify_snapshot(directory: Path) -> Manifest:
             raise SnapshotError(f"snapshot {directory} is missing {entry.name}") from exc
         if h.hexdigest() != entry.sha256:
             raise SnapshotError(f"snapshot {directory}: {split} file {entry.name} does not match its sha256")
-    if _combined_hash(manifest.files) != manifest.content_hash:
+    if _combined_hash(manifest.files, manifest.preference_files) != manifest.content_hash:
         raise SnapshotError(f"snapshot {directory}: content hash does not match its files")
     return manifest

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -77,3 +80,38 @@ def _run_job(args: list[str], *, timeout: float = 120) -> subprocess.CompletedPr
 def run_job() -> Callable[..., subprocess.CompletedProcess[str]]:
     """Factory: run_job([args...]) runs `python args...` as the daemon does, in the repo root."""
     return _run_job
+
+
+def _sigterm_at_step(module: str, config: Path, out: Path, step: int = 2) -> tuple[int, str]:
+    """Run ``python -m module --config config``, SIGTERM it once its heartbeat reports ``step``; (exit code, stderr)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, "--config", str(config)],
+        cwd=REPO_ROOT,
+        env=_job_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            hb = out / "heartbeat.json"
+            if hb.is_file() and json.loads(hb.read_text())["step"] >= step:
+                break
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"training never reached step {step}")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, err
+
+
+@pytest.fixture
+def sigterm_at_step() -> Callable[..., tuple[int, str]]:
+    """Factory: sigterm_at_step(module, config_path, output_dir, step=2) -> (exit code, stderr)."""
+    return _sigterm_at_step

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +14,6 @@ import torch
 
 from jobs import finetune_lora
 from jobs.common import EXIT_SIGTERM, load_adapter, load_base_model, load_tokenizer, run_main
-from tests.helpers.tiny_model import REPO_ROOT
 
 pytestmark = pytest.mark.train
 
@@ -248,35 +244,12 @@ def test_sigterm_writes_a_complete_checkpoint_and_exits_143(
     quick_base: Path,
     demo_files: dict[str, Path],
     finetune_config: Callable[..., Any],
-    job_env: dict[str, str],
+    sigterm_at_step: Callable[..., tuple[int, str]],
 ) -> None:
     out = tmp_path / "out"
     cfg = write_config(tmp_path / "cfg.json", finetune_config(quick_base, demo_files["train"], out, max_steps=100_000))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jobs.finetune_lora", "--config", str(cfg)],
-        cwd=REPO_ROOT,
-        env=job_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            hb = out / "heartbeat.json"
-            if hb.is_file() and json.loads(hb.read_text())["step"] >= 2:
-                break
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            time.sleep(0.1)
-        else:
-            pytest.fail("training never reached step 2")
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == EXIT_SIGTERM, err
+    code, err = sigterm_at_step("jobs.finetune_lora", cfg, out)
+    assert code == EXIT_SIGTERM, err
     ckpts = [d for d in (out / "checkpoints").iterdir()]
     assert len(ckpts) == 1 and (ckpts[0] / "COMPLETE").is_file()
     step = json.loads((ckpts[0] / "trainer_state.json").read_text())["step"]

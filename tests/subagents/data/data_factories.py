@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from subagents.data.samples import STYLES, VOCABULARY, convert
 from subagents.data.schema import ExecutionRecord, parse_record
+
+STYLE_NAMES = list(STYLES)
 
 
 def record_dict(**overrides: Any) -> dict[str, Any]:
@@ -36,3 +39,40 @@ def record(**overrides: Any) -> ExecutionRecord:
 
 def line(**overrides: Any) -> str:
     return json.dumps(record_dict(**overrides))
+
+
+def attempt_records(n_tasks: int) -> list[ExecutionRecord]:
+    """Per task: a failed attempt (the source copied unchanged), then a success; every 5th task also a second,
+    slower success that a human rated 2 (a rating pair)."""
+    out = []
+    for t in range(n_tasks):
+        words = [VOCABULARY[t % len(VOCABULARY)], VOCABULARY[(7 * t + 3) % len(VOCABULARY)], f"w{t}"]
+        style, source_style = STYLE_NAMES[t % 5], STYLE_NAMES[(t + 2) % 5]
+        src = convert(words, source_style)
+        prompt = f"Rename the identifier `{src}` to {style}."
+        common = {"prompt": prompt, "domain": STYLES[style], "task": f"task {t}"}
+        out.append(
+            record(
+                **common,
+                record_id=f"t{t}-fail",
+                timestamp=f"2025-01-06T09:{t % 60:02d}:00Z",
+                output=src,
+                success=False,
+                metrics={"tests_passed": 0, "tests_total": 3, "duration_s": 4.0},
+            )
+        )
+        out.append(record(**common, record_id=f"t{t}-ok", timestamp=f"2025-01-06T10:{t % 60:02d}:00Z",
+                          output=convert(words, style)))  # fmt: skip
+        if t % 5 == 0:
+            out.append(
+                record(
+                    **common,
+                    record_id=f"t{t}-ok-slow",
+                    timestamp=f"2025-01-06T11:{t % 60:02d}:00Z",
+                    output=f"{convert(words, style)} (renamed from {src}; all callers and tests updated too)",
+                    code_context="# a slower, rated retry\n",
+                    feedback={"rating": 2},
+                    metrics={"tests_passed": 3, "tests_total": 3, "duration_s": 20.0},
+                )
+            )
+    return out

@@ -1,0 +1,84 @@
+"""The supervisor chooses the training method from what the data holds, says why with the figures, and the run
+carries the method to the job; guardrails, reservation (priced per method) and approval apply unchanged."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlmodel import select
+
+from pilot.context import build_context
+from pilot.data.ingest import ingest_lines
+from pilot.settings import Settings
+from pilot.store import Store
+from pilot.store.models import Approval, Decision, TrainingRun
+from pilot.supervisor.approvals import answer
+from pilot.supervisor.cycle import run_cycle
+from subagents.data.samples import generate_demo_records
+from tests.subagents.data.data_factories import attempt_records
+
+
+def settings_for(make_settings: Callable[..., Settings], store_url: str, **reinforcement: Any) -> Settings:
+    return make_settings(
+        store={"url": store_url},
+        gpu={"provider": "fake"},
+        policy={"min_new_examples": 50, "cooldown_minutes": 0},
+        training={"base_model_params_b": 1.0, "max_steps": 10, "poll_interval_s": 0.01, "max_duration_minutes": 1},
+        reinforcement={"choose_method": True, "min_pairs": 40, **reinforcement},
+    )
+
+
+def first_decision(settings: Settings, store: Store) -> tuple[Decision, Approval]:
+    ctx = build_context(settings, store=Store(store.url))
+    try:
+        [cycle] = run_cycle(ctx)
+    finally:
+        ctx.close()
+    assert cycle.waiting_on, cycle.outcome
+    with store.session() as s:
+        decision = s.exec(select(Decision)).one()
+        approval = s.exec(select(Approval)).one()
+    return decision, approval
+
+
+@pytest.mark.parametrize(("extra", "method"), [({}, "dpo"), ({"min_pairs": 10_000}, "kto")])
+def test_failures_and_pairs_choose_a_preference_method(
+    extra: dict[str, Any], method: str, store: Store, make_settings: Callable[..., Settings]
+) -> None:
+    settings = settings_for(make_settings, store.url, min_undesirable=40, **extra)
+    ingest_lines(store, [r.model_dump_json() for r in attempt_records(120)], source="test")
+    decision, approval = first_decision(settings, store)
+    plan = decision.figures["plan"]
+    assert plan["method"] == method and plan["cost_factor"] > 1.0
+    assert plan["method_figures"]["pairs"] >= 40 and plan["method_figures"]["undesirable"] >= 40
+    assert plan["preference"]["method"] == method
+    assert (
+        method.upper() in plan["method_reason"] and str(plan["method_figures"]["undesirable"]) in plan["method_reason"]
+    )
+    assert approval.summary["what"] == f"LoRA fine-tune, method {method}"
+    assert plan["method_reason"] in approval.summary["why"]
+    assert approval.cost_ceiling_usd == plan["max_spend_usd"]  # the reservation, priced for the method
+
+    with store.session(write=True) as s:
+        answer(s, approval.id, approve=True, actor="human:ann", note="ok")
+    ctx = build_context(settings, store=Store(store.url))
+    try:
+        run_cycle(ctx)
+    finally:
+        ctx.close()
+    with store.session() as s:
+        run = s.exec(select(TrainingRun)).one()
+    assert run.config["plan"]["method"] == method
+
+
+def test_without_enough_preference_data_it_stays_supervised(
+    store: Store, make_settings: Callable[..., Settings]
+) -> None:
+    settings = settings_for(make_settings, store.url, min_undesirable=10_000, min_pairs=10_000)
+    ingest_lines(store, generate_demo_records(300, seed=3, malformed=0.0), source="test")
+    decision, approval = first_decision(settings, store)
+    plan = decision.figures["plan"]
+    assert plan["method"] == "sft" and plan["cost_factor"] == 1.0 and "too few" in plan["method_reason"]
+    assert "preference" not in plan and approval.summary["what"] == "LoRA fine-tune, method sft"
