@@ -54,7 +54,7 @@ chromium:
 	else echo "chromium is needed by the dashboard's browser tests (tests/dashboard): install chromium"; exit 1; fi
 
 unit: $(STAMP) postgres bubblewrap chromium
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test: lint typecheck unit
 
