@@ -130,17 +130,6 @@ def build_router(
                 )
         body = render.page("message.html", title="Refused", message=why, base=PREFIX, me=None, services=services)
         return HTMLResponse(body, status_code=code)
-        with store.session(write=True) as s:
-            record_event(
-                s,
-                entity_type=EntityType.DASHBOARD,
-                entity_id=request.url.path[:80],
-                actor=actor or f"remote:{client_of(request)}",
-                reason=f"refused: {why}",
-                data={"status_code": code},
-            )
-        body = render.page("message.html", title="Refused", message=why, base=PREFIX, me=None, services=services)
-        return HTMLResponse(body, status_code=code)
 
     def reader(request: Request) -> auth.SignedIn | None:
         """Who reads (None: anonymous on loopback); raises Refused when reading needs a sign-in."""

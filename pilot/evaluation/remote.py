@@ -53,14 +53,13 @@ from pilot.evaluation import stages
 from pilot.evaluation.predictions import EvaluationError, read_predictions
 from pilot.runs import attempts, host
 from pilot.runs import lifecycle as runs
-from pilot.runs.teardown import destroy_all, teardown_policy
 from pilot.settings import Settings
 from pilot.spend.costs import cost_of_seconds
 from pilot.spend.effects import Effect, EffectRefused, authorize
-from pilot.spend.ledger import reserve, settle
+from pilot.spend.ledger import reserve
 from pilot.store.models import EvalStage, SpendEntry, as_utc, utcnow
 from pilot.store.status import EntityType, StageStatus
-from pilot.store.writers import is_paused, record_event, switch_stage_status
+from pilot.store.writers import is_paused, record_event
 from subagents.training import requirements_for
 from tools.artifacts.base import sha256_file
 from tools.errors import ArtifactError, PilotError
@@ -439,44 +438,19 @@ def live_stage_labels(ctx: PilotContext, *, now: datetime | None = None) -> set[
 
 
 def reconcile_stages(ctx: PilotContext, *, now: datetime | None = None) -> list[str]:
-    """Stages whose daemon died (reservation still active past the stage's deadline): every instance with the
-    stage's label is destroyed and verified gone, then the reservation is settled with the provider's charges
-    for the label (without a charges API: the whole reservation, since what was spent is unknown). Returns the
-    stage ids settled; a stage whose instance is not verified gone stays open for the next pass."""
+    """Stages whose daemon died (reservation still active past the stage's deadline), and ended stages whose
+    instance was not confirmed gone: ended again by ``stages.end_stage`` (every instance with the label destroyed and
+    verified gone, then settled, never below elapsed time x $/h). Returns the stage ids settled; a stage whose
+    instance is still not verified gone stays open for the next pass."""
     now = now or utcnow()
     lifetime = timedelta(seconds=_stage_lifetime_s(ctx.settings))
     settled: list[str] = []
     for entry in _open_stages(ctx):
         if not StageStatus(entry.status).is_terminal and now - as_utc(entry.created_at) < lifetime:
             continue
-        stage_id, label = entry.id, entry.label
-        try:
-            found = [i.id for i in ctx.gpu.list_owned(label) if i.label == label]
-        except PilotError as exc:
-            logger.warning("Reconciler: cannot list instances of evaluation stage %s: %s", stage_id, exc)
-            continue
-        if not all(t.gone for t in destroy_all(ctx.gpu, found, teardown_policy(ctx.settings))):
-            continue
-        if isinstance(ctx.gpu, attempts.ChargesProvider):
-            cost = attempts.label_cost(ctx, label, since=as_utc(entry.created_at).timestamp(), fallback_usd=0.0)
-        else:
-            cost = float(entry.reserved_usd)
-        why = f"evaluation stage {stage_id} abandoned (its daemon stopped); "
-        why += f"instance(s) {', '.join(found)} destroyed and verified gone; " if found else "no instance left; "
-        with ctx.store.session(write=True) as session:
-            settle(session, stage_id, cost, note=f"reconciler: abandoned evaluation stage {stage_id}"[:200])
-            record_event(
-                session,
-                entity_type=EVENT,
-                entity_id=stage_id,
-                actor="system",
-                reason=f"reconciler: {why}${cost:.4f} settled",
-                data={"instances": found, "cost_usd": cost},
-            )
-            row = session.get(EvalStage, stage_id, populate_existing=True)
-            assert row is not None
-            row.instance_id, row.actual_cost_usd = None, cost
-            if not StageStatus(row.status).is_terminal:
-                switch_stage_status(session, stage_id, StageStatus.FAILED, actor="system", reason=f"reconciler: {why}")
-        settled.append(stage_id)
+        terminal = StageStatus(entry.status).is_terminal
+        why = f"{entry.status}, instance not confirmed gone" if terminal else "abandoned (its daemon stopped)"
+        gone, _ = stages.end_stage(ctx, entry.id, f"reconciler: evaluation stage {why}", ok=False)
+        if gone:
+            settled.append(entry.id)
     return settled

@@ -141,8 +141,10 @@ def _check(ctx: PilotContext, row: EvalStage, now: datetime) -> tuple[dict[str, 
 
 def end_stage(ctx: PilotContext, stage_id: str, why: str, *, ok: bool) -> tuple[bool, float]:
     """Destroy every instance with the stage's label and verify it gone; settle the reservation with the
-    provider's charges (else elapsed time x $/h). ``ok``: the host uploaded its result (``collecting``), else
-    ``failed``. Returns (all verified gone, cost)."""
+    provider's charges, never less than elapsed time x $/h (``label_cost``: queued for the settle worker when the
+    charges are missing or lower). An instance not verified gone keeps the reservation: the reconciler
+    (``reconcile_stages``) ends the stage again until it is gone, and settles then. ``ok``: the host uploaded its
+    result (``collecting``), else ``failed``. Returns (all verified gone, cost)."""
     row = get_stage(ctx, stage_id)
     ids = {row.instance_id} if row.instance_id else set()
     try:
@@ -152,17 +154,23 @@ def end_stage(ctx: PilotContext, stage_id: str, why: str, *, ok: bool) -> tuple[
     gone = all(t.gone for t in destroy_all(ctx.gpu, sorted(ids), teardown_policy(ctx.settings)))
     ended = utcnow()
     since = as_utc(row.created_at).timestamp()
-    cost = attempts.label_cost(ctx, row.label, since=since, fallback_usd=elapsed_cost(row, ended))
+    # A host found under the label although no launch was recorded (its opener died after the provider accepted
+    # the create) has been billed since the stage was created.
+    fallback = (
+        elapsed_cost(row, ended) if row.launched_at or not ids else cost_of_seconds(row.dph, ended.timestamp() - since)
+    )
+    cost = attempts.label_cost(ctx, row.label, since=since, fallback_usd=fallback)
     verdict = "destroyed and verified gone" if gone else "NOT verified gone (the reconciler will retry)"
     with ctx.store.session(write=True) as session:
-        settle(session, stage_id, cost, note=f"evaluation stage: {why}"[:200])
+        if gone:
+            settle(session, stage_id, cost, note=f"evaluation stage: {why}"[:200])
         record_event(
             session,
             entity_type=EVENT,
             entity_id=stage_id,
             actor="system",
             reason=f"evaluation stage ended ({why[:300]}); instance(s) {', '.join(sorted(ids)) or 'none'} {verdict}; "
-            f"${cost:.4f} settled",
+            + (f"${cost:.4f} settled" if gone else "reservation kept"),
             data={"instances": sorted(ids), "gone": gone, "cost_usd": cost},
         )
         live = session.get(EvalStage, stage_id, populate_existing=True)

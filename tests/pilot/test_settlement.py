@@ -14,13 +14,16 @@ import pytest
 from sqlmodel import select
 
 from pilot.context import PilotContext, build_context
+from pilot.evaluation.remote import reconcile_stages
 from pilot.runs.attempts import label_cost
 from pilot.service.workers import settle_charges
 from pilot.settings import Settings
 from pilot.spend.ledger import reserve, settle, spend_summary
 from pilot.store import Store
-from pilot.store.models import Event, PendingSettlement, SpendEntry, utcnow
+from pilot.store.models import EvalStage, Event, PendingSettlement, SpendEntry, utcnow
+from pilot.store.status import StageStatus
 from tools.errors import ProviderUnavailable
+from tools.gpu.base import LaunchSpec, OfferRequirements
 from tools.gpu.fake import FakeGpuProvider
 
 
@@ -175,3 +178,67 @@ def test_without_a_charges_api_nothing_is_queued(store: Store, make_settings: Ca
     assert label_cost(ctx, ctx.instance_label("run-x"), since=0.0, fallback_usd=0.5) == 0.5
     with store.session() as session:
         assert session.exec(select(PendingSettlement)).all() == []
+
+
+def _abandoned_stage(ctx: PilotContext, gpu: ChargingFake, stage_id: str) -> str:
+    """An evaluation stage whose opener died after the provider accepted the create: reserved, a host live under its
+    label, no launch on the row, created three hours ago (past its deadline). Returns the host's id."""
+    label = ctx.instance_label(stage_id)
+    with ctx.store.session(write=True) as session:
+        reserve(ctx.store, session, amount_usd=5.0, caps=ctx.settings.budget, run_id=stage_id)
+        session.add(
+            EvalStage(
+                id=stage_id,
+                version_id="v9",
+                status=StageStatus.PENDING,
+                label=label,
+                dph=1.0,
+                reserved_usd=5.0,
+                created_at=utcnow() - timedelta(hours=3),
+            )
+        )
+    offer = gpu.search_offers(OfferRequirements())[0]
+    return gpu.launch(LaunchSpec(label=label, offer_id=offer.id, image="img", command=["sleep", "60"])).id
+
+
+def test_a_stage_abandoned_before_its_launch_was_recorded_is_settled_at_elapsed_time_not_zero(
+    store: Store, make_settings: Callable[..., Settings]
+) -> None:
+    ctx, gpu = _ctx(store, make_settings)
+    _abandoned_stage(ctx, gpu, "eval-v9-abandon1")
+    assert reconcile_stages(ctx) == ["eval-v9-abandon1"]
+    assert gpu.list_owned(ctx.instance_label("eval-v9-abandon1")) == []
+    assert _actual(store, "eval-v9-abandon1") == pytest.approx(3.0, rel=0.01), "3 h x $1/h, not $0"
+    with store.session() as session:
+        assert spend_summary(session).reserved_usd == 0
+        pending = session.get(PendingSettlement, ctx.instance_label("eval-v9-abandon1"))
+        assert pending is not None and not pending.done, "queued for the settle worker's re-read"
+    gpu.published.append(Charge("1", ctx.instance_label("eval-v9-abandon1"), 3.2))
+    _later(ctx, 2)
+    assert settle_charges(ctx).raised == ["eval-v9-abandon1"]
+    with store.session() as session:
+        stage = session.get(EvalStage, "eval-v9-abandon1")
+        assert stage is not None and stage.actual_cost_usd == pytest.approx(3.2), "the stage row shows the re-read"
+
+
+def test_a_stage_whose_host_is_not_verified_gone_keeps_its_reservation_until_the_reconciler_confirms(
+    store: Store, make_settings: Callable[..., Settings]
+) -> None:
+    settings = make_settings(gpu={"teardown_deadline_s": 1}, budget={"settle_recheck_s": 60})
+    ctx = build_context(settings, store=store)
+    gpu = ChargingFake()
+    ctx.gpu = gpu
+    instance = _abandoned_stage(ctx, gpu, "eval-v9-stubborn")
+    gpu.stubborn[instance] = 10**6
+    assert reconcile_stages(ctx) == [], "not verified gone: not settled"
+    with store.session() as session:
+        assert spend_summary(session).reserved_usd == pytest.approx(5.0), "the reservation is kept"
+        assert session.exec(select(SpendEntry).where(SpendEntry.kind == "actual")).all() == []
+        stage = session.get(EvalStage, "eval-v9-stubborn")
+        assert stage is not None and StageStatus(stage.status) is StageStatus.FAILED and stage.instance_id is None
+    gpu.stubborn[instance] = 0
+    assert reconcile_stages(ctx) == ["eval-v9-stubborn"], "the next pass confirms it gone and settles"
+    assert gpu.list_owned(ctx.instance_label("eval-v9-stubborn")) == []
+    assert _actual(store, "eval-v9-stubborn") == pytest.approx(3.0, rel=0.01)
+    with store.session() as session:
+        assert spend_summary(session).reserved_usd == 0
