@@ -34,8 +34,8 @@ from pilot.dashboard import auth, queries, render
 from pilot.errors import ConflictError, NotFound
 from pilot.settings import Settings
 from pilot.store import Store
+from pilot.store.refusals import RefusalLog
 from pilot.store.status import EntityType
-from pilot.store.writers import record_event
 from pilot.supervisor import approvals
 
 logger = logging.getLogger(__name__)
@@ -108,6 +108,9 @@ def build_router(
     if warm:  # the first read of every record happens now, not on the first person's page
         threading.Thread(target=_warm, args=(store, records), name="dashboard-warm", daemon=True).start()
     secure_cookie = not is_loopback(bound_host)
+    # A refused write or sign-in writes a sampled event (one per reason per window), so a flood of forged POSTs or
+    # token guesses cannot fill the store or hold its write lock.
+    refusals = RefusalLog(store, None, every_s=settings.api.refusal_event_every_s, entity_type=EntityType.DASHBOARD)
 
     def client_of(request: Request) -> str:
         return request.client.host if request.client else "?"
@@ -117,17 +120,10 @@ def build_router(
             return auth.lookup(s, request.cookies.get(COOKIE))
 
     def refuse(request: Request, code: int, why: str, actor: str | None = None) -> HTMLResponse:
-        logger.warning("Dashboard refused %s %s from %s: %s", request.method, request.url.path, client_of(request), why)
         if request.method != "GET":  # a refused read changes nothing worth an audit row (and scanners are noisy)
-            with store.session(write=True) as s:
-                record_event(
-                    s,
-                    entity_type=EntityType.DASHBOARD,
-                    entity_id=request.url.path[:80],
-                    actor=actor or f"remote:{client_of(request)}",
-                    reason=f"refused: {why}",
-                    data={"status_code": code},
-                )
+            refusals.record(request.url.path, code, why, client=client_of(request), actor=actor)
+        else:
+            logger.warning("Dashboard refused GET %s from %s: %s", request.url.path, client_of(request), why)
         body = render.page("message.html", title="Refused", message=why, base=PREFIX, me=None, services=services)
         return HTMLResponse(body, status_code=code)
 
@@ -269,7 +265,9 @@ def build_router(
         with store.session(write=True) as s:
             result = auth.sign_in(s, token[:200], hours=cfg.session_hours, client=client_of(request))
         if result is None:
-            body = render.page("signin.html", base=PREFIX, me=None, services=services, error="unknown or revoked token")
+            why = "unknown or revoked token"
+            refusals.record(f"{PREFIX}/signin", 401, why, client=client_of(request), entity_id="sign-in")
+            body = render.page("signin.html", base=PREFIX, me=None, services=services, error=why)
             return HTMLResponse(body, status_code=401)
         cookie, _who = result
         response = RedirectResponse(f"{PREFIX}/", status_code=303)

@@ -98,14 +98,7 @@ def sign_in(session: Session, token: str, *, hours: float, client: str) -> tuple
     """A new session for the token's user: (the cookie value, who) — or None for an unknown or revoked token."""
     token = token.strip()
     user = session.exec(select(DashboardUser).where(DashboardUser.token_sha256 == digest(token))).first()
-    if user is None or user.revoked_at is not None:
-        record_event(
-            session,
-            entity_type=EntityType.DASHBOARD,
-            entity_id="sign-in",
-            actor=f"remote:{client}",
-            reason="refused: unknown or revoked token",
-        )
+    if user is None or user.revoked_at is not None:  # the caller records the refusal (sampled: RefusalLog)
         return None
     now = utcnow()
     session.execute(delete(DashboardSession).where(col(DashboardSession.expires_at) <= now))

@@ -150,7 +150,9 @@ def test_forged_posts_are_refused_and_change_nothing(
     with ctx.store.session() as s:
         assert not is_paused(s)
         refusals = s.exec(select(Event).where(Event.entity_type == EntityType.DASHBOARD)).all()
-    assert sum(e.reason.startswith("refused") for e in refusals) >= 5
+    # Five refusals of three kinds: one sampled event per (route, status, reason) (pilot/store/refusals.py).
+    kinds = sorted(e.data["status_code"] for e in refusals if e.reason.startswith("refused") and "/kill" in e.entity_id)
+    assert kinds in ([400, 401, 403], [400, 401, 403, 403]), kinds
 
 
 def test_the_kill_switch_button_pauses_and_destroys_on_the_vast_server(

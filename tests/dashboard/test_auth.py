@@ -23,7 +23,7 @@ from pilot.service.api_dashboard import mount_dashboard
 from pilot.service.explain import explain
 from pilot.settings import Settings, load_settings
 from pilot.store import Store
-from pilot.store.models import Approval, DashboardUser, utcnow
+from pilot.store.models import Approval, DashboardUser, Event, utcnow
 from pilot.store.status import ApprovalKind, ApprovalStatus
 from pilot.supervisor import approvals
 from tests import factories
@@ -195,3 +195,20 @@ def test_answering_an_answered_or_expired_approval_is_refused(
     with store.session() as s:
         assert s.get(Approval, ids[0]).status == ApprovalStatus.REJECTED  # type: ignore[union-attr]
     ctx.close()
+
+
+def test_a_flood_of_refused_posts_and_token_guesses_writes_sampled_events(
+    store: Store, make_settings: Callable[..., Settings]
+) -> None:
+    """Every refused write and failed sign-in used to be one event row: a flood could fill the store and hold its
+    write lock. Now one event per reason per window (api.refusal_event_every_s), counting the ones it left out."""
+    settings = make_settings(dashboard={"approvers": ["alice"]})
+    client = _client(store, settings, bound="0.0.0.0", client_host="10.1.2.3")
+    for k in range(40):
+        assert client.post("/dashboard/signin", data={"token": f"lpd_guess{k}"}).status_code == 401
+        assert client.post("/dashboard/kill", data={"confirm": "kill", "csrf": "forged"}).status_code in (401, 403)
+    with store.session() as s:
+        rows = s.exec(select(Event).where(Event.entity_type == "dashboard")).all()
+    assert 2 <= len(rows) <= 3, [r.reason for r in rows]
+    assert any(r.entity_id == "sign-in" and "unknown or revoked token" in r.reason for r in rows)
+    assert all(r.reason.startswith("refused: ") for r in rows)
