@@ -53,8 +53,11 @@ chromium:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
 	else echo "chromium is needed by the dashboard's browser tests (tests/dashboard): install chromium"; exit 1; fi
 
+# Three workers on CI's two cores: most of the suite waits on servers, subprocesses and the provider's pacing.
+# Tests that share a system resource carry an xdist_group mark (--dist loadgroup keeps a group on one worker).
+TEST_WORKERS ?= 3
 unit: $(STAMP) postgres bubblewrap chromium
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
 
 test: lint typecheck unit
 

@@ -58,10 +58,14 @@ KILL_TOKEN = "kill-token-b81d44e0a2"
 SECRETS = (VAST_KEY, KILL_TOKEN)
 LIMITS = {"cpu_seconds": 2, "wall_seconds": 3, "memory_mb": 256, "max_processes": 32}
 
-pytestmark = pytest.mark.skipif(
-    not (os.path.exists(SYSTEM_PYTHON) and shutil.which("setpriv") and shutil.which("unshare")),
-    reason="needs /usr/bin/python3, setpriv and unshare (util-linux)",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not (os.path.exists(SYSTEM_PYTHON) and shutil.which("setpriv") and shutil.which("unshare")),
+        reason="needs /usr/bin/python3, setpriv and unshare (util-linux)",
+    ),
+    # One worker under pytest-xdist: the cases share the dedicated uid, whose process list they check.
+    pytest.mark.xdist_group("sandbox-uid"),
+]
 
 # The daemon side: what pilot does, in a process of its own. Reads {"cases": [...]} on stdin.
 DRIVER = """
