@@ -7,17 +7,21 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from sqlmodel import select
 
-from pilot.context import build_context
+from pilot.context import HostModules, build_context
 from pilot.data.ingest import ingest_lines
 from pilot.settings import Settings
+from pilot.settings_sections import ReinforcementSettings
 from pilot.store import Store
 from pilot.store.models import Approval, Decision, TrainingRun
 from pilot.supervisor.approvals import answer
 from pilot.supervisor.cycle import run_cycle
+from pilot.supervisor.training_nodes import max_spend, price_run
 from subagents.data.samples import generate_demo_records
-from tests.subagents.data.data_factories import attempt_records
+from subagents.training import METHOD_MODULES, METHODS
+from tests.subagents.data.data_factories import attempt_records, code_attempt_records
 
 
 def settings_for(make_settings: Callable[..., Settings], store_url: str, **reinforcement: Any) -> Settings:
@@ -82,3 +86,45 @@ def test_without_enough_preference_data_it_stays_supervised(
     plan = decision.figures["plan"]
     assert plan["method"] == "sft" and plan["cost_factor"] == 1.0 and "too few" in plan["method_reason"]
     assert "preference" not in plan and approval.summary["what"] == "LoRA fine-tune, method sft"
+
+
+def test_grpo_settings_price_and_modules() -> None:
+    r = ReinforcementSettings()
+    assert r.cost_factor("grpo") == 6.0 > r.cost_factor("kto") > r.cost_factor("dpo") > r.cost_factor("sft")
+    assert ReinforcementSettings(grpo_num_generations=8).cost_factor("grpo") == 10.0
+    assert ReinforcementSettings(cost_factor_grpo=3.5).cost_factor("grpo") == 3.5
+    with pytest.raises(ValueError, match="unknown training method 'ppo'"):
+        r.cost_factor("ppo")
+    with pytest.raises(ValidationError, match="grpo_sandbox"):
+        ReinforcementSettings(grpo_sandbox="docker")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="grpo_num_generations"):
+        ReinforcementSettings(grpo_num_generations=1)  # advantages compare samples of one prompt
+    modules = HostModules()
+    assert [modules.for_method(m) for m in METHODS] == [METHOD_MODULES[m] for m in METHODS]
+    with pytest.raises(ValueError, match="unknown training method"):
+        modules.for_method("ppo")
+
+
+def test_grpo_is_chosen_priced_above_sft_and_approved_at_its_figure(
+    store: Store, make_settings: Callable[..., Settings]
+) -> None:
+    settings = settings_for(make_settings, store.url, min_rl_prompts=40, min_undesirable=10_000, min_pairs=10_000)
+    ingest_lines(store, [r.model_dump_json() for r in code_attempt_records(120)], source="test")
+    decision, approval = first_decision(settings, store)
+    plan = decision.figures["plan"]
+    assert plan["method"] == "grpo" and plan["cost_factor"] == 6.0, plan["method_reason"]
+    assert plan["method_figures"]["prompts_with_tests"] >= 40 and plan["method_figures"]["rl_failure_share"] >= 0.2
+    assert plan["method_reason"].startswith(f"GRPO: {plan['method_figures']['prompts_with_tests']} prompts with tests")
+    assert plan["grpo"]["num_generations"] == 4 and plan["grpo"]["sandbox"] == "auto" and "preference" not in plan
+    assert approval.summary["what"] == "LoRA fine-tune, method grpo"
+    assert approval.cost_ceiling_usd == plan["max_spend_usd"]  # the ceiling is the GRPO figure
+
+    # The same snapshot priced supervised (the layer's choice off): GRPO reserves more.
+    sft_settings = settings_for(make_settings, store.url, choose_method=False)
+    ctx = build_context(sft_settings, store=Store(store.url))
+    try:
+        _, sft = price_run(ctx, approval.summary["snapshot"])
+        assert sft is not None and sft.figures["method"] == "sft"
+        assert plan["max_spend_usd"] > max_spend(ctx, sft) and plan["estimated_cost_usd"] > sft.estimated_cost_usd
+    finally:
+        ctx.close()
