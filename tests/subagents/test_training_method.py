@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from subagents.methods import describe_method
 from subagents.training import (
     METHOD_FILES,
     METHOD_MODULES,
@@ -119,3 +120,23 @@ def test_grpo_job_config_has_the_keys_jobs_grpo_reads(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no grpo parameters"):
         method_params({"method": "grpo"})
     assert METHOD_FILES["grpo"] == "grpo.jsonl" and METHOD_MODULES["grpo"] == "jobs.grpo"
+
+
+def test_describe_method_for_people() -> None:
+    choice = choose_method({"pairs": 0, "desirable": 9, "undesirable": 0, "grpo": GRPO}, train_examples=9, **RULES)
+    plan = {
+        "method": choice.method,
+        "method_reason": choice.reason,
+        "method_figures": choice.figures,
+        "cost_factor": 6.0,
+    }
+    described = describe_method(plan)
+    assert described["data"] == "64 prompts with tests, 41% of their 100 attempts failed"
+    assert described["method"] == "grpo" and described["reason"] == choice.reason and described["cost_factor"] == 6.0
+    old = describe_method({"train_examples": 120})  # a plan from before methods existed reads as supervised
+    assert (old["method"], old["data"], old["reason"], old["cost_factor"]) == (
+        "sft",
+        "120 successful examples",
+        "",
+        1.0,
+    )
