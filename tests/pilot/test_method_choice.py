@@ -15,6 +15,7 @@ from pilot.cli.render import render_explain, render_status
 from pilot.context import HostModules, build_context
 from pilot.dashboard.queries import run_page
 from pilot.data.ingest import ingest_lines
+from pilot.errors import ConfigError
 from pilot.service.explain import explain
 from pilot.service.status import build_status
 from pilot.settings import Settings
@@ -175,3 +176,10 @@ def test_grpo_is_chosen_priced_above_sft_and_approved_at_its_figure(
         assert plan["max_spend_usd"] > max_spend(ctx, sft) and plan["estimated_cost_usd"] > sft.estimated_cost_usd
     finally:
         ctx.close()
+
+
+def test_grpo_completions_must_fit_the_sequence(make_settings: Callable[..., Settings]) -> None:
+    with pytest.raises(ConfigError, match=r"grpo_max_new_tokens \(128\) must be below training.seq_len \(64\)"):
+        make_settings(training={"seq_len": 64}, reinforcement={"choose_method": True})
+    assert make_settings(training={"seq_len": 64}, reinforcement={"choose_method": True, "allow_rl": False})
+    assert make_settings(training={"seq_len": 64})  # the chooser off: GRPO never runs, nothing to refuse
