@@ -28,7 +28,15 @@ class HostModules:
 
     train: str = "jobs.finetune_lora"
     preference: str = "jobs.preference"  # DPO / KTO runs
+    grpo: str = "jobs.grpo"  # GRPO runs (the records' tests as the reward)
     generate: str = "jobs.generate"
+
+    def for_method(self, method: str) -> str:
+        """The module that trains ``method`` (sft, dpo, kto, grpo)."""
+        modules = {"sft": self.train, "dpo": self.preference, "kto": self.preference, "grpo": self.grpo}
+        if method not in modules:
+            raise ValueError(f"unknown training method {method!r}; expected one of {', '.join(modules)}")
+        return modules[method]
 
 
 @dataclass

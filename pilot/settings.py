@@ -452,6 +452,16 @@ class Settings(BaseSettings):
     dashboard: DashboardSettings = DashboardSettings()
     gateway: GatewaySettings = GatewaySettings()
 
+    @model_validator(mode="after")
+    def _grpo_fits(self) -> Settings:
+        r = self.reinforcement
+        if r.enabled and r.choose_method and r.allow_rl and r.grpo_max_new_tokens >= self.training.seq_len:
+            raise ValueError(
+                f"reinforcement.grpo_max_new_tokens ({r.grpo_max_new_tokens}) must be below training.seq_len "
+                f"({self.training.seq_len}): a GRPO sample is the prompt plus its completion (or set allow_rl = false)"
+            )
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,

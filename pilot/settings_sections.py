@@ -6,6 +6,7 @@ the reinforcement layer (rewards, preference methods; docs/reinforcement.md).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
@@ -97,7 +98,9 @@ class ReinforcementSettings(Section):
 
     enabled: bool = Field(True, description="Rewards per example; failures kept as preference data in snapshots.")
     choose_method: bool = Field(
-        False, description="Let a cycle train DPO or KTO when the data holds enough pairs or failures (else: LoRA SFT)."
+        False,
+        description="Let a cycle train GRPO, DPO or KTO when the data holds enough tests, pairs or failures "
+        "(else: LoRA SFT).",
     )
     min_pairs: int = Field(50, ge=1, description="DPO pairs (two attempts at one task) in train needed for DPO.")
     min_undesirable: int = Field(50, ge=1, description="Failed attempts in train needed for KTO (when DPO is out).")
@@ -107,3 +110,36 @@ class ReinforcementSettings(Section):
     sft_weight: float = Field(1.0, ge=0, description="Weight of the NLL on good answers added to the loss.")
     cost_factor_dpo: float = Field(3.0, ge=1, description="GPU time per token of DPO relative to supervised.")
     cost_factor_kto: float = Field(4.0, ge=1, description="GPU time per token of KTO relative to supervised.")
+    allow_rl: bool = Field(True, description="Let choose_method propose GRPO (tests as the reward) when it fits.")
+    min_rl_prompts: int = Field(50, ge=1, description="Train prompts whose records carry tests needed for GRPO.")
+    min_rl_failure_share: float = Field(
+        0.2, ge=0, le=1, description="Least share of failed attempts at those tasks for GRPO (else no reward variance)."
+    )
+    grpo_num_generations: int = Field(4, ge=2, description="GRPO: completions sampled per prompt (k).")
+    grpo_max_new_tokens: int = Field(128, ge=1, description="GRPO: most tokens per sampled completion.")
+    grpo_temperature: float = Field(1.0, gt=0, description="GRPO: sampling temperature.")
+    grpo_top_p: float = Field(1.0, gt=0, le=1, description="GRPO: nucleus sampling mass.")
+    grpo_beta: float = Field(0.0, ge=0, description="GRPO: KL weight to the base (adapter disabled); 0 = none.")
+    grpo_epsilon: float = Field(0.2, gt=0, lt=1, description="GRPO: the policy ratio's clip.")
+    grpo_test_timeout_s: float = Field(5.0, gt=0, description="GRPO: wall time of one completion's test run.")
+    grpo_sandbox: Literal["auto", "bwrap", "process"] = Field(
+        "auto", description="GRPO reward sandbox on the host: bwrap when it works (auto), or process isolation."
+    )
+    cost_factor_grpo: float | None = Field(
+        None,
+        ge=1,
+        description="GPU time per token of GRPO relative to supervised. Empty: 2 + grpo_num_generations "
+        "(k samples trained, plus their generation and the old-policy forward).",
+    )
+
+    @property
+    def grpo_cost_factor(self) -> float:
+        """``cost_factor_grpo``, or its default 2 + k (docs/reinforcement.md, Pricing)."""
+        return self.cost_factor_grpo if self.cost_factor_grpo is not None else 2.0 + self.grpo_num_generations
+
+    def cost_factor(self, method: str) -> float:
+        """GPU time per token of ``method`` relative to supervised: the budget reservation and approval use it."""
+        factors = {"sft": 1.0, "dpo": self.cost_factor_dpo, "kto": self.cost_factor_kto, "grpo": self.grpo_cost_factor}
+        if method not in factors:
+            raise ValueError(f"unknown training method {method!r}; expected one of {', '.join(factors)}")
+        return factors[method]

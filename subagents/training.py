@@ -17,11 +17,12 @@ from tools.gpu.offers import JobShape, rank_offers
 from tools.gpu.offers import requirements_for as offer_requirements
 
 CHARS_PER_TOKEN = 4.0  # a conservative average for code and English
-# Training methods: supervised LoRA on successes, or a preference method on what the failures add.
-METHODS = ("sft", "dpo", "kto")
+# Training methods: supervised LoRA on successes, a preference method on what the failures add, or GRPO with the
+# records' tests as a verifiable reward.
+METHODS = ("sft", "dpo", "kto", "grpo")
 # The snapshot file each method trains on, and the jobs/ module that runs it.
-METHOD_FILES = {"sft": "train.jsonl", "dpo": "dpo.jsonl", "kto": "kto.jsonl"}
-METHOD_MODULES = {"sft": "jobs.finetune_lora", "dpo": "jobs.preference", "kto": "jobs.preference"}
+METHOD_FILES = {"sft": "train.jsonl", "dpo": "dpo.jsonl", "kto": "kto.jsonl", "grpo": "grpo.jsonl"}
+METHOD_MODULES = {"sft": "jobs.finetune_lora", "dpo": "jobs.preference", "kto": "jobs.preference", "grpo": "jobs.grpo"}
 STARTUP_HOURS_REMOTE = 0.15  # image pull + dependency install on a fresh host, billed
 
 
@@ -81,11 +82,23 @@ class MethodChoice:
 
 
 def choose_method(
-    preference: dict[str, Any], *, train_examples: int, enabled: bool, min_pairs: int, min_undesirable: int
+    preference: dict[str, Any],
+    *,
+    train_examples: int,
+    enabled: bool,
+    min_pairs: int,
+    min_undesirable: int,
+    allow_rl: bool = True,
+    min_rl_prompts: int = 50,
+    min_rl_failure_share: float = 0.2,
 ) -> MethodChoice:
-    """From what the snapshot holds (``Manifest.preference``: desirable, undesirable, pairs, pair sources):
+    """From what the snapshot holds (``Manifest.preference``: desirable, undesirable, pairs, pair sources, and
+    ``grpo``: prompts with tests and the failure share of the attempts at those tasks):
 
-    - DPO when there are at least ``min_pairs`` pairs (two attempts at one task with different rewards): the
+    - GRPO (``allow_rl``) when there are at least ``min_rl_prompts`` prompts with tests and at least
+      ``min_rl_failure_share`` of the attempts at those tasks failed: a verifiable reward (the record's own tests)
+      beats a preference, and a task the agent always passes gives GRPO no reward variance;
+    - else DPO when there are at least ``min_pairs`` pairs (two attempts at one task with different rewards): the
       sharpest signal, the same prompt with a better and a worse answer;
     - else KTO when there are at least ``min_undesirable`` failed attempts (and some successes): unpaired, it
       still learns what the failures did wrong;
@@ -105,29 +118,59 @@ def choose_method(
         "min_pairs": min_pairs,
         "min_undesirable": min_undesirable,
     }
+    rl = dict(preference.get("grpo") or {})
+    prompts, share = int(rl.get("prompts_with_tests", 0)), float(rl.get("failure_share", 0.0))
+    figures.update(
+        prompts_with_tests=prompts,
+        rl_clusters=int(rl.get("clusters", 0)),
+        rl_attempts=int(rl.get("attempts", 0)),
+        rl_failures=int(rl.get("failures", 0)),
+        rl_failure_share=share,
+        min_rl_prompts=min_rl_prompts,
+        min_rl_failure_share=min_rl_failure_share,
+    )
     if not enabled or not preference:
         why = "preference methods are off" if not enabled else "the snapshot holds no preference data"
         return MethodChoice("sft", f"supervised: {train_examples} successful examples; {why}", figures)
+    if allow_rl and prompts >= min_rl_prompts and share >= min_rl_failure_share:
+        return MethodChoice(
+            "grpo",
+            f"GRPO: {prompts} prompts with tests (>= {min_rl_prompts}), {share:.0%} of their "
+            f"{figures['rl_attempts']} attempts failed (>= {min_rl_failure_share:.0%})",
+            figures,
+        )
+    rl_out = _why_not_rl(allow_rl, prompts, share, min_rl_prompts, min_rl_failure_share)
     if pairs >= min_pairs:
         return MethodChoice(
             "dpo",
             f"DPO: {pairs} pairs (>= {min_pairs}) of two attempts at one task with different rewards "
-            f"{figures['pair_sources']}, from {good} successes and {bad} failed attempts",
+            f"{figures['pair_sources']}, from {good} successes and {bad} failed attempts{rl_out}",
             figures,
         )
     if bad >= min_undesirable and good > 0:
         return MethodChoice(
             "kto",
             f"KTO: {bad} failed attempts (>= {min_undesirable}) and {good} successes; only {pairs} pairs "
-            f"(< {min_pairs}) for DPO",
+            f"(< {min_pairs}) for DPO{rl_out}",
             figures,
         )
     return MethodChoice(
         "sft",
         f"supervised: {train_examples} successful examples; {pairs} pairs (< {min_pairs}) and {bad} failures "
-        f"(< {min_undesirable}) are too few for a preference method",
+        f"(< {min_undesirable}) are too few for a preference method{rl_out}",
         figures,
     )
+
+
+def _why_not_rl(allow: bool, prompts: int, share: float, min_prompts: int, min_share: float) -> str:
+    """The rationale's note on GRPO when another method is chosen ("" when no record carries tests)."""
+    if not allow:
+        return "; GRPO is off (reinforcement.allow_rl)" if prompts else ""
+    if prompts == 0:
+        return ""
+    if prompts < min_prompts:
+        return f"; only {prompts} prompts with tests (< {min_prompts}) for GRPO"
+    return f"; GRPO: {share:.0%} of the attempts at the {prompts} prompts with tests failed (< {min_share:.0%})"
 
 
 def job_shape(
@@ -244,6 +287,21 @@ class PreferenceParams:
     undesirable_weight: float = 1.0
 
 
+@dataclass(frozen=True)
+class GrpoParams:
+    """What jobs/grpo.py reads besides the supervised job's keys (its defaults, docs/reinforcement.md)."""
+
+    method: str = "grpo"
+    num_generations: int = 4  # k completions sampled per prompt
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    beta: float = 0.0  # KL to the base (adapter disabled); 0: none, as DAPO / Dr. GRPO
+    epsilon: float = 0.2  # the PPO clip
+    test_timeout_s: float = 5.0  # per sandboxed test run of one completion
+    sandbox: str = "auto"  # "auto" | "bwrap" | "process" (jobs/host_sandbox.py)
+
+
 def kto_weights(desirable: int, undesirable: int) -> tuple[float, float]:
     """KTO's class weights: desirable_weight * desirable / (undesirable_weight * undesirable) kept in [1, 4/3],
     the band the KTO paper recommends, by up-weighting the rarer side."""
@@ -263,10 +321,10 @@ def job_config(
     train_file: Path,
     eval_file: Path | None,
     output_dir: Path,
-    preference: PreferenceParams | None = None,
+    preference: PreferenceParams | GrpoParams | None = None,
 ) -> dict[str, Any]:
-    """The JSON config ``jobs/finetune_lora.py`` reads; with ``preference``, ``jobs/preference.py``'s (the same
-    keys, no eval file and no packing, plus the method's)."""
+    """The JSON config ``jobs/finetune_lora.py`` reads; with ``preference``, ``jobs/preference.py``'s or (GRPO)
+    ``jobs/grpo.py``'s: the same keys, no eval file and no packing, plus the method's."""
     config = _sft_config(params, train_file=train_file, eval_file=eval_file, output_dir=output_dir)
     if preference is not None:
         config.update(asdict(preference), eval_file=None)
@@ -276,9 +334,20 @@ def job_config(
 def preference_params(figures: dict[str, Any]) -> PreferenceParams | None:
     """The preference job's parameters a plan's figures carry (``figures["preference"]``), None for supervised."""
     raw = figures.get("preference")
-    if figures.get("method", "sft") == "sft" or not raw:
+    if figures.get("method", "sft") not in ("dpo", "kto") or not raw:
         return None
     return PreferenceParams(**raw)
+
+
+def method_params(figures: dict[str, Any]) -> PreferenceParams | GrpoParams | None:
+    """The job's method parameters a plan's figures carry: DPO/KTO's (``figures["preference"]``), GRPO's
+    (``figures["grpo"]``), None for supervised. A GRPO plan without its parameters is refused (ValueError)."""
+    if figures.get("method") == "grpo":
+        raw = figures.get("grpo")
+        if not isinstance(raw, dict):
+            raise ValueError("a grpo plan carries no grpo parameters (figures['grpo'])")
+        return GrpoParams(**raw)
+    return preference_params(figures)
 
 
 def _sft_config(

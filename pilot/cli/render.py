@@ -54,12 +54,13 @@ def render_status(console: Console, report: dict[str, Any]) -> None:
         console.print("pending approvals: none")
     if report["runs"]:
         table = Table(title="runs", title_justify="left")
-        for column in ("id", "status", "provider", "est.", "actual", "created", "reason"):
+        for column in ("id", "status", "method", "provider", "est.", "actual", "created", "reason"):
             table.add_column(column)
         for r in report["runs"]:
             table.add_row(
                 r["id"],
                 r["status"],
+                f"{r.get('method', 'sft')}: {r.get('method_data', '')}",
                 r["provider"],
                 _money(r["estimated_cost_usd"]),
                 _money(r["actual_cost_usd"]),
@@ -143,6 +144,11 @@ def render_explain(console: Console, report: dict[str, Any]) -> None:
     """``learning-pilot explain``: the lineage chain, the gate report with its interval and domains, history."""
     import json
 
+    method = report.get("method") or {}
+    if method:
+        console.print(f"[bold]method[/]: {method['method']} ({method['data']}), priced at {method['cost_factor']}x")
+        if method.get("reason"):
+            console.print(f"  why: {method['reason']}")
     for key in ("version", "records", "snapshot", "decision", "approval", "run", "adapter"):
         console.print(f"[bold]{key}[/]: {json.dumps(report[key], default=str)}")
     decision = report.get("decision") or {}

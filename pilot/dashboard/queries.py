@@ -41,6 +41,7 @@ from pilot.store.models import (
 )
 from pilot.store.status import Alias, ApprovalStatus, EntityType, RunStatus, StageStatus
 from pilot.store.writers import alias_target, is_paused
+from subagents.methods import describe_method
 
 IN_FLIGHT = (RunStatus.PENDING, RunStatus.PROVISIONING, RunStatus.RUNNING, RunStatus.COLLECTING)
 STAGES_IN_FLIGHT = (StageStatus.PENDING, StageStatus.LAUNCHED, StageStatus.RUNNING, StageStatus.COLLECTING)
@@ -303,6 +304,7 @@ def run_page(session: Session, run_id: str, *, now: datetime | None = None) -> d
         so_far = elapsed_cost(run.dph, as_utc(run.started_at), now)  # type: ignore[arg-type]
     metrics = run.metrics or {}
     return {
+        "method": describe_method(((run.config or {}).get("plan")) or {}),
         "run": {
             "id": run.id,
             "status": run.status,

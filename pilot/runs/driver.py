@@ -27,7 +27,7 @@ from pilot.store.leases import LeaseKeeper, holds, run_lease
 from pilot.store.models import DatasetSnapshot, TrainingRun, utcnow
 from pilot.store.status import EntityType, RunStatus, RunTerminationReason
 from pilot.store.writers import record_event, switch_run_status
-from subagents.training import METHOD_FILES, classify_exit, job_config, preference_params
+from subagents.training import METHOD_FILES, classify_exit, job_config, method_params
 from tools.errors import ProviderError
 from tools.gpu.base import InstanceState, LaunchSpec
 
@@ -111,11 +111,11 @@ def _launch_local(ctx: PilotContext, run: TrainingRun, *, lease: str) -> Trainin
         train_file=snap / METHOD_FILES[method],
         eval_file=snap / "eval.jsonl",
         output_dir=output_dir,
-        preference=preference_params(figures),
+        preference=method_params(figures),
     )
     config_path = workdir / "job.json"
     config_path.write_text(json.dumps(config, indent=2))
-    module = ctx.host_modules.train if method == "sft" else ctx.host_modules.preference
+    module = ctx.host_modules.for_method(method)
     spec = LaunchSpec(
         label=run.label,
         offer_id=run.offer_id,

@@ -40,7 +40,7 @@ from pilot.runs import lifecycle as runs
 from pilot.store.models import DatasetSnapshot, TrainingRun
 from pilot.store.status import EntityType
 from pilot.store.writers import record_event
-from subagents.training import METHOD_FILES, TrainingParams, job_config, preference_params
+from subagents.training import METHOD_FILES, TrainingParams, job_config, method_params
 from tools.artifacts.base import PICKLE_SUFFIXES, SAFE_ADAPTER_SUFFIXES, refuse_pickled
 from tools.errors import ArtifactError, ArtifactNotFound, ArtifactTooLarge, IntegrityError, LaunchFailed, PilotError
 from tools.gpu.base import LaunchSpec
@@ -332,7 +332,7 @@ def build_manifest(
     prefix = attempt_prefix(run.id, n)
     remote = ctx.settings.gpu.remote
     figures = (run.config or {}).get("plan") or {}
-    preference = preference_params(figures)
+    preference = method_params(figures)
     config = job_config(
         _params(ctx),
         train_file=Path(inputs["train"]["path"]),
@@ -352,7 +352,7 @@ def build_manifest(
         "run_id": run.id,
         "attempt": n,
         "heartbeat_every_s": remote.heartbeat_every_s,
-        "job_module": ctx.host_modules.train if preference is None else ctx.host_modules.preference,
+        "job_module": ctx.host_modules.for_method(str(figures.get("method", "sft"))),
         "code": get(inputs["code"]),
         "inputs": {name: {**get(ref), "path": ref["path"]} for name, ref in inputs.items() if name != "code"},
         "config": config,

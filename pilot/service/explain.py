@@ -1,8 +1,8 @@
 """``learning-pilot explain VERSION``: the chain from records to a promotion, read from the store.
 
 records -> snapshot (hash, counts, what was dropped/scrubbed, which producers sent the records it saw) -> decision
-(why) -> approval (who) -> run (offer, price, cost) -> adapter (sha256) -> evaluation (gate report) -> promotion
-history (who, when, why).
+(why) -> approval (who) -> run (method and its data, offer, price, cost) -> adapter (sha256) -> evaluation (gate
+report) -> promotion history (who, when, why).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from sqlmodel import col, select
 from pilot.serving.registry import get_version
 from pilot.store import Store
 from pilot.store.models import AliasHistory, Approval, DatasetSnapshot, Decision, Event, ExecutionRecordRow, TrainingRun
+from subagents.methods import describe_method
 
 
 def _iso(value: Any) -> str | None:
@@ -47,8 +48,11 @@ def explain(store: Store, version_id: str) -> dict[str, Any]:
                 .group_by(col(ExecutionRecordRow.producer))
             ).all()
             producers = {name or "unknown (before producer tokens)": int(n) for name, n in rows}
+        plan = ((run.config or {}).get("plan") if run else None) or {}
         return {
             "version": {"id": version.id, "status": version.status, "base_model": version.base_model},
+            # how the adapter was trained: method, its data, the chooser's reason line and figures
+            "method": describe_method(plan) if run else None,
             "records": manifest.get("source"),
             "snapshot": {
                 "id": snapshot.id,

@@ -26,10 +26,17 @@ from pilot.store.models import (
 )
 from pilot.store.status import Alias, ApprovalStatus
 from pilot.store.writers import alias_target, is_paused
+from subagents.methods import describe_method
 
 
 def _iso(value: Any) -> str | None:
     return value.isoformat(timespec="seconds") if value is not None else None
+
+
+def _method(run: TrainingRun) -> dict[str, Any]:
+    """The run's training method and what it trained on (subagents/training.py: describe_method)."""
+    m = describe_method(((run.config or {}).get("plan")) or {})
+    return {"method": m["method"], "method_data": m["data"]}
 
 
 def build_status(settings: Settings, store: Store, *, limit: int = 5) -> dict[str, Any]:
@@ -70,6 +77,7 @@ def build_status(settings: Settings, store: Store, *, limit: int = 5) -> dict[st
                     "estimated_cost_usd": r.estimated_cost_usd,
                     "actual_cost_usd": r.actual_cost_usd,
                     "created_at": _iso(r.created_at),
+                    **_method(r),
                 }
                 for r in runs
             ],

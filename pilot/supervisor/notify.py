@@ -28,6 +28,7 @@ from pilot.store.models import Approval, DatasetSnapshot, Decision, Event, Train
 from pilot.store.status import ApprovalStatus, EntityType
 from pilot.store.writers import record_event
 from pilot.supervisor import approvals
+from subagents.methods import describe_method
 from tools.errors import NotificationError
 from tools.slack import ApprovalRequest, SlackMessage, SlackNotifier
 
@@ -84,8 +85,16 @@ def approval_request(session: Any, approval: Approval) -> ApprovalRequest:
         offer=offer,
         eval_plan=str(summary.get("eval_plan") or ""),
         rollback_plan=str(summary.get("rollback_plan") or ""),
-        extra=_agent_lines(decision),
+        extra={**_method_lines(plan), **_agent_lines(decision)},
     )
+
+
+def _method_lines(plan: dict[str, Any]) -> dict[str, str]:
+    """The training method and the data it learns from (pairs, failures, prompts with tests)."""
+    if not plan.get("method"):
+        return {}
+    m = describe_method(plan)
+    return {"Method": f"{m['method']}: {m['data']} (priced at {m['cost_factor']:g}x supervised GPU time)"}
 
 
 def _agent_lines(decision: Decision | None) -> dict[str, str]:

@@ -31,6 +31,7 @@ from subagents.data.errors import SnapshotError
 from subagents.lengths import truncation_report
 from subagents.training import (
     METHOD_FILES,
+    GrpoParams,
     MethodChoice,
     PreferenceParams,
     TrainingPlan,
@@ -44,7 +45,7 @@ from tools.errors import PilotError
 
 
 def choose_run_method(ctx: PilotContext, snap: DatasetSnapshot) -> MethodChoice:
-    """Supervised, DPO or KTO, from what the snapshot holds (subagents/training.py: choose_method)."""
+    """Supervised, DPO, KTO or GRPO, from what the snapshot holds (subagents/training.py: choose_method)."""
     r = ctx.settings.reinforcement
     return choose_method(
         dict(snap.manifest.get("preference") or {}),
@@ -52,26 +53,47 @@ def choose_run_method(ctx: PilotContext, snap: DatasetSnapshot) -> MethodChoice:
         enabled=r.enabled and r.choose_method,
         min_pairs=r.min_pairs,
         min_undesirable=r.min_undesirable,
+        allow_rl=r.allow_rl,
+        min_rl_prompts=r.min_rl_prompts,
+        min_rl_failure_share=r.min_rl_failure_share,
+    )
+
+
+def grpo_params(ctx: PilotContext) -> GrpoParams:
+    r = ctx.settings.reinforcement
+    return GrpoParams(
+        num_generations=r.grpo_num_generations,
+        max_new_tokens=r.grpo_max_new_tokens,
+        temperature=r.grpo_temperature,
+        top_p=r.grpo_top_p,
+        beta=r.grpo_beta,
+        epsilon=r.grpo_epsilon,
+        test_timeout_s=r.grpo_test_timeout_s,
+        sandbox=r.grpo_sandbox,
     )
 
 
 def price_run(ctx: PilotContext, snapshot_id: str) -> tuple[DatasetSnapshot, TrainingPlan | None]:
     """The training subagent chooses the method and prices the snapshot's run on the provider's offers as they
-    are now (a preference method at its cost factor: its steps cost more GPU time per token)."""
+    are now (a preference or RL method at its cost factor: its steps cost more GPU time per token). GRPO's tokens
+    are its prompts' plus the completion budget (``grpo_max_new_tokens``) per prompt: the answers it trains on
+    are generated, not in the file."""
     with ctx.store.session() as session:
         snap = session.get(DatasetSnapshot, snapshot_id)
     assert snap is not None
     choice = choose_run_method(ctx, snap)
     data = Path(snap.path) / METHOD_FILES[choice.method]
     examples, tokens = count_tokens(data)
+    r = ctx.settings.reinforcement
+    if choice.method == "grpo":
+        tokens += examples * r.grpo_max_new_tokens
     params = training_params(ctx)
     offers = ctx.gpu.search_offers(requirements_for(params, max_dph=ctx.settings.budget.max_dph))
     remote = ctx.gpu.name != "local"
     cut = truncation_report(
         Path(snap.path) / "train.jsonl", params.seq_len, max_share=ctx.settings.training.max_truncated_share
     )
-    r = ctx.settings.reinforcement
-    factor = {"sft": 1.0, "dpo": r.cost_factor_dpo, "kto": r.cost_factor_kto}[choice.method]
+    factor = r.cost_factor(choice.method)
     plan = plan_training(
         params,
         offers,
@@ -82,7 +104,9 @@ def price_run(ctx: PilotContext, snapshot_id: str) -> tuple[DatasetSnapshot, Tra
         method=choice,
         cost_factor=factor,
     )
-    if plan is not None and choice.method != "sft":
+    if plan is not None and choice.method == "grpo":
+        plan.figures["grpo"] = asdict(grpo_params(ctx))
+    elif plan is not None and choice.method != "sft":
         good, bad = kto_weights(int(choice.figures["desirable"]), int(choice.figures["undesirable"]))
         pref = PreferenceParams(
             choice.method, beta=r.beta, sft_weight=r.sft_weight, desirable_weight=good, undesirable_weight=bad

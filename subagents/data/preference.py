@@ -26,10 +26,11 @@ import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from subagents.data.curate import CurationResult, Example
+from subagents.data.grpo import GrpoPrompt, grpo_data
 
 __all__ = ["DpoPair", "KtoExample", "PreferenceData", "preference_data"]
 
@@ -92,7 +93,8 @@ class DpoPair:
 class PreferenceData:
     kto: list[KtoExample]
     dpo: list[DpoPair]
-    figures: dict[str, Any]  # what the supervisor reads: counts, clusters with both outcomes, pair sources
+    figures: dict[str, Any]  # what the supervisor reads: counts, clusters with both outcomes, pair sources, grpo
+    grpo: list[GrpoPrompt] = field(default_factory=list)  # prompts with tests (subagents/data/grpo.py)
 
 
 def _reward(e: Example) -> float:
@@ -146,7 +148,8 @@ def preference_data(
         "pair_sources": dict(sorted(sources.items())),
         "min_margin": min_margin,
     }
-    return PreferenceData(kto=kto, dpo=pairs, figures=figures)
+    grpo, figures["grpo"] = grpo_data(result, split=split)
+    return PreferenceData(kto=kto, dpo=pairs, figures=figures, grpo=grpo)
 
 
 def _pairs(members: Sequence[Example], min_margin: float, cap: int) -> list[DpoPair]:

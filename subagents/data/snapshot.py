@@ -13,8 +13,9 @@ Invariants:
 - A line is ``Example.to_json()``: id, domain, weight, messages, and ``tests`` (scrubbed test code) only for
   examples that have some; ``Manifest.with_tests`` counts those per split (absent in manifests written before
   the field existed, read back as empty).
-- Preference data (the reinforcement layer, subagents/data/preference.py), when given: ``kto.jsonl`` and
-  ``dpo.jsonl`` (train split only) in ``preference_files``, their figures in ``preference``, the reward
+- Preference data (the reinforcement layer, subagents/data/preference.py), when given: ``kto.jsonl``,
+  ``dpo.jsonl`` and ``grpo.jsonl`` (prompts with tests, subagents/data/grpo.py; train split only) in
+  ``preference_files``, their figures in ``preference`` (GRPO's under ``preference["grpo"]``), the reward
   distribution per domain in ``rewards`` and the failed attempts kept per split in ``failures``. The content
   hash covers those files too when present, so a snapshot without them hashes as before they existed.
 """
@@ -39,7 +40,7 @@ from subagents.data.preference import PreferenceData
 __all__ = ["SPLIT_FILES", "FileEntry", "Manifest", "read_manifest", "verify_snapshot", "write_snapshot"]
 
 SPLIT_FILES: dict[str, str] = {"train": "train.jsonl", "eval": "eval.jsonl", "golden": "golden.jsonl"}
-PREFERENCE_FILES: dict[str, str] = {"kto": "kto.jsonl", "dpo": "dpo.jsonl"}
+PREFERENCE_FILES: dict[str, str] = {"kto": "kto.jsonl", "dpo": "dpo.jsonl", "grpo": "grpo.jsonl"}
 MANIFEST = "manifest.json"
 
 
@@ -148,6 +149,8 @@ def write_snapshot(
             pref_files["dpo"] = _write_lines(tmp / PREFERENCE_FILES["dpo"], [p.to_json() for p in preference.dpo])
             line_ids[PREFERENCE_FILES["kto"]] = [k.record_id for k in preference.kto]
             line_ids[PREFERENCE_FILES["dpo"]] = [" / ".join(p.record_ids) for p in preference.dpo]
+            pref_files["grpo"] = _write_lines(tmp / PREFERENCE_FILES["grpo"], [g.to_json() for g in preference.grpo])
+            line_ids[PREFERENCE_FILES["grpo"]] = [" / ".join(g.record_ids) for g in preference.grpo]
         manifest = Manifest(
             content_hash=_combined_hash(files, pref_files),
             created_at=now or datetime.now(UTC),

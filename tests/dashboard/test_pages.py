@@ -87,6 +87,7 @@ def test_the_run_page_shows_timeline_attempts_loss_and_cost(
     assert series(page, "#chart-loss") == ["train loss", "eval loss"]
     assert drawn(page, "#chart-loss") > 2
     assert page.locator("#timeline li").count() >= 4
+    assert "sft" in (page.text_content("#run-method") or "")  # a plan without a method reads as supervised
     page.goto(f"{base}/runs/{history.in_flight[-1]}")
     assert page.text_content("#run-status") == "running"
     assert "s ago" in (page.text_content("#attempts") or "")  # the last heartbeat's age

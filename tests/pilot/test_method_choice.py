@@ -7,17 +7,31 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
+from rich.console import Console
 from sqlmodel import select
 
-from pilot.context import build_context
+from pilot.cli.render import render_explain, render_status
+from pilot.context import HostModules, build_context
+from pilot.dashboard.queries import run_page
 from pilot.data.ingest import ingest_lines
+from pilot.errors import ConfigError
+from pilot.service.explain import explain
+from pilot.service.status import build_status
 from pilot.settings import Settings
+from pilot.settings_sections import ReinforcementSettings
 from pilot.store import Store
-from pilot.store.models import Approval, Decision, TrainingRun
+from pilot.store.models import Approval, Decision, ModelVersion, TrainingRun
+from pilot.store.status import ModelStatus
 from pilot.supervisor.approvals import answer
 from pilot.supervisor.cycle import run_cycle
+from pilot.supervisor.notify import approval_request
+from pilot.supervisor.training_nodes import max_spend, price_run
 from subagents.data.samples import generate_demo_records
-from tests.subagents.data.data_factories import attempt_records
+from subagents.methods import describe_method
+from subagents.training import METHOD_MODULES, METHODS
+from tests.subagents.data.data_factories import attempt_records, code_attempt_records
+from tools.slack import approval_blocks
 
 
 def settings_for(make_settings: Callable[..., Settings], store_url: str, **reinforcement: Any) -> Settings:
@@ -71,6 +85,41 @@ def test_failures_and_pairs_choose_a_preference_method(
     with store.session() as s:
         run = s.exec(select(TrainingRun)).one()
     assert run.config["plan"]["method"] == method
+    shows_the_method(settings, store, run, approval, method, plan)
+
+
+def shows_the_method(
+    settings: Settings, store: Store, run: TrainingRun, approval: Approval, method: str, plan: dict[str, Any]
+) -> None:
+    """Status (the run lines), explain (a version of the run), the Slack approval and the dashboard's run page
+    name the method and what it trained on."""
+    data = describe_method(plan)["data"]
+    words = {"dpo": "pairs", "kto": "failed attempts", "grpo": "prompts with tests"}[method]
+    assert words in data
+    report = build_status(settings, store)
+    [line] = [r for r in report["runs"] if r["id"] == run.id]
+    assert (line["method"], line["method_data"]) == (method, data)
+    console = Console(record=True, width=300)
+    render_status(console, report)
+    assert f"{method}: {data}" in console.export_text()
+
+    with store.session(write=True) as s:
+        s.add(ModelVersion(id=f"v-{method}", status=ModelStatus.CANDIDATE, base_model="b", run_id=run.id,
+                           snapshot_id=run.snapshot_id, adapter_uri="x", adapter_sha256="0" * 64))  # fmt: skip
+    explained = explain(store, f"v-{method}")
+    assert explained["method"]["method"] == method and explained["method"]["data"] == data
+    assert explained["method"]["reason"] == plan["method_reason"] and explained["method"]["figures"]
+    console = Console(record=True, width=300)
+    render_explain(console, explained)
+    text = console.export_text()
+    assert f"method: {method} ({data})" in text and plan["method_reason"] in text
+
+    with store.session() as s:
+        slack = approval_request(s, s.get(Approval, approval.id))
+        page = run_page(s, run.id)
+    assert slack.extra["Method"].startswith(f"{method}: {data}")
+    assert any(data in str(b) for b in approval_blocks(slack))
+    assert page["method"]["method"] == method and page["method"]["data"] == data
 
 
 def test_without_enough_preference_data_it_stays_supervised(
@@ -82,3 +131,55 @@ def test_without_enough_preference_data_it_stays_supervised(
     plan = decision.figures["plan"]
     assert plan["method"] == "sft" and plan["cost_factor"] == 1.0 and "too few" in plan["method_reason"]
     assert "preference" not in plan and approval.summary["what"] == "LoRA fine-tune, method sft"
+
+
+def test_grpo_settings_price_and_modules() -> None:
+    r = ReinforcementSettings()
+    assert r.cost_factor("grpo") == 6.0 > r.cost_factor("kto") > r.cost_factor("dpo") > r.cost_factor("sft")
+    assert ReinforcementSettings(grpo_num_generations=8).cost_factor("grpo") == 10.0
+    assert ReinforcementSettings(cost_factor_grpo=3.5).cost_factor("grpo") == 3.5
+    with pytest.raises(ValueError, match="unknown training method 'ppo'"):
+        r.cost_factor("ppo")
+    with pytest.raises(ValidationError, match="grpo_sandbox"):
+        ReinforcementSettings(grpo_sandbox="docker")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="grpo_num_generations"):
+        ReinforcementSettings(grpo_num_generations=1)  # advantages compare samples of one prompt
+    modules = HostModules()
+    assert [modules.for_method(m) for m in METHODS] == [METHOD_MODULES[m] for m in METHODS]
+    with pytest.raises(ValueError, match="unknown training method"):
+        modules.for_method("ppo")
+
+
+def test_grpo_is_chosen_priced_above_sft_and_approved_at_its_figure(
+    store: Store, make_settings: Callable[..., Settings]
+) -> None:
+    settings = settings_for(make_settings, store.url, min_rl_prompts=40, min_undesirable=10_000, min_pairs=10_000)
+    ingest_lines(store, [r.model_dump_json() for r in code_attempt_records(120)], source="test")
+    decision, approval = first_decision(settings, store)
+    plan = decision.figures["plan"]
+    assert plan["method"] == "grpo" and plan["cost_factor"] == 6.0, plan["method_reason"]
+    assert plan["method_figures"]["prompts_with_tests"] >= 40 and plan["method_figures"]["rl_failure_share"] >= 0.2
+    assert plan["method_reason"].startswith(f"GRPO: {plan['method_figures']['prompts_with_tests']} prompts with tests")
+    assert plan["grpo"]["num_generations"] == 4 and plan["grpo"]["sandbox"] == "auto" and "preference" not in plan
+    assert approval.summary["what"] == "LoRA fine-tune, method grpo"
+    assert approval.cost_ceiling_usd == plan["max_spend_usd"]  # the ceiling is the GRPO figure
+    with store.session() as s:
+        slack = approval_request(s, s.get(Approval, approval.id))
+    assert slack.extra["Method"].startswith(f"grpo: {plan['method_figures']['prompts_with_tests']} prompts with tests")
+
+    # The same snapshot priced supervised (the layer's choice off): GRPO reserves more.
+    sft_settings = settings_for(make_settings, store.url, choose_method=False)
+    ctx = build_context(sft_settings, store=Store(store.url))
+    try:
+        _, sft = price_run(ctx, approval.summary["snapshot"])
+        assert sft is not None and sft.figures["method"] == "sft"
+        assert plan["max_spend_usd"] > max_spend(ctx, sft) and plan["estimated_cost_usd"] > sft.estimated_cost_usd
+    finally:
+        ctx.close()
+
+
+def test_grpo_completions_must_fit_the_sequence(make_settings: Callable[..., Settings]) -> None:
+    with pytest.raises(ConfigError, match=r"grpo_max_new_tokens \(128\) must be below training.seq_len \(64\)"):
+        make_settings(training={"seq_len": 64}, reinforcement={"choose_method": True})
+    assert make_settings(training={"seq_len": 64}, reinforcement={"choose_method": True, "allow_rl": False})
+    assert make_settings(training={"seq_len": 64})  # the chooser off: GRPO never runs, nothing to refuse

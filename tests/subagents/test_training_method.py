@@ -1,14 +1,17 @@
-"""The training subagent's choice of method (supervised, DPO, KTO) and the preference job's config."""
+"""The training subagent's choice of method (supervised, DPO, KTO, GRPO), the jobs' configs and method prices."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
+from subagents.methods import describe_method
 from subagents.training import (
     METHOD_FILES,
     METHOD_MODULES,
+    GrpoParams,
     PreferenceParams,
     TrainingParams,
     choose_method,
@@ -16,6 +19,7 @@ from subagents.training import (
     expected_hours,
     job_config,
     kto_weights,
+    method_params,
     preference_params,
 )
 
@@ -75,3 +79,64 @@ def test_count_tokens_reads_preference_lines(tmp_path: Path) -> None:
         '{"prompt": [{"role": "user", "content": "aaaa"}], "chosen": "bbbb", "rejected": "cccc"}\n'
     )
     assert count_tokens(tmp_path / "dpo.jsonl") == (1, 3 + 8)
+
+
+GRPO = {"prompts_with_tests": 64, "clusters": 60, "attempts": 100, "failures": 41, "failure_share": 0.41}
+
+
+@pytest.mark.parametrize(
+    ("grpo", "extra", "method", "words"),
+    [
+        (GRPO, {}, "grpo", "GRPO: 64 prompts with tests (>= 50), 41% of their 100 attempts failed"),
+        ({**GRPO, "failure_share": 0.1}, {}, "dpo", "GRPO: 10% of the attempts at the 64 prompts with tests failed"),
+        ({**GRPO, "prompts_with_tests": 12}, {}, "dpo", "only 12 prompts with tests (< 50) for GRPO"),
+        (GRPO, {"allow_rl": False}, "dpo", "GRPO is off"),
+        (GRPO, {"enabled": False}, "sft", "are off"),
+        (GRPO, {"min_rl_failure_share": 0.5}, "dpo", "(< 50%)"),
+    ],
+)
+def test_grpo_first_when_tests_and_failures_are_there(grpo: dict, extra: dict, method: str, words: str) -> None:
+    preference = {"pairs": 80, "desirable": 300, "undesirable": 90, "grpo": grpo}
+    choice = choose_method(preference, train_examples=300, **{**RULES, **extra})
+    assert choice.method == method and words in choice.reason, choice.reason
+    assert choice.figures["prompts_with_tests"] == grpo["prompts_with_tests"]
+    assert choice.figures["rl_failure_share"] == grpo["failure_share"]
+
+
+def test_grpo_job_config_has_the_keys_jobs_grpo_reads(tmp_path: Path) -> None:
+    cfg = job_config(
+        params(), train_file=tmp_path / "grpo.jsonl", eval_file=tmp_path / "e", output_dir=tmp_path,
+        preference=GrpoParams(),
+    )  # fmt: skip
+    shared = job_config(params(), train_file=tmp_path / "grpo.jsonl", eval_file=None, output_dir=tmp_path)
+    grpo_keys = {"method", "num_generations", "max_new_tokens", "temperature", "top_p", "beta", "epsilon",
+                 "test_timeout_s", "sandbox"}  # fmt: skip
+    assert set(cfg) == set(shared) | grpo_keys and "packing" not in cfg and cfg["eval_file"] is None
+    assert (cfg["method"], cfg["num_generations"], cfg["beta"], cfg["epsilon"]) == ("grpo", 4, 0.0, 0.2)
+    assert (cfg["temperature"], cfg["test_timeout_s"], cfg["sandbox"]) == (1.0, 5.0, "auto")
+    figures = {"method": "grpo", "grpo": asdict(GrpoParams(num_generations=8))}
+    assert method_params(figures) == GrpoParams(num_generations=8) and preference_params(figures) is None
+    assert method_params({"method": "kto", "preference": {"method": "kto"}}) == PreferenceParams("kto")
+    with pytest.raises(ValueError, match="no grpo parameters"):
+        method_params({"method": "grpo"})
+    assert METHOD_FILES["grpo"] == "grpo.jsonl" and METHOD_MODULES["grpo"] == "jobs.grpo"
+
+
+def test_describe_method_for_people() -> None:
+    choice = choose_method({"pairs": 0, "desirable": 9, "undesirable": 0, "grpo": GRPO}, train_examples=9, **RULES)
+    plan = {
+        "method": choice.method,
+        "method_reason": choice.reason,
+        "method_figures": choice.figures,
+        "cost_factor": 6.0,
+    }
+    described = describe_method(plan)
+    assert described["data"] == "64 prompts with tests, 41% of their 100 attempts failed"
+    assert described["method"] == "grpo" and described["reason"] == choice.reason and described["cost_factor"] == 6.0
+    old = describe_method({"train_examples": 120})  # a plan from before methods existed reads as supervised
+    assert (old["method"], old["data"], old["reason"], old["cost_factor"]) == (
+        "sft",
+        "120 successful examples",
+        "",
+        1.0,
+    )

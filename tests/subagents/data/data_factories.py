@@ -76,3 +76,37 @@ def attempt_records(n_tasks: int) -> list[ExecutionRecord]:
                 )
             )
     return out
+
+
+def code_attempt_records(n_tasks: int, *, fail_every: int = 2) -> list[ExecutionRecord]:
+    """Code tasks whose records carry their tests (GRPO data): per task a success with the right code, and on
+    every ``fail_every``-th task first a failed attempt (``tests_failed``: the wrong operator)."""
+    out = []
+    for t in range(n_tasks):
+        words = [VOCABULARY[t % len(VOCABULARY)], VOCABULARY[(7 * t + 3) % len(VOCABULARY)], f"w{t}"]
+        name = "_".join(words)
+        k = t % 7 + 2
+        prompt = f"Write the function `{name}(x)` returning x multiplied by {k} for the {words[1]} module."
+        tests = f"from solution import {name}\n\n\ndef test_{name}():\n    assert {name}(3) == {3 * k}\n"
+        common = {"prompt": prompt, "domain": "code", "task": f"code task {t}", "tests": tests}
+        if t % fail_every == fail_every - 1:
+            out.append(
+                record(
+                    **common,
+                    record_id=f"c{t}-fail",
+                    timestamp=f"2025-01-07T09:{t % 60:02d}:00Z",
+                    output=f"```python\ndef {name}(x):\n    return x + {k}\n```",
+                    success=True,
+                    metrics={"tests_passed": 0, "tests_total": 1, "duration_s": 2.0},
+                )
+            )
+        out.append(
+            record(
+                **common,
+                record_id=f"c{t}-ok",
+                timestamp=f"2025-01-07T10:{t % 60:02d}:00Z",
+                output=f"```python\ndef {name}(x):\n    return x * {k}\n```",
+                metrics={"tests_passed": 1, "tests_total": 1, "duration_s": 1.0},
+            )
+        )
+    return out

@@ -40,9 +40,13 @@ def test_failures_follow_their_task_cluster_so_golden_never_reaches_preference_d
             assert failure.split_key in keys  # each failure sits in its success's cluster, same split
             assert failure.reward is not None and failure.reward < 0 and not failure.success
     data = preference_data(result)
-    prompts = {split_key(k.prompt[0]["content"]) for k in data.kto} | {split_key(p.prompt[0]["content"]) for p in data.dpo}
+    prompts = {split_key(k.prompt[0]["content"]) for k in data.kto} | {
+        split_key(p.prompt[0]["content"]) for p in data.dpo
+    }
     assert not prompts & golden_keys
-    assert data.figures["desirable"] == len(result.train) and data.figures["undesirable"] == len(result.failures["train"])
+    assert data.figures["desirable"] == len(result.train) and data.figures["undesirable"] == len(
+        result.failures["train"]
+    )
 
 
 def test_dpo_pairs_from_outcomes_and_ratings() -> None:

@@ -64,5 +64,13 @@ def test_bad_weights_are_refused(overrides: dict[str, object], message: str) -> 
 
 def test_distribution_per_domain() -> None:
     dist = reward_distribution([("a", 1.0, True), ("a", -1.0, False), ("a", 2.0, True), ("b", 0.5, True)])
-    assert dist["a"] == {"n": 3, "desirable": 2, "undesirable": 1, "mean": 0.6667, "min": -1.0, "median": 1.0, "max": 2.0}
+    assert dist["a"] == {
+        "n": 3,
+        "desirable": 2,
+        "undesirable": 1,
+        "mean": 0.6667,
+        "min": -1.0,
+        "median": 1.0,
+        "max": 2.0,
+    }
     assert dist["b"]["n"] == 1
