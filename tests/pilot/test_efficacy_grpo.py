@@ -8,12 +8,13 @@ The code task: "For the <words> job, write `f` that returns its argument plus on
 the golden tests only sometimes (greedy; it also still garbles some answers). GRPO from it (a fresh adapter on
 the merged champion, k = 4 samples per prompt, 6 prompts per step, 10 steps) is rewarded only by the tests.
 
-Measured on this machine: record seed 0 (pinned) champion 0.35 -> GRPO 0.84 on 80 golden items, diff +0.49,
-95% CI [+0.38, +0.60], sign test p=4e-12: promote; the mean reward of a step's samples went 0.08 -> 0.67 over the
-10 steps. The test took 156 s while other work shared the 2 cores (load average 4.7): SFT ~60 s, GRPO ~60 s,
-two golden evaluations with 160 sandboxed runs; the 60 s target was not shown on an idle machine. Seed
-sensitivity (the same recipe, record seeds 1 and 2, by hand): docs/reinforcement.md. A tiny model at 10 steps
-is seed-sensitive: the test shows the mechanism on pinned data, not a guarantee for every dataset.
+Measured on this machine with the same recipe (lr 1e-3): record seed 0 (pinned) champion 0.35 -> GRPO 0.76 on
+80 golden items, diff +0.41, 95% CI [+0.30, +0.51], sign test p=2e-10: promote; the mean reward of a step's
+samples went 0.08 -> 0.75 over the 10 steps. Seed 2: 0.10 -> 0.66, promote. At lr 2e-3 seed 0 reached 0.84 but
+seed 2 collapsed (0.10 -> 0.00, rejected), hence 1e-3. The test took 150-180 s while other work shared the 2 cores
+(load average ~5): SFT ~60 s, GRPO ~60-70 s, two golden evaluations with 160 sandboxed runs; the 60 s target
+was not shown on an idle machine. A tiny model at 10 steps is seed-sensitive: the test shows the mechanism on
+pinned data, not a guarantee for every dataset (docs/reinforcement.md has the figures).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ GRPO: dict[str, Any] = {
     "lora": {"r": 16, "alpha": 32, "target_modules": "all-linear"},
     "seq_len": 96,
     "batch_size": 6,
-    "learning_rate": 2e-3,
+    "learning_rate": 1e-3,
     "warmup_ratio": 0.0,
     "lr_schedule": "constant",
     "max_steps": 10,
