@@ -93,7 +93,7 @@ def outbid_after_a_checkpoint(rig: Rig, done: dict[str, Any]) -> None:
         done["error"] = exc
 
 
-@pytest.mark.parametrize("method", ["dpo", "kto"])
+@pytest.mark.parametrize("method", ["dpo", "kto", "grpo"])
 def test_method_trains_resumes_after_an_outbid_and_is_gated(method: str, rig: Rig) -> None:
     s = rig.ctx.settings
     rig.ctx.settings = s.model_copy(
