@@ -153,17 +153,23 @@ class _Call:
 async def _read_body(request: web.Request, limit: int) -> bytes | web.Response:
     declared = request.content_length
     if declared is not None and declared > limit:
-        return openai_error(413, f"request body over {limit} bytes", "body_too_large")
+        return _closing(openai_error(413, f"request body over {limit} bytes", "body_too_large"))
     chunks, size = [], 0
     try:
         while chunk := await request.content.readany():
             size += len(chunk)
             if size > limit:
-                return openai_error(413, f"request body over {limit} bytes", "body_too_large")
+                return _closing(openai_error(413, f"request body over {limit} bytes", "body_too_large"))
             chunks.append(chunk)
     except (ConnectionError, HttpProcessingError, aiohttp.ClientPayloadError):
-        return openai_error(400, "the client left before sending its whole body", "client_disconnected")
+        return _closing(openai_error(400, "the client left before sending its whole body", "client_disconnected"))
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _closing(response: web.Response) -> web.Response:
+    """The rest of the body is not read: the connection closes after the answer (no lingering read of it)."""
+    response.force_close()
+    return response
 
 
 def _upstream_headers(gw: Gateway, headers: Mapping[str, str]) -> dict[str, str]:
@@ -351,7 +357,8 @@ async def _stream(gw: Gateway, request: web.Request, call: _Call, url: str, head
                  "cache-control": "no-store", "x-accel-buffering": "no", **call.headers()}
     )  # fmt: skip
     kept: list[bytes] = []
-    size, tail, ttft, outcome = 0, b"", None, "cut"
+    size, tail, ttft = 0, b"", None
+    outcome, last = "cut", b""  # last: the SSE error event that ends a broken stream, written after the record
     try:
         await out.prepare(request)
         try:
@@ -365,15 +372,15 @@ async def _stream(gw: Gateway, request: web.Request, call: _Call, url: str, head
                 await _relay(out, chunk)
         except TimeoutError:
             outcome = "timeout"
-            await _relay(out, _sse_error("the upstream stream stalled past the read timeout", "upstream_timeout"))
+            last = _sse_error("the upstream stream stalled past the read timeout", "upstream_timeout")
         except aiohttp.ClientError as exc:
             outcome = "cut"
-            await _relay(out, _sse_error(f"the upstream stream broke off: {type(exc).__name__}", "upstream_cut"))
+            last = _sse_error(f"the upstream stream broke off: {type(exc).__name__}", "upstream_cut")
         else:
             if b"[DONE]" in tail:
                 outcome = "ok"
             else:
-                await _relay(out, _sse_error("the upstream stream ended before [DONE]", "upstream_cut"))
+                last = _sse_error("the upstream stream ended before [DONE]", "upstream_cut")
     except _ClientGone:  # the client left: the upstream request is cancelled below
         outcome = "client_gone"
     except asyncio.CancelledError:  # the server is closing this connection
@@ -386,9 +393,11 @@ async def _stream(gw: Gateway, request: web.Request, call: _Call, url: str, head
             upstream.close()  # closes the upstream connection mid-stream: the upstream request ends
         text = b"".join(kept).decode("utf-8", "replace")
         call.record(gw, status=200, outcome=outcome, response=text, streamed=True, ttft_ms=ttft)
-    if outcome != "client_gone":
-        with contextlib.suppress(ConnectionError, RuntimeError):  # recorded first: a client that has read
-            await out.write_eof()  # [DONE] may ask for its record at once
+    if outcome != "client_gone":  # recorded first: a client that has read the end may ask for its record at once
+        with contextlib.suppress(_ClientGone, ConnectionError, RuntimeError):
+            if last:
+                await _relay(out, last)
+            await out.write_eof()
     return out
 
 

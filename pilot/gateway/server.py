@@ -206,8 +206,9 @@ class GatewayRuntime:
         )
         self.gateway.client = client
         runner = web.AppRunner(
-            create_app(self.gateway), access_log=None, keepalive_timeout=75, shutdown_timeout=SHUTDOWN_S
-        )
+            create_app(self.gateway), access_log=None, keepalive_timeout=75, shutdown_timeout=SHUTDOWN_S,
+            lingering_time=1.0,  # the rest of a refused (413) body is read and dropped for 1 s, not aiohttp's 10
+        )  # fmt: skip
         await runner.setup()
         try:
             site: web.BaseSite = (
