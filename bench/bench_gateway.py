@@ -8,9 +8,10 @@ Three processes on loopback: the fake OpenAI upstream (tools/serving/openai_fake
 pooled connector). The same calls go straight to the upstream and through the gateway in alternating rounds, so
 the difference is the gateway. Prints:
 
-- for each ``--upstream-delay-ms`` (the fake sleeps that long before it answers, and spaces streamed chunks by a
-  tenth of it: a model server takes tens to hundreds of ms; 0 is an instant upstream, where the closed-loop clients
-  saturate the machine's cores): added latency p50/p99 of small non-streamed chat calls at ``--concurrency``
+- for each ``--upstream-delay-ms`` (the fake sleeps that long before it answers, each non-streamed call's delay
+  spread uniformly over +-``--jitter`` (50%) of it as a model server's answers are, and spaces streamed chunks by
+  a tenth of it: a model server takes tens to hundreds of ms; 0 is an instant upstream, where the closed-loop
+  clients saturate the machine's cores): added latency p50/p99 of small non-streamed chat calls at ``--concurrency``
   clients (targets 1 ms / 5 ms), added time to first streamed token p50 (target 2 ms) at 10 concurrent streams,
   the offered load (calls/s), and the gateway process's CPU per call and utilisation (of one core) meanwhile;
 - calls/s through the one gateway process with recording on (target 1,000/s), instant upstream;
@@ -24,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import socket
 import statistics
 import subprocess
@@ -90,9 +92,10 @@ async def _wait_up(url: str) -> None:
 
 
 async def load(
-    base: str, model: str, calls: int, concurrency: int, delay_ms: float = 0
+    base: str, model: str, calls: int, concurrency: int, delay_ms: float = 0, jitter: float = 0
 ) -> tuple[list[float], float, float]:
-    """Non-streamed calls; returns (latencies in ms, calls/s, time of the last answer)."""
+    """Non-streamed calls; returns (latencies in ms, calls/s, time of the last answer). Call ``i`` asks the fake for
+    ``delay_ms`` times a factor drawn uniformly within 1 +- ``jitter`` (seeded by ``i``: the same on both sides)."""
     latencies: list[float] = []
     todo = iter(range(calls))
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
@@ -105,7 +108,8 @@ async def load(
                 body = {"model": model, "messages": [{"role": "system", "content": "You fix code."},
                                                      {"role": "user", "content": f"task {i}"}]}  # fmt: skip
                 t = time.perf_counter()
-                headers = {"X-Session-Id": f"s{w}", "X-Fake-Delay-Ms": str(delay_ms)}
+                delay = delay_ms * random.Random(i).uniform(1 - jitter, 1 + jitter)
+                headers = {"X-Session-Id": f"s{w}", "X-Fake-Delay-Ms": f"{delay:.3f}"}
                 async with http.post(f"{base}/chat/completions", json=body, headers=headers) as r:
                     await r.read()
                     if r.status != 200:
@@ -153,11 +157,11 @@ async def condition(direct: str, via: str, gw_pid: int, args: argparse.Namespace
     d_rates, g_rates = [], []
     cpu = wall = 0.0
     for _ in range(2):  # alternate, so drift on a shared machine hits both sides
-        lat, rate, _ = await load(direct, BASE, args.calls // 2, args.concurrency, delay_ms)
+        lat, rate, _ = await load(direct, BASE, args.calls // 2, args.concurrency, delay_ms, args.jitter)
         d_lat += lat
         d_rates.append(rate)
         c0, t0 = cpu_seconds(gw_pid), time.perf_counter()
-        lat, rate, _ = await load(via, "agent", args.calls // 2, args.concurrency, delay_ms)
+        lat, rate, _ = await load(via, "agent", args.calls // 2, args.concurrency, delay_ms, args.jitter)
         cpu += cpu_seconds(gw_pid) - c0
         wall += time.perf_counter() - t0
         g_lat += lat
@@ -168,6 +172,7 @@ async def condition(direct: str, via: str, gw_pid: int, args: argparse.Namespace
         g_first += await ttft(via, "agent", args.streams // 2, delay_ms=delay_ms)
     return {
         "upstream_delay_ms": delay_ms,
+        "jitter": args.jitter,
         "concurrency": args.concurrency,
         "direct_p50_ms": round(_pct(d_lat, 0.5), 2),
         "gateway_p50_ms": round(_pct(g_lat, 0.5), 2),
@@ -192,6 +197,7 @@ async def main() -> int:
     parser.add_argument("--streams", type=int, default=400)
     parser.add_argument("--records", type=int, default=100_000, help="0 skips the recording run")
     parser.add_argument("--upstream-delay-ms", default="0,20,100", help="comma-separated; one row each")
+    parser.add_argument("--jitter", type=float, default=0.5, help="each call's delay: x uniform(1 - j, 1 + j)")
     parser.add_argument("--profile", type=Path, help="run the gateway under cProfile, stats written here")
     args = parser.parse_args()
     delays = [float(d) for d in args.upstream_delay_ms.split(",") if d.strip()]

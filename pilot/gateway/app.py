@@ -50,6 +50,7 @@ _HOP = frozenset(
     {"host", "content-length", "connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
      "proxy-authorization", "proxy-connection", "accept-encoding", "x-session-id", "x-producer-token"}
 )  # fmt: skip
+_HOP_AND_AUTH = _HOP | {"authorization"}
 _PASS_BACK = ("content-type", "openai-processing-ms", "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests")
 
 
@@ -173,10 +174,10 @@ def _closing(response: web.Response) -> web.Response:
 
 
 def _upstream_headers(gw: Gateway, headers: Mapping[str, str]) -> dict[str, str]:
-    out = {k: v for k, v in headers.items() if k.lower() not in _HOP}
+    drop = _HOP_AND_AUTH if gw.settings.upstream_api_key is not None else _HOP
+    out = {k: v for k, v in headers.items() if k.lower() not in drop}
     out["accept-encoding"] = "identity"  # relayed bytes are what the client reads
     if gw.settings.upstream_api_key is not None:
-        out.pop("Authorization", None)
         out["authorization"] = f"Bearer {gw.settings.upstream_api_key.get_secret_value()}"
     return out
 
