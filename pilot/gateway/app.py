@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -54,19 +55,31 @@ _HOP_AND_AUTH = _HOP | {"authorization"}
 _PASS_BACK = ("content-type", "openai-processing-ms", "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests")
 
 
+_LONG_DIGITS = re.compile(rb"\d{20}")  # an integer orjson would read as a float (over 64 bits), or a long digit string
+
+
+def parse(raw: bytes) -> tuple[Any, bool]:
+    """The JSON value and whether orjson read it exactly. The standard library reads what orjson refuses (NaN) or
+    would change (an integer over 64 bits becomes a float): then ``dumps(value, exact=False)`` writes it back."""
+    if not _LONG_DIGITS.search(raw):
+        try:
+            return orjson.loads(raw), True
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(raw), False  # raises ValueError when it is not JSON either
+
+
 def loads(raw: bytes) -> Any:
-    """orjson, or the standard library for what orjson refuses and JSON allows (integers over 64 bits, NaN)."""
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return json.loads(raw)  # raises ValueError when it is not JSON either
+    return parse(raw)[0]
 
 
-def dumps(value: Any) -> bytes:
-    try:
-        return orjson.dumps(value)
-    except TypeError:  # an integer over 64 bits, parsed by the standard library
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+def dumps(value: Any, *, exact: bool = True) -> bytes:
+    if exact:
+        try:
+            return orjson.dumps(value)
+        except TypeError:  # an integer over 64 bits
+            pass
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def openai_error(status: int, message: str, code: str, kind: str = "invalid_request_error") -> web.Response:
@@ -223,7 +236,7 @@ def create_app(gw: Gateway) -> web.Application:
         if isinstance(raw, web.Response):
             return _refusal(gw, raw, request_id)
         try:
-            body = loads(raw)
+            body, exact = parse(raw)
         except ValueError as exc:
             return _refusal(gw, openai_error(400, f"the body is not valid JSON: {exc}", "invalid_json"), request_id)
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
@@ -237,7 +250,7 @@ def create_app(gw: Gateway) -> web.Application:
         if body["model"] == logical:
             route = gw.routes.route(session_id)
             body["model"], version = route.model, route.version
-            content = dumps(body)  # orjson: a few microseconds for a chat body; key order kept
+            content = dumps(body, exact=exact)  # orjson: a few microseconds for a chat body; key order kept
         else:
             version = None
         call = _Call(request_id, session_id, endpoint, body["model"], version, who, body)

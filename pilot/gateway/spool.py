@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -50,11 +51,17 @@ def _line(call: dict[str, Any]) -> bytes:
         return (json.dumps(call, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
 
+_LONG_DIGITS = re.compile(rb"\d{20}")
+
+
 def _parse(line: bytes) -> Any:
-    try:
-        return orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return json.loads(line)
+    """orjson, or the standard library where orjson would change a value (an integer over 64 bits)."""
+    if not _LONG_DIGITS.search(line):
+        try:
+            return orjson.loads(line)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(line)
 
 
 class Spool:
