@@ -1,4 +1,4 @@
-"""The gateway's HTTP surface: an OpenAI-compatible proxy that records every call (Starlette, one aiohttp pool).
+"""The gateway's HTTP surface: an OpenAI-compatible proxy that records every call (aiohttp server and client).
 
 Routes: ``POST /v1/chat/completions`` and ``POST /v1/completions`` (streamed SSE or not), ``GET /v1/models``,
 ``POST /v1/feedback``, ``GET /healthz``, ``GET /metrics``.
@@ -14,25 +14,28 @@ Invariants:
   after its first byte ends with an SSE ``error`` event (the ``openai`` client raises it).
 - A client that leaves mid-stream closes the upstream connection (the upstream request is cancelled) and the
   call is recorded as ``client_gone``.
+- The request body goes upstream as the product sent it; only when the logical model name is rewritten are the
+  bytes re-serialised (orjson). One framework serves and forwards (aiohttp, C HTTP parser on both sides): the
+  hot path's CPU per call is what bounds the added latency under load (docs/gateway.md "Figures").
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+import orjson
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from pilot.gateway.auth import FEEDBACK_WRITE, LIVE_WRITE, ProducerCheck, Refused, raw_token
 from pilot.gateway.metrics import CONTENT_TYPE, GatewayMetrics
@@ -48,16 +51,45 @@ _HOP = frozenset(
     {"host", "content-length", "connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
      "proxy-authorization", "proxy-connection", "accept-encoding", "x-session-id", "x-producer-token"}
 )  # fmt: skip
+_HOP_AND_AUTH = _HOP | {"authorization"}
 _PASS_BACK = ("content-type", "openai-processing-ms", "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests")
 
 
-def openai_error(status: int, message: str, code: str, kind: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": code}}, status)
+_LONG_DIGITS = re.compile(rb"\d{20}")  # an integer orjson would read as a float (over 64 bits), or a long digit string
+
+
+def parse(raw: bytes) -> tuple[Any, bool]:
+    """The JSON value and whether orjson read it exactly. The standard library reads what orjson refuses (NaN) or
+    would change (an integer over 64 bits becomes a float): then ``dumps(value, exact=False)`` writes it back."""
+    if not _LONG_DIGITS.search(raw):
+        try:
+            return orjson.loads(raw), True
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(raw), False  # raises ValueError when it is not JSON either
+
+
+def loads(raw: bytes) -> Any:
+    return parse(raw)[0]
+
+
+def dumps(value: Any, *, exact: bool = True) -> bytes:
+    if exact:
+        try:
+            return orjson.dumps(value)
+        except TypeError:  # an integer over 64 bits
+            pass
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def openai_error(status: int, message: str, code: str, kind: str = "invalid_request_error") -> web.Response:
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
 def _sse_error(message: str, code: str) -> bytes:
     body = {"error": {"message": message, "type": "upstream_error", "param": None, "code": code}}
-    return b"data: " + json.dumps(body).encode() + b"\n\n"
+    return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
 @dataclass
@@ -100,7 +132,7 @@ class _Call:
             "x-pilot-model": self.model,
         }
 
-    def unreachable(self, gw: Gateway, exc: BaseException, *, streamed: bool) -> Response:
+    def unreachable(self, gw: Gateway, exc: BaseException, *, streamed: bool) -> web.Response:
         """The upstream could not be reached or did not answer: a 502/504 of our own, recorded as failed."""
         status, code, message = _transport_error(exc)
         self.record(gw, status=status, outcome=code.removeprefix("upstream_"), response="", streamed=streamed)
@@ -132,28 +164,35 @@ class _Call:
         )
 
 
-async def _read_body(request: Request, limit: int) -> bytes | Response:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        return openai_error(413, f"request body over {limit} bytes", "body_too_large")
+async def _read_body(request: web.Request, limit: int) -> bytes | web.Response:
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        return _closing(openai_error(413, f"request body over {limit} bytes", "body_too_large"))
     chunks, size = [], 0
     try:
-        async for chunk in request.stream():
+        while chunk := await request.content.readany():
             size += len(chunk)
             if size > limit:
-                return openai_error(413, f"request body over {limit} bytes", "body_too_large")
+                return _closing(openai_error(413, f"request body over {limit} bytes", "body_too_large"))
             chunks.append(chunk)
-    except ClientDisconnect:
-        return openai_error(400, "the client left before sending its whole body", "client_disconnected")
-    return b"".join(chunks)
+    except (ConnectionError, HttpProcessingError, aiohttp.ClientPayloadError):
+        return _closing(openai_error(400, "the client left before sending its whole body", "client_disconnected"))
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _upstream_headers(gw: Gateway, request: Request) -> dict[str, str]:
-    headers = {k: v for k, v in request.headers.items() if k not in _HOP}
-    headers["accept-encoding"] = "identity"  # relayed bytes are what the client reads
+def _closing(response: web.Response) -> web.Response:
+    """The rest of the body is not read: the connection closes after the answer (no lingering read of it)."""
+    response.force_close()
+    return response
+
+
+def _upstream_headers(gw: Gateway, headers: Mapping[str, str]) -> dict[str, str]:
+    drop = _HOP_AND_AUTH if gw.settings.upstream_api_key is not None else _HOP
+    out = {k: v for k, v in headers.items() if k.lower() not in drop}
+    out["accept-encoding"] = "identity"  # relayed bytes are what the client reads
     if gw.settings.upstream_api_key is not None:
-        headers["authorization"] = f"Bearer {gw.settings.upstream_api_key.get_secret_value()}"
-    return headers
+        out["authorization"] = f"Bearer {gw.settings.upstream_api_key.get_secret_value()}"
+    return out
 
 
 UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
@@ -167,69 +206,67 @@ def _transport_error(exc: BaseException) -> tuple[int, str, str]:
     return 502, "upstream_broken", f"the upstream connection failed: {type(exc).__name__}: {exc}"
 
 
-def create_app(gw: Gateway) -> Starlette:
+def _refusal(gw: Gateway, response: web.Response, request_id: str) -> web.Response:
+    gw.metrics.refused.labels(str(response.status)).inc()
+    response.headers["x-request-id"] = request_id
+    return response
+
+
+def create_app(gw: Gateway) -> web.Application:
     upstream = gw.settings.upstream_url.rstrip("/")
     logical = gw.settings.model_name
 
     check = ProducerCheck(gw.store, required=gw.settings.producer_auth)
 
-    async def producer(request: Request, scope: str) -> str:
+    async def producer(request: web.Request, scope: str) -> str:
         # The bearer token is the producer's on /v1/feedback (nothing goes upstream), and on calls when the gateway
         # replaces the product's key upstream.
         bearer = scope == FEEDBACK_WRITE or gw.settings.upstream_api_key is not None
         token = raw_token(request.headers, bearer_is_producer=bearer)
         return await check.identity(token, scope)
 
-    async def proxy(request: Request, endpoint: str, path: str) -> Response:
+    async def proxy(request: web.Request, endpoint: str, path: str) -> web.StreamResponse:
         request_id = f"req-{uuid.uuid4().hex}"
-        base_headers = {"x-request-id": request_id}
         try:
             who = await producer(request, LIVE_WRITE)
         except Refused as exc:
-            gw.metrics.refused.labels(str(exc.status)).inc()
-            response = openai_error(exc.status, exc.reason, "invalid_producer_token", "authentication_error")
-            response.headers.update(base_headers)
-            return response
+            refused = openai_error(exc.status, exc.reason, "invalid_producer_token", "authentication_error")
+            return _refusal(gw, refused, request_id)
         raw = await _read_body(request, gw.max_body)
-        if isinstance(raw, Response):
-            raw.headers.update(base_headers)
-            gw.metrics.refused.labels(str(raw.status_code)).inc()
-            return raw
+        if isinstance(raw, web.Response):
+            return _refusal(gw, raw, request_id)
         try:
-            body = json.loads(raw)
+            body, exact = parse(raw)
         except ValueError as exc:
-            gw.metrics.refused.labels("400").inc()
-            response = openai_error(400, f"the body is not valid JSON: {exc}", "invalid_json")
-            response.headers.update(base_headers)
-            return response
+            return _refusal(gw, openai_error(400, f"the body is not valid JSON: {exc}", "invalid_json"), request_id)
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
-            gw.metrics.refused.labels("400").inc()
-            response = openai_error(400, 'the body must be a JSON object with a string "model"', "invalid_body")
-            response.headers.update(base_headers)
-            return response
+            message = 'the body must be a JSON object with a string "model"'
+            return _refusal(gw, openai_error(400, message, "invalid_body"), request_id)
+        headers = request.headers
         user = body.get("user")
-        session_id = (request.headers.get("x-session-id") or (user if isinstance(user, str) else "") or "")[:200]
+        session_id = (headers.get("x-session-id") or (user if isinstance(user, str) else "") or "")[:200]
         session_id = session_id or f"gw-{uuid.uuid4().hex}"
+        content = raw  # forwarded as the product sent it, unless the logical name is rewritten
         if body["model"] == logical:
             route = gw.routes.route(session_id)
             body["model"], version = route.model, route.version
+            content = dumps(body, exact=exact)  # orjson: a few microseconds for a chat body; key order kept
         else:
             version = None
         call = _Call(request_id, session_id, endpoint, body["model"], version, who, body)
-        headers = _upstream_headers(gw, request)
-        content = json.dumps(body).encode()
+        out_headers = _upstream_headers(gw, headers)
         if body.get("stream") is True:
-            return await _stream(gw, call, f"{upstream}{path}", headers, content)
+            return await _stream(gw, request, call, f"{upstream}{path}", out_headers, content)
         assert gw.client is not None
         try:
-            async with gw.client.post(f"{upstream}{path}", data=content, headers=headers) as answer:
+            async with gw.client.post(f"{upstream}{path}", data=content, headers=out_headers) as answer:
                 data = await answer.read()
                 status, answer_headers = answer.status, answer.headers
         except UPSTREAM_ERRORS as exc:
             return call.unreachable(gw, exc, streamed=False)
         if status == 200:
             try:
-                json.loads(data)
+                loads(data)
             except ValueError:
                 call.record(gw, status=200, outcome="broken", response="", streamed=False)
                 message = "the upstream answered 200 with a body that is not JSON"
@@ -239,74 +276,79 @@ def create_app(gw: Gateway) -> Starlette:
         outcome = "ok" if status == 200 else "upstream_error"
         text = data[:MAX_RECORDED_RESPONSE].decode("utf-8", "replace")
         call.record(gw, status=status, outcome=outcome, response=text, streamed=False)
-        out_headers = {k: v for k in _PASS_BACK if (v := answer_headers.get(k))}
-        if answer_headers.get("x-request-id"):
-            out_headers["x-upstream-request-id"] = answer_headers["x-request-id"]
-        return Response(data, status, headers={**out_headers, **call.headers()})
+        back = call.headers()
+        for k in _PASS_BACK:
+            if v := answer_headers.get(k):
+                back[k] = v
+        if upstream_id := answer_headers.get("x-request-id"):
+            back["x-upstream-request-id"] = upstream_id
+        return web.Response(body=data, status=status, headers=back)
 
-    async def chat(request: Request) -> Response:
+    async def chat(request: web.Request) -> web.StreamResponse:
         return await proxy(request, "chat", "/chat/completions")
 
-    async def completions(request: Request) -> Response:
+    async def completions(request: web.Request) -> web.StreamResponse:
         return await proxy(request, "completions", "/completions")
 
-    async def models(request: Request) -> Response:
+    async def models(request: web.Request) -> web.Response:
         assert gw.client is not None
         try:
-            async with gw.client.get(f"{upstream}/models", headers=_upstream_headers(gw, request)) as answer:
+            async with gw.client.get(f"{upstream}/models", headers=_upstream_headers(gw, request.headers)) as answer:
                 body, status = await answer.read(), answer.status
         except UPSTREAM_ERRORS as exc:
             status, code, message = _transport_error(exc)
             return openai_error(status, message, code, "upstream_error")
         if status != 200:
-            return Response(body, status, media_type="application/json")
+            return web.Response(body=body, status=status, content_type="application/json")
         try:
-            listing = json.loads(body)
+            listing = loads(body)
             data = list(listing.get("data") or [])
         except (ValueError, AttributeError):
             return openai_error(502, "the upstream's model list is not JSON", "upstream_broken", "upstream_error")
         route = gw.routes.route(request.headers.get("x-session-id") or "models")
         logical_entry = {"id": logical, "object": "model", "owned_by": "learning-pilot", "root": route.model,
                          "parent": None}  # fmt: skip
-        return JSONResponse({"object": "list", "data": [logical_entry, *data]})
+        return _json({"object": "list", "data": [logical_entry, *data]})
 
-    async def feedback(request: Request) -> Response:
+    async def feedback(request: web.Request) -> web.Response:
         try:
             who = await producer(request, FEEDBACK_WRITE)
         except Refused as exc:
             return openai_error(exc.status, exc.reason, "invalid_producer_token", "authentication_error")
         raw = await _read_body(request, 1 << 20)
-        if isinstance(raw, Response):
+        if isinstance(raw, web.Response):
             return raw
         try:
-            body = json.loads(raw)
+            body = loads(raw)
         except ValueError as exc:
             return openai_error(400, f"the body is not valid JSON: {exc}", "invalid_json")
         assert gw.on_feedback is not None
-        handler = gw.on_feedback
-        result = await run_in_threadpool(handler, body, who)
+        result = await asyncio.get_running_loop().run_in_executor(None, gw.on_feedback, body, who)
         status = int(result.pop("_status", 200))
-        return JSONResponse(result, status)
+        return _json(result, status)
 
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"ok": True, "champion": gw.routes.state.champion})
+    async def healthz(request: web.Request) -> web.Response:
+        return _json({"ok": True, "champion": gw.routes.state.champion})
 
-    async def metrics(request: Request) -> Response:
-        return Response(gw.metrics.render(), media_type=CONTENT_TYPE)
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=gw.metrics.render(), headers={"content-type": CONTENT_TYPE})
 
-    return Starlette(
-        routes=[
-            Route("/v1/chat/completions", chat, methods=["POST"]),
-            Route("/v1/completions", completions, methods=["POST"]),
-            Route("/v1/models", models, methods=["GET"]),
-            Route("/v1/feedback", feedback, methods=["POST"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]),
-        ]
-    )
+    app = web.Application(client_max_size=gw.max_body)
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_get("/v1/models", models, allow_head=False)
+    app.router.add_post("/v1/feedback", feedback)
+    app.router.add_get("/healthz", healthz, allow_head=False)
+    app.router.add_get("/metrics", metrics, allow_head=False)
+    return app
 
 
-async def _stream(gw: Gateway, call: _Call, url: str, headers: dict[str, str], content: bytes) -> Response:
+def _json(value: Any, status: int = 200) -> web.Response:
+    return web.Response(body=dumps(value), status=status, content_type="application/json")
+
+
+async def _stream(gw: Gateway, request: web.Request, call: _Call, url: str, headers: dict[str, str],
+                  content: bytes) -> web.StreamResponse:  # fmt: skip
     assert gw.client is not None
     try:
         upstream = await gw.client.post(url, data=content, headers=headers)
@@ -321,11 +363,18 @@ async def _stream(gw: Gateway, call: _Call, url: str, headers: dict[str, str], c
             upstream.release()
         call.record(gw, status=upstream.status, outcome="upstream_error",
                     response=data[:MAX_RECORDED_RESPONSE].decode("utf-8", "replace"), streamed=True)  # fmt: skip
-        return Response(data, upstream.status, headers={"content-type": "application/json", **call.headers()})
+        return web.Response(body=data, status=upstream.status,
+                            headers={"content-type": "application/json", **call.headers()})  # fmt: skip
 
-    async def relay() -> AsyncIterator[bytes]:
-        kept: list[bytes] = []
-        size, tail, ttft, outcome = 0, b"", None, "cut"
+    out = web.StreamResponse(
+        headers={"content-type": upstream.headers.get("content-type", "text/event-stream"),
+                 "cache-control": "no-store", "x-accel-buffering": "no", **call.headers()}
+    )  # fmt: skip
+    kept: list[bytes] = []
+    size, tail, ttft = 0, b"", None
+    outcome, last = "cut", b""  # last: the SSE error event that ends a broken stream, written after the record
+    try:
+        await out.prepare(request)
         try:
             async for chunk in upstream.content.iter_any():
                 if ttft is None:
@@ -334,28 +383,44 @@ async def _stream(gw: Gateway, call: _Call, url: str, headers: dict[str, str], c
                     kept.append(chunk)
                     size += len(chunk)
                 tail = (tail + chunk)[-32:]
-                yield chunk
+                await _relay(out, chunk)
+        except TimeoutError:
+            outcome = "timeout"
+            last = _sse_error("the upstream stream stalled past the read timeout", "upstream_timeout")
+        except aiohttp.ClientError as exc:
+            outcome = "cut"
+            last = _sse_error(f"the upstream stream broke off: {type(exc).__name__}", "upstream_cut")
+        else:
             if b"[DONE]" in tail:
                 outcome = "ok"
             else:
-                yield _sse_error("the upstream stream ended before [DONE]", "upstream_cut")
-        except TimeoutError:
-            outcome = "timeout"
-            yield _sse_error("the upstream stream stalled past the read timeout", "upstream_timeout")
-        except aiohttp.ClientError as exc:
-            outcome = "cut"
-            yield _sse_error(f"the upstream stream broke off: {type(exc).__name__}", "upstream_cut")
-        except BaseException:  # cancelled: the client left
-            outcome = "client_gone"
-            raise
-        finally:
-            if outcome == "ok":
-                upstream.release()  # read to the end: the connection goes back to the pool
-            else:
-                upstream.close()  # closes the upstream connection mid-stream: the upstream request ends
-            text = b"".join(kept).decode("utf-8", "replace")
-            call.record(gw, status=200, outcome=outcome, response=text, streamed=True, ttft_ms=ttft)
+                last = _sse_error("the upstream stream ended before [DONE]", "upstream_cut")
+    except _ClientGone:  # the client left: the upstream request is cancelled below
+        outcome = "client_gone"
+    except asyncio.CancelledError:  # the server is closing this connection
+        outcome = "client_gone"
+        raise
+    finally:
+        if outcome == "ok":
+            upstream.release()  # read to the end: the connection goes back to the pool
+        else:
+            upstream.close()  # closes the upstream connection mid-stream: the upstream request ends
+        text = b"".join(kept).decode("utf-8", "replace")
+        call.record(gw, status=200, outcome=outcome, response=text, streamed=True, ttft_ms=ttft)
+    if outcome != "client_gone":  # recorded first: a client that has read the end may ask for its record at once
+        with contextlib.suppress(_ClientGone, ConnectionError, RuntimeError):
+            if last:
+                await _relay(out, last)
+            await out.write_eof()
+    return out
 
-    out_headers = {"content-type": upstream.headers.get("content-type", "text/event-stream"),
-                   "cache-control": "no-store", "x-accel-buffering": "no", **call.headers()}  # fmt: skip
-    return StreamingResponse(relay(), headers=out_headers)
+
+class _ClientGone(Exception):
+    """Writing to the product failed: it closed the connection."""
+
+
+async def _relay(out: web.StreamResponse, chunk: bytes) -> None:
+    try:
+        await out.write(chunk)
+    except (ConnectionError, RuntimeError) as exc:  # RuntimeError: aiohttp's "transport is closing"
+        raise _ClientGone from exc

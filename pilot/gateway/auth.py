@@ -14,12 +14,11 @@ revocation takes effect within that. A cache miss reads the store in the thread 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-
-from starlette.concurrency import run_in_threadpool
 
 from pilot.data.producers import FEEDBACK_WRITE, LIVE_WRITE, ProducerAuthError, authenticate
 from pilot.store import Store
@@ -61,7 +60,7 @@ class ProducerCheck:
         hit = self._cache.get(key)
         now = time.monotonic()
         if hit is None or hit[0] < now:
-            verdict = await run_in_threadpool(self._check, token, scope)
+            verdict = await asyncio.get_running_loop().run_in_executor(None, self._check, token, scope)
             if len(self._cache) >= _MAX_CACHED:
                 self._cache.clear()
             self._cache[key] = hit = (now + CACHE_S, verdict)

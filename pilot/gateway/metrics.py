@@ -8,6 +8,7 @@ building up before anything is dropped.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -17,6 +18,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
         r = self.registry
         self.calls = Counter(
             "learning_pilot_gateway_calls",
@@ -40,8 +42,14 @@ class GatewayMetrics:
         )
 
     def observe(self, endpoint: str, outcome: str, latency_ms: float) -> None:
-        self.calls.labels(endpoint, outcome).inc()
-        self.latency.labels(endpoint).observe(latency_ms / 1000)
+        children = self._children.get((endpoint, outcome))
+        if children is None:  # a handful of label pairs: looked up once each, not per call
+            children = self._children[(endpoint, outcome)] = (
+                self.calls.labels(endpoint, outcome),
+                self.latency.labels(endpoint),
+            )
+        children[0].inc()
+        children[1].observe(latency_ms / 1000)
 
     def gauge(self, name: str, doc: str, read: Callable[[], float]) -> None:
         """A figure read at scrape time (the spool's and the ingester's counters)."""

@@ -1,7 +1,9 @@
 """One gateway process: the app, its pooled upstream client, the route cache, the spool and the ingester.
 
-``GatewayRuntime(settings, store)`` builds them; ``serve()`` runs uvicorn in the foreground (``learning-pilot
-gateway``), ``start()`` in a background thread on a loopback port (tests, bench, demo). Several processes may
+``GatewayRuntime(settings, store)`` builds them; ``serve()`` runs the aiohttp server in the foreground
+(``learning-pilot gateway``), ``start()`` in a background thread on a loopback port (tests, bench, demo). A stop
+(SIGTERM/SIGINT, or ``stop()``) closes the listening socket, lets open requests finish (``SHUTDOWN_S``), then
+writes the spool and ingests it. Several processes may
 run side by side on one store, each with its own spool directory: nothing in them is leader-only (ingest skips
 request ids already stored; the sweep and the feedback join are compare-and-set updates).
 
@@ -23,7 +25,7 @@ from datetime import timedelta
 from typing import Any
 
 import aiohttp
-import uvicorn
+from aiohttp import web
 from pydantic import ValidationError
 
 from pilot.gateway import ingester
@@ -37,18 +39,22 @@ from pilot.gateway.spool import Spool
 from pilot.settings import Settings
 from pilot.store import Store
 
+try:  # libuv's event loop: less CPU per call than asyncio's own (docs/gateway.md "Figures"); optional
+    import uvloop
+
+    _loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+except ImportError:  # pragma: no cover - a platform without it
+    _loop_factory = None
+
 logger = logging.getLogger(__name__)
 
 FEEDBACK_WAIT_S = 2.0  # how long feedback for a call not yet in the store waits for the spool to catch up
+SHUTDOWN_S = 30.0  # how long a stop waits for open requests (a long stream) before closing them
 
 
 def _error(status: int, code: str, message: str) -> dict[str, Any]:
     return {"_status": status, "error": {"message": message, "type": "invalid_request_error", "param": None,
                                          "code": code}}  # fmt: skip
-
-
-def _exit_on_sigterm(signum: int, frame: Any) -> None:
-    raise SystemExit(0)
 
 
 class GatewayRuntime:
@@ -69,7 +75,9 @@ class GatewayRuntime:
         self._ingest_lock = threading.Lock()
         self._ingester: Any = None
         self._shared: ingester.SharedCounters | None = None
-        self._server: uvicorn.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._serve_thread: threading.Thread | None = None
         self.window = timedelta(hours=g.feedback_window_h)
         self.gateway = Gateway(
             settings=g,
@@ -169,32 +177,27 @@ class GatewayRuntime:
                              self.spool.directory)  # fmt: skip
 
     # -- serving ----------------------------------------------------------------------------------------------
-    def _config(self, **extra: Any) -> uvicorn.Config:
-        return uvicorn.Config(
-            create_app(self.gateway), log_level="warning", access_log=False, lifespan="off", timeout_keep_alive=75,
-            **extra,
-        )  # fmt: skip
-
     def serve(self) -> None:
         """Run in the foreground until SIGINT/SIGTERM; spool and ingest stop cleanly after."""
-        # uvicorn answers SIGTERM by draining, then re-raising it under the handler it found: with the default one
-        # that would end the process before the spool's last interval is written. Ours turns it into a clean exit.
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         self.start_background()
         g = self.settings.gateway
         logger.warning("Gateway on http://%s:%d/v1 -> %s (model %r)", g.host, self.port, g.upstream_url, g.model_name)
         try:
-            asyncio.run(self._serve(uvicorn.Server(self._config(host=g.host, port=self.port))))
-        except SystemExit:
-            pass
+            with asyncio.Runner(loop_factory=_loop_factory) as runner:
+                runner.run(self._serve(host=g.host, signals=True))
         finally:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the final flush short
             self.stop_background()
 
-    async def _serve(self, server: uvicorn.Server, sockets: list[socket.socket] | None = None) -> None:
+    async def _serve(self, *, sock: socket.socket | None = None, host: str = "", signals: bool = False,
+                     started: threading.Event | None = None) -> None:  # fmt: skip
         # One pooled client for the process, made on the serving loop. aiohttp rather than httpx: httpcore's pool
         # scans every connection (a poll() each) per request, which cost ~6 ms of CPU per call at 50 clients.
         g = self.settings.gateway
+        self._loop, self._stopping = asyncio.get_running_loop(), asyncio.Event()
+        if signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._loop.add_signal_handler(sig, self._stopping.set)
         client = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=1024, limit_per_host=0, keepalive_timeout=30),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=g.connect_timeout_s, sock_read=g.read_timeout_s),
@@ -202,35 +205,45 @@ class GatewayRuntime:
             skip_auto_headers=("User-Agent",),
         )
         self.gateway.client = client
+        runner = web.AppRunner(
+            create_app(self.gateway), access_log=None, keepalive_timeout=75, shutdown_timeout=SHUTDOWN_S,
+            lingering_time=1.0,  # the rest of a refused (413) body is read and dropped for 1 s, not aiohttp's 10
+        )  # fmt: skip
+        await runner.setup()
         try:
-            await server.serve(sockets=sockets)
+            site: web.BaseSite = (
+                web.SockSite(runner, sock) if sock is not None else web.TCPSite(runner, host, self.port)
+            )
+            await site.start()
+            if started is not None:
+                started.set()
+            await self._stopping.wait()
         finally:
+            await runner.cleanup()  # stops listening, waits for open requests, then closes what is left
             await client.close()
 
     def start(self) -> str:
         """Serve from a background thread on an already-bound loopback socket; returns the base URL (``.../v1``)."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        # Accepted sockets inherit it. asyncio sets it only when the socket's proto is IPPROTO_TCP, which a socket
-        # made like this one lacks: without it Nagle and delayed ACKs add ~40 ms to a response written in two parts.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((self.settings.gateway.host, self.port))
         self.start_background()
-        self._server = uvicorn.Server(self._config())
-        server = self._server
-        thread = threading.Thread(target=lambda: asyncio.run(self._serve(server, [sock])), daemon=True)
+        started = threading.Event()
+
+        def run() -> None:
+            with asyncio.Runner(loop_factory=_loop_factory) as runner:
+                runner.run(self._serve(sock=sock, started=started))
+
+        thread = threading.Thread(target=run, daemon=True)
         thread.start()
         self._serve_thread = thread
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the gateway did not start")
-            time.sleep(0.01)
+        if not started.wait(10):
+            raise RuntimeError("the gateway did not start")
         host, port = sock.getsockname()[:2]
         return f"http://{host}:{port}/v1"
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-            self._serve_thread.join(timeout=10)
+        if self._serve_thread is not None and self._loop is not None and self._stopping is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+            self._serve_thread.join(timeout=SHUTDOWN_S + 5)
         self.stop_background()

@@ -19,11 +19,14 @@ import contextlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +40,28 @@ class SpoolCounters:
     dropped_error: int = 0  # lost because the disk refused the write
     recovered: int = 0  # calls found at start, left by an earlier process
     torn: int = 0  # partial lines discarded at start
+
+
+def _line(call: dict[str, Any]) -> bytes:
+    """One call as a JSONL line: orjson (this thread holds the GIL the event loop needs), else the standard
+    library for what orjson refuses (an integer over 64 bits in a request)."""
+    try:
+        return orjson.dumps(call, option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError:
+        return (json.dumps(call, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+
+
+_LONG_DIGITS = re.compile(rb"\d{20}")
+
+
+def _parse(line: bytes) -> Any:
+    """orjson, or the standard library where orjson would change a value (an integer over 64 bits)."""
+    if not _LONG_DIGITS.search(line):
+        try:
+            return orjson.loads(line)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(line)
 
 
 class Spool:
@@ -111,7 +136,7 @@ class Spool:
             self._seq += 1
             name = f"{time.time_ns():020d}-{os.getpid()}-{self._seq:08d}"
             tmp = self.directory / f"{name}.tmp"
-            data = "".join(json.dumps(c, ensure_ascii=False, separators=(",", ":")) + "\n" for c in calls).encode()
+            data = b"".join([_line(c) for c in calls])
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 try:
@@ -161,7 +186,7 @@ class Spool:
             for line in fh:
                 if not line.endswith(b"\n"):
                     break  # only a recovered segment can end in a torn line, and _recover already cut it
-                calls.append(json.loads(line))
+                calls.append(_parse(line))
         return calls
 
     def done(self, segment: Path) -> None:

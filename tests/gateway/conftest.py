@@ -1,4 +1,4 @@
-"""A real gateway (uvicorn on loopback) in front of a fake OpenAI-compatible upstream, on a migrated SQLite store."""
+"""A real gateway (aiohttp on loopback) in front of a fake OpenAI-compatible upstream, on a migrated SQLite store."""
 
 from __future__ import annotations
 

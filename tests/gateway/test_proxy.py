@@ -207,3 +207,26 @@ def test_fake_upstream_refuses_unknown_models() -> None:
     with FakeOpenAIServer("b") as fake:
         answer = httpx.post(f"{fake.url}/chat/completions", json={"model": "x", "messages": []})
     assert answer.status_code == 404 and "does not exist" in answer.json()["error"]["message"]
+
+
+def test_body_json_that_orjson_refuses_is_forwarded_and_recorded(make_rig) -> None:
+    # An integer over 64 bits is valid JSON that orjson would read as a float: the standard library parses it, the
+    # rewritten body keeps it exact, and the spool writes it (orjson refuses it there) with the standard library.
+    rig = make_rig()
+    raw = b'{"model": "agent", "seed": 123456789012345678901234567890, "messages": [{"role": "user", "content": "hi"}]}'
+    answer = httpx.post(f"{rig.url}/chat/completions", content=raw, headers={"content-type": "application/json"})
+    assert answer.status_code == 200 and answer.headers["x-pilot-model"] == "base-model"
+    assert rig.upstream.requests[-1][1]["seed"] == 123456789012345678901234567890
+    (call,) = calls(rig)
+    assert call.outcome == "ok" and json.loads(call.prompt)["messages"] == [{"role": "user", "content": "hi"}]
+
+
+def test_fake_upstream_delay_header_and_bad_values() -> None:
+    with FakeOpenAIServer("b") as fake:
+        body = {"model": "b", "messages": [{"role": "user", "content": "x"}]}
+        start = time.monotonic()
+        assert httpx.post(f"{fake.url}/chat/completions", json=body, headers={"X-Fake-Delay-Ms": "300"}).is_success
+        assert time.monotonic() - start >= 0.3
+        start = time.monotonic()
+        bad = httpx.post(f"{fake.url}/chat/completions", json=body, headers={"X-Fake-Delay-Ms": "soon"})
+        assert bad.is_success and time.monotonic() - start < 0.3  # not a number: no delay

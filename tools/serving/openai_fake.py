@@ -9,7 +9,9 @@ so a test can make one adapter answer better than another.
 
 Faults, each for the next request only unless noted: ``fail_next(status)`` (an OpenAI-shaped error),
 ``malformed_next()`` (a 200 whose body is not JSON), ``cut_next(after_chunks)`` (a stream that breaks off without
-``[DONE]``); ``delay_s`` delays every answer and ``chunk_delay_s`` every streamed chunk. ``requests`` records
+``[DONE]``); ``delay_s`` delays every answer and ``chunk_delay_s`` every streamed chunk, and a request's
+``X-Fake-Delay-Ms`` / ``X-Fake-Chunk-Delay-Ms`` headers do the same for that request alone (the bench's model
+server that takes time to answer; the gateway passes the headers on). ``requests`` records
 ``(path, body, headers)``; ``aborted`` counts streams the client left before the end (the proxy cancelled them).
 """
 
@@ -41,6 +43,14 @@ def _default_responder(model: str, text: str) -> str:
 
 def _error(status: int, message: str, kind: str = "BadRequestError") -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": status}}, status)
+
+
+def _header_ms(request: Request, name: str, default_s: float) -> float:
+    value = request.headers.get(name)
+    try:
+        return max(0.0, float(value) / 1000) if value else default_s
+    except ValueError:
+        return default_s
 
 
 def _last_text(body: dict[str, Any]) -> str:
@@ -151,8 +161,9 @@ class FakeOpenAIServer:
             body = None
         path = request.url.path
         self.requests.append((path, body, dict(request.headers)))
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+        delay_s = _header_ms(request, "x-fake-delay-ms", self.delay_s)
+        if delay_s:
+            await asyncio.sleep(delay_s)
         if (status := self._take_failure()) is not None:
             return _error(status, "injected failure", "InternalServerError" if status >= 500 else "BadRequestError")
         if not isinstance(body, dict):
@@ -190,10 +201,9 @@ class FakeOpenAIServer:
                 {"id": cid, "object": kind, "created": created, "model": model, "choices": [choice], "usage": usage}
             )
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return StreamingResponse(
-            self._stream(cid, str(model), created, words, chat, usage if include_usage else None, cut),
-            media_type="text/event-stream",
-        )
+        spacing = _header_ms(request, "x-fake-chunk-delay-ms", self.chunk_delay_s)
+        chunks = self._stream(cid, str(model), created, words, chat, usage if include_usage else None, cut, spacing)
+        return StreamingResponse(chunks, media_type="text/event-stream")
 
     async def _stream(
         self,
@@ -204,6 +214,7 @@ class FakeOpenAIServer:
         chat: bool,
         usage: dict[str, int] | None,
         cut: int | None,
+        chunk_delay_s: float,
     ) -> AsyncIterator[bytes]:
         kind = "chat.completion.chunk" if chat else "text_completion"
         finished = False
@@ -219,8 +230,8 @@ class FakeOpenAIServer:
                     choice = {"index": 0, "text": piece, "finish_reason": None, "logprobs": None}
                 chunk = {"id": cid, "object": kind, "created": created, "model": model, "choices": [choice]}
                 yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
-                if self.chunk_delay_s:
-                    await asyncio.sleep(self.chunk_delay_s)
+                if chunk_delay_s:
+                    await asyncio.sleep(chunk_delay_s)
             end: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
             extra: dict[str, Any] = {"delta": {}} if chat else {"text": "", "logprobs": None}
             end.update(extra)
