@@ -30,8 +30,7 @@ def method_data(method: str, figures: dict[str, Any]) -> str:
 def describe_method(plan: dict[str, Any]) -> dict[str, Any]:
     """The method of a plan's figures for status, explain, Slack and the dashboard: method, its data in a few
     words (GRPO's with what its policy starts from, ``init``), the chooser's reason line, the cost factor it was
-    priced at and the figures. A plan written before
-    the method existed reads as supervised."""
+    priced at and the figures. A plan written before the method existed reads as supervised."""
     method = str(plan.get("method") or "sft")
     figures = dict(plan.get("method_figures") or {})
     if not figures and plan.get("train_examples") is not None:
