@@ -23,6 +23,7 @@ Invariants:
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shutil
 import signal
@@ -38,6 +39,7 @@ if __package__ in (None, ""):  # run as `python jobs/finetune_lora.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from jobs.common import (
@@ -467,6 +469,52 @@ def load_adapter_weights(model: Any, ckpt: Path) -> None:
     result = set_peft_model_state_dict(model, weights)
     if result.unexpected_keys:
         raise JobConfigError(f"checkpoint {ckpt} does not match the lora config (unexpected weights)")
+
+
+INIT_ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+_INIT_LORA_KEYS = ("r", "lora_alpha", "target_modules", "modules_to_save")
+
+
+def load_init_adapter(model: Any, adapter_dir: str | Path) -> None:
+    """Start ``model``'s adapter from a trained one (``init_adapter``: the champion's, to improve it rather than
+    train a fresh adapter on the raw base). The directory holds ``adapter_model.safetensors`` and
+    ``adapter_config.json``; refused (JobConfigError, nothing loaded) when a file is missing or unreadable, when
+    its r / lora_alpha / target_modules / modules_to_save differ from the model's LoRA config, or when its weights
+    are not exactly the model's adapter weights (same names, same shapes)."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    d = Path(adapter_dir)
+    missing = [name for name in INIT_ADAPTER_FILES if not (d / name).is_file()]
+    if missing:
+        raise JobConfigError(f"init_adapter {d}: missing {', '.join(missing)}")
+    try:
+        saved = json.loads((d / "adapter_config.json").read_text())
+        weights = load_file(str(d / "adapter_model.safetensors"))
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise JobConfigError(f"init_adapter {d}: unreadable: {str(exc).splitlines()[0][:200]}") from exc
+    if not isinstance(saved, dict):
+        raise JobConfigError(f"init_adapter {d}: adapter_config.json is not a JSON object")
+    ours = model.peft_config["default"]
+
+    def norm(key: str, value: Any) -> Any:
+        if key in ("target_modules", "modules_to_save"):
+            return sorted(value or []) if not isinstance(value, str) else value
+        return value
+
+    for key in _INIT_LORA_KEYS:
+        theirs, mine = norm(key, saved.get(key)), norm(key, getattr(ours, key))
+        if theirs != mine:
+            raise JobConfigError(f"init_adapter {d}: its {key} {theirs!r} differs from this job's lora {mine!r}")
+    expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
+    got = {k: tuple(v.shape) for k, v in weights.items()}
+    if expected != got:
+        extra, absent = sorted(got.keys() - expected.keys()), sorted(expected.keys() - got.keys())
+        shapes = sorted(k for k in got.keys() & expected.keys() if got[k] != expected[k])
+        raise JobConfigError(
+            f"init_adapter {d}: weights do not match this job's adapter (unexpected {extra[:3]}, missing "
+            f"{absent[:3]}, other shapes {shapes[:3]})"
+        )
+    set_peft_model_state_dict(model, weights)
 
 
 def restore_checkpoint(model: Any, opt: torch.optim.Optimizer, ckpt: Path, device: torch.device) -> dict[str, Any]:

@@ -5,13 +5,20 @@
 The config is jobs/finetune_lora.py's (same keys and checks; ``batch_size`` = prompts per micro-batch) plus
 ``method`` ("grpo"), ``num_generations`` (k, 4, >= 2), ``max_new_tokens`` (128), ``temperature`` (1.0),
 ``top_p`` (1.0), ``beta`` (0.0), ``epsilon`` (0.2), ``test_timeout_s`` (5.0), ``sandbox`` ("auto" | "bwrap" |
-"process") and ``sft_weight`` (0.0). Lines (the control plane's snapshot writes them):
+"process"), ``sft_weight`` (0.0) and ``init_adapter`` (null: a directory with ``adapter_model.safetensors`` and
+``adapter_config.json``, the champion's adapter, to improve the current policy rather than a fresh adapter on the
+raw base). Lines (the control plane's snapshot writes them):
 ``{"prompt": [messages], "tests": "<python test file>", "task_id": "<cluster id>"}``.
 
 Invariants:
 - Per step, for each prompt of the step (the order a pure function of (seed, step), jobs.finetune_lora.BatchPlan)
   k completions are sampled from the policy (adapter on) with a torch.Generator seeded from (seed, step, micro
   batch): a resumed run regenerates exactly the samples of the uninterrupted one.
+- Initial policy: with ``init_adapter`` its weights are loaded into the fresh adapter before step 0
+  (jobs.finetune_lora.load_init_adapter: refused unless its r / lora_alpha / target_modules / modules_to_save and
+  weight names and shapes are this job's); a resume from a checkpoint skips it (the checkpoint already holds the
+  continued adapter). With ``beta`` > 0 the KL reference stays the base with the adapter disabled, not the
+  champion: the penalty keeps the policy near the raw base.
 - Reward of a completion = fraction of the line's tests passed in jobs.host_sandbox (0 when it does not
   compile, import, finish or times out). The completion's code is its first fenced block when it has one,
   else the whole text stripped.
@@ -74,6 +81,7 @@ from jobs.finetune_lora import (
     build_peft_model,
     collate,
     device_name,
+    load_init_adapter,
     loss_curve,
     lr_factor,
     resolve_resume,
@@ -98,6 +106,7 @@ _GRPO_DEFAULTS: dict[str, Any] = {
     "test_timeout_s": 5.0,
     "sandbox": "auto",
     "sft_weight": 0.0,
+    "init_adapter": None,
 }
 
 
@@ -113,6 +122,7 @@ class GRPOConfig:
     test_timeout_s: float = 5.0
     sandbox: str = "auto"
     sft_weight: float = 0.0
+    init_adapter: str | None = None
 
 
 def parse_config(raw: Any) -> GRPOConfig:
@@ -141,6 +151,7 @@ def parse_config(raw: Any) -> GRPOConfig:
         raise JobConfigError("epsilon must be in (0, 1)")
     if g["test_timeout_s"] <= 0:
         raise JobConfigError("test_timeout_s must be > 0")
+    check_type("init_adapter", g["init_adapter"], str, nullable=True)
     if g["sandbox"] not in KINDS:
         raise JobConfigError(f"sandbox must be one of {', '.join(KINDS)}; got {g['sandbox']!r}")
     base = parse_finetune_config(shared)
@@ -161,6 +172,7 @@ def parse_config(raw: Any) -> GRPOConfig:
         test_timeout_s=float(g["test_timeout_s"]),
         sandbox=g["sandbox"],
         sft_weight=float(g["sft_weight"]),
+        init_adapter=g["init_adapter"],
     )
 
 
@@ -365,6 +377,15 @@ def grpo_micro_step(
 # ---------------------------------------------------------------- the loop
 
 
+def policy_model(base: Any, cfg: GRPOConfig, *, resuming: bool) -> Any:
+    """The trained policy before step 0: a fresh LoRA adapter on ``base``, holding ``init_adapter``'s weights when
+    one is given and the run does not resume (a checkpoint's adapter replaces it anyway)."""
+    model = build_peft_model(base, cfg.base)
+    if cfg.init_adapter is not None and not resuming:
+        load_init_adapter(model, cfg.init_adapter)
+    return model
+
+
 def train(
     cfg: GRPOConfig, *, base: Any = None, tokenizer: Any = None, sandbox: HostSandbox | None = None
 ) -> tuple[dict[str, Any], int]:
@@ -390,7 +411,9 @@ def train(
     ckpt = resolve_resume(b)
     if base is None:
         base = load_base_model(b.base_model, dtype=dtype, device=device)
-    model = build_peft_model(base, b)
+    model = policy_model(base, cfg, resuming=ckpt is not None)
+    if cfg.init_adapter is not None and ckpt is None:
+        print(f"grpo: the policy starts from the adapter in {cfg.init_adapter}", file=sys.stderr)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=b.learning_rate, weight_decay=0.0)
@@ -481,6 +504,7 @@ def train(
         "precision": precision,
         "device": device_name(device),
         "resumed_from_step": start_step if ckpt is not None else None,
+        "init_adapter": cfg.init_adapter,
         "loss_curve": loss_curve(losses, first_step=start_step),
     }
     write_json_atomic(out / "metrics.json", metrics)

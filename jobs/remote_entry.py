@@ -285,6 +285,18 @@ def _child(
     return child, pump
 
 
+def train_config(config: dict[str, Any], work: Path, output_dir: Path) -> dict[str, Any]:
+    """The job's config on this host: the manifest's relative input paths (the train and eval files, and
+    ``init_adapter``: the directory the champion's adapter files were fetched into, e.g. ``init_adapter/``) under
+    ``work``, the output under ``output_dir``."""
+    config = dict(config)
+    for key in ("train_file", "eval_file", "init_adapter"):
+        if config.get(key):
+            config[key] = str(work / config[key])
+    config["output_dir"] = str(output_dir)
+    return config
+
+
 def _train(
     manifest: dict[str, Any],
     work: Path,
@@ -295,11 +307,7 @@ def _train(
     tail: collections.deque[str],
 ) -> int:
     outputs = manifest["outputs"]
-    config = dict(manifest["config"])
-    for key in ("train_file", "eval_file"):
-        if config.get(key):
-            config[key] = str(work / config[key])
-    config["output_dir"] = str(output_dir)
+    config = train_config(manifest["config"], work, output_dir)
     config_path = work / "job.json"
     config_path.write_text(json.dumps(config, indent=2))
     heartbeat.beat("training")

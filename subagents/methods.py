@@ -29,15 +29,20 @@ def method_data(method: str, figures: dict[str, Any]) -> str:
 
 def describe_method(plan: dict[str, Any]) -> dict[str, Any]:
     """The method of a plan's figures for status, explain, Slack and the dashboard: method, its data in a few
-    words, the chooser's reason line, the cost factor it was priced at and the figures. A plan written before
-    the method existed reads as supervised."""
+    words (GRPO's with what its policy starts from, ``init``), the chooser's reason line, the cost factor it was
+    priced at and the figures. A plan written before the method existed reads as supervised."""
     method = str(plan.get("method") or "sft")
     figures = dict(plan.get("method_figures") or {})
     if not figures and plan.get("train_examples") is not None:
         figures = {"train_examples": plan["train_examples"]}
+    data = method_data(method, figures)
+    init = plan.get("init") or {}
+    if method == "grpo" and init.get("summary"):  # what the policy starts from: the champion's adapter or the base
+        data += f"; init: {init['summary']}"
     return {
         "method": method,
-        "data": method_data(method, figures),
+        "data": data,
+        "init": init.get("summary") if method == "grpo" else None,
         "reason": str(plan.get("method_reason") or ""),
         "cost_factor": float(plan.get("cost_factor", 1.0)),
         "figures": figures,

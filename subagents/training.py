@@ -322,13 +322,78 @@ def job_config(
     eval_file: Path | None,
     output_dir: Path,
     preference: PreferenceParams | GrpoParams | None = None,
+    init_adapter: Path | None = None,
 ) -> dict[str, Any]:
     """The JSON config ``jobs/finetune_lora.py`` reads; with ``preference``, ``jobs/preference.py``'s or (GRPO)
-    ``jobs/grpo.py``'s: the same keys, no eval file and no packing, plus the method's."""
+    ``jobs/grpo.py``'s: the same keys, no eval file and no packing, plus the method's. ``init_adapter`` (GRPO
+    only, else a ValueError): the directory holding the champion's adapter the policy starts from."""
     config = _sft_config(params, train_file=train_file, eval_file=eval_file, output_dir=output_dir)
     if preference is not None:
         config.update(asdict(preference), eval_file=None)
+    if init_adapter is not None:
+        if not isinstance(preference, GrpoParams):
+            raise ValueError("init_adapter is read by the grpo job only")
+        config["init_adapter"] = str(init_adapter)
     return config
+
+
+# What a GRPO run starts from (``plan.figures["init"]``): the champion's adapter when it was trained on the same
+# base with the same LoRA shape (RL improves the current policy; a fresh adapter on the raw base rarely passes a
+# test, so its groups have no reward variance), else a fresh adapter on the base, with the reason.
+INIT_ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+INIT_DIR = "init_adapter"  # where the job finds those files: under the run's work directory or the host's
+_LORA_SHAPE = ("base_model", "lora_r", "lora_alpha", "target_modules", "modules_to_save")
+
+
+@dataclass(frozen=True)
+class ChampionAdapter:
+    """The champion as GRPO's init sees it: its version, base, the training params its run recorded (None when
+    unknown) and its stored adapter files (``ModelVersion.adapter_files``)."""
+
+    version: str
+    base_model: str
+    params: dict[str, Any] | None
+    adapter_files: dict[str, Any]
+
+
+def choose_init(params: TrainingParams, champion: ChampionAdapter | None) -> dict[str, Any]:
+    """``{"from": "champion", "version", "adapter_files": {name: {key, sha256}}, "summary"}`` when the champion's
+    adapter fits this run (same base model, LoRA r / alpha / target modules / modules to save, both files stored),
+    else ``{"from": "base", "version", "summary"}`` with the reason in the summary."""
+    if champion is None:
+        return {"from": "base", "version": None, "summary": "base (no champion)"}
+    v = champion.version
+
+    def base(why: str) -> dict[str, Any]:
+        return {"from": "base", "version": v, "summary": f"base ({why})"}
+
+    if champion.params is None:
+        return base(f"champion {v}'s training params are not recorded")
+    theirs = {**champion.params, "base_model": champion.base_model}
+    ours = asdict(params)
+    differ = [f"{k} {theirs.get(k)!r} != {ours[k]!r}" for k in _LORA_SHAPE if _norm(theirs.get(k)) != _norm(ours[k])]
+    if differ:
+        return base(f"champion {v}'s LoRA differs: {', '.join(differ)}")
+    missing = [name for name in INIT_ADAPTER_FILES if name not in champion.adapter_files]
+    if missing:
+        return base(f"champion {v} has no stored {', '.join(missing)}")
+    files = {
+        name: {"key": str(champion.adapter_files[name]["key"]), "sha256": str(champion.adapter_files[name]["sha256"])}
+        for name in INIT_ADAPTER_FILES
+    }
+    return {"from": "champion", "version": v, "adapter_files": files, "summary": f"champion {v}"}
+
+
+def _norm(value: Any) -> Any:
+    return sorted(value) if isinstance(value, list) else value
+
+
+def init_adapter_files(figures: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """The champion adapter files a GRPO plan starts from (name -> {key, sha256}); empty when it starts from base."""
+    init = figures.get("init") or {}
+    if figures.get("method") != "grpo" or init.get("from") != "champion":
+        return {}
+    return {str(n): {"key": str(r["key"]), "sha256": str(r["sha256"])} for n, r in init["adapter_files"].items()}
 
 
 def preference_params(figures: dict[str, Any]) -> PreferenceParams | None:

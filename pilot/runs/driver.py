@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pilot import testpoints
 from pilot.context import PilotContext
@@ -27,8 +28,8 @@ from pilot.store.leases import LeaseKeeper, holds, run_lease
 from pilot.store.models import DatasetSnapshot, TrainingRun, utcnow
 from pilot.store.status import EntityType, RunStatus, RunTerminationReason
 from pilot.store.writers import record_event, switch_run_status
-from subagents.training import METHOD_FILES, classify_exit, job_config, method_params
-from tools.errors import ProviderError
+from subagents.training import INIT_DIR, METHOD_FILES, classify_exit, init_adapter_files, job_config, method_params
+from tools.errors import ArtifactError, ProviderError
 from tools.gpu.base import InstanceState, LaunchSpec
 
 logger = logging.getLogger(__name__)
@@ -106,12 +107,18 @@ def _launch_local(ctx: PilotContext, run: TrainingRun, *, lease: str) -> Trainin
     snap = Path(snapshot.path)
     figures = (run.config or {}).get("plan") or {}
     method = str(figures.get("method", "sft"))
+    try:
+        init = _fetch_init_adapter(ctx, figures, workdir / INIT_DIR)
+    except ArtifactError as exc:
+        why = f"the champion's adapter (GRPO's initial policy) could not be fetched: {exc}"
+        return fail_run(ctx, run.id, RunTerminationReason.LAUNCH_FAILED, why, cost=0.0)
     config = job_config(
         training_params(ctx),
         train_file=snap / METHOD_FILES[method],
         eval_file=snap / "eval.jsonl",
         output_dir=output_dir,
         preference=method_params(figures),
+        init_adapter=init,
     )
     config_path = workdir / "job.json"
     config_path.write_text(json.dumps(config, indent=2))
@@ -157,6 +164,15 @@ def _launch_local(ctx: PilotContext, run: TrainingRun, *, lease: str) -> Trainin
         destroy_verified(ctx.gpu, instance.id, teardown_policy(ctx.settings))
         logger.warning("Run %s ended while instance %s started (%s); destroyed", run.id, instance.id, exc)
         return _find(ctx, run.id)
+
+
+def _fetch_init_adapter(ctx: PilotContext, figures: dict[str, Any], dest: Path) -> Path | None:
+    """The champion's adapter files a GRPO plan starts from, copied out of the artifact store into ``dest`` and
+    checked against their recorded sha256 (``ArtifactError`` otherwise); None when the run starts from base."""
+    files = init_adapter_files(figures)
+    for name, ref in sorted(files.items()):
+        ctx.artifacts.get(ref["key"], dest / name, sha256=ref["sha256"])
+    return dest if files else None
 
 
 def _cost(run: TrainingRun) -> float:

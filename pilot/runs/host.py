@@ -2,8 +2,9 @@
 
 The host is an untrusted third-party machine. It gets one presigned GET URL (the manifest, in the env as
 ``LP_MANIFEST_URL``) and a short bootstrap script; the manifest lists presigned GETs for the code archive (the
-``jobs`` package + pinned requirements), the snapshot's train/eval files and the checkpoint to resume from, each
-with its sha256, and presigned PUTs for the heartbeat, checkpoints, adapter and result. See jobs/remote_entry.py.
+``jobs`` package + pinned requirements), the snapshot's train/eval files, the champion's adapter a GRPO run
+starts from (``init_adapter/``, by its recorded sha256) and the checkpoint to resume from, each with its sha256, and
+presigned PUTs for the heartbeat, checkpoints, adapter and result. See jobs/remote_entry.py.
 
 Invariants:
 - Nothing sent to the host (env, onstart, label, manifest) contains a credential: the Vast API key, the S3 secret,
@@ -40,7 +41,7 @@ from pilot.runs import lifecycle as runs
 from pilot.store.models import DatasetSnapshot, TrainingRun
 from pilot.store.status import EntityType
 from pilot.store.writers import record_event
-from subagents.training import METHOD_FILES, TrainingParams, job_config, method_params
+from subagents.training import INIT_DIR, METHOD_FILES, TrainingParams, init_adapter_files, job_config, method_params
 from tools.artifacts.base import PICKLE_SUFFIXES, SAFE_ADAPTER_SUFFIXES, refuse_pickled
 from tools.errors import ArtifactError, ArtifactNotFound, ArtifactTooLarge, IntegrityError, LaunchFailed, PilotError
 from tools.gpu.base import LaunchSpec
@@ -305,6 +306,9 @@ def stage_inputs(ctx: PilotContext, run: TrainingRun, snapshot: DatasetSnapshot)
     for name, (path, rel) in files.items():
         ref = ctx.artifacts.put(f"runs/{run.id}/inputs/{path.name}", path)
         staged[name] = {"key": ref.key, "sha256": ref.sha256, "path": rel}
+    # GRPO from the champion: its adapter files, already stored, fetched by the host by their recorded sha256.
+    for file, stored in sorted(init_adapter_files((run.config or {}).get("plan") or {}).items()):
+        staged[f"{INIT_DIR}/{file}"] = {"key": stored["key"], "sha256": stored["sha256"], "path": f"{INIT_DIR}/{file}"}
     return staged
 
 
@@ -339,6 +343,7 @@ def build_manifest(
         eval_file=Path(inputs["eval"]["path"]) if "eval" in inputs else None,
         output_dir=Path("output"),
         preference=preference,
+        init_adapter=Path(INIT_DIR) if any(name.startswith(f"{INIT_DIR}/") for name in inputs) else None,
     )
     config.update(save_steps=remote.save_steps, heartbeat_every_s=min(remote.heartbeat_every_s, 10.0))
 

@@ -23,6 +23,7 @@ from pilot.spend.effects import EPSILON
 from pilot.spend.guardrails import Ruling, TrainingProposal, Verdict, rule_training
 from pilot.store.models import Approval, DatasetSnapshot, Decision, TrainingRun
 from pilot.store.status import ApprovalKind, ApprovalStatus, DecisionAction, RunStatus
+from pilot.store.writers import alias_target
 from pilot.supervisor import approvals, notify
 from pilot.supervisor.agent import decide_with_agent, recent_decisions
 from pilot.supervisor.facts import gather_facts
@@ -31,10 +32,12 @@ from subagents.data.errors import SnapshotError
 from subagents.lengths import truncation_report
 from subagents.training import (
     METHOD_FILES,
+    ChampionAdapter,
     GrpoParams,
     MethodChoice,
     PreferenceParams,
     TrainingPlan,
+    choose_init,
     choose_method,
     count_tokens,
     kto_weights,
@@ -73,6 +76,23 @@ def grpo_params(ctx: PilotContext) -> GrpoParams:
     )
 
 
+def champion_adapter(ctx: PilotContext) -> ChampionAdapter | None:
+    """The current champion, with the training params its run recorded, for GRPO's init (None: the base serves)."""
+    with ctx.store.session() as session:
+        version_id = alias_target(session, registry.CHAMPION)
+        if version_id is None:
+            return None
+        version = registry.get_version(session, version_id)
+        run = session.get(TrainingRun, version.run_id) if version.run_id else None
+        recorded = (run.config or {}).get("params") if run is not None else None
+        return ChampionAdapter(
+            version=version.id,
+            base_model=version.base_model,
+            params=dict(recorded) if isinstance(recorded, dict) else None,
+            adapter_files=dict(version.adapter_files or {}),
+        )
+
+
 def price_run(ctx: PilotContext, snapshot_id: str) -> tuple[DatasetSnapshot, TrainingPlan | None]:
     """The training subagent chooses the method and prices the snapshot's run on the provider's offers as they
     are now (a preference or RL method at its cost factor: its steps cost more GPU time per token). GRPO's tokens
@@ -106,6 +126,9 @@ def price_run(ctx: PilotContext, snapshot_id: str) -> tuple[DatasetSnapshot, Tra
     )
     if plan is not None and choice.method == "grpo":
         plan.figures["grpo"] = asdict(grpo_params(ctx))
+        init = choose_init(params, champion_adapter(ctx))
+        plan.figures["init"] = init
+        plan.figures["method_reason"] = f"{choice.reason}; init: {init['summary']}"
     elif plan is not None and choice.method != "sft":
         good, bad = kto_weights(int(choice.figures["desirable"]), int(choice.figures["undesirable"]))
         pref = PreferenceParams(

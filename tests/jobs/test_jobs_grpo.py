@@ -319,3 +319,137 @@ def test_bad_config_from_the_command_line(tmp_path: Path, run_job: Callable[...,
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: num_generations must be >= 2 (advantages compare samples of one prompt)"
     assert not os.path.exists("o")
+
+
+# ---------------------------------------------------------------- starting from the champion's adapter
+
+
+@pytest.fixture(scope="module")
+def champion_adapter(quick_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained-looking adapter (random non-zero LoRA weights, the test config's LoRA: r 4 on q/v) saved as a
+    version's adapter is."""
+    from jobs.common import load_base_model
+    from jobs.finetune_lora import build_peft_model
+    from jobs.finetune_lora import parse_config as ft_config
+
+    out = tmp_path_factory.mktemp("champion") / "adapter"
+    lora = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+    model = build_peft_model(
+        load_base_model(str(quick_base), dtype=torch.float32, device=torch.device("cpu")),
+        ft_config({"base_model": "b", "train_file": "t", "output_dir": "o", "lora": lora}),
+    )
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    model.save_pretrained(str(out), safe_serialization=True)
+    return out
+
+
+def _logp(model: Any, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.log_softmax(model(input_ids=ids).logits.float(), dim=-1)
+
+
+def test_init_adapter_makes_the_policy_the_champion(
+    tmp_path: Path, quick_base: Path, grpo_file: Path, champion_adapter: Path,
+    finetune_config: Callable[..., dict[str, Any]],
+) -> None:  # fmt: skip
+    """Before the first update the policy's log-probs are the champion's (loaded exactly), not the base's."""
+    from jobs.common import load_adapter, load_base_model
+
+    def base() -> Any:
+        return load_base_model(str(quick_base), dtype=torch.float32, device=torch.device("cpu"))
+
+    ids = torch.tensor([[1, 5, 9, 13, 2, 7, 3, 11]])
+    champion = load_adapter(base(), champion_adapter).eval()  # as the gate and serving load the champion
+    cfg = grpo.parse_config(
+        grpo_config(finetune_config, quick_base, grpo_file, tmp_path / "o", init_adapter=str(champion_adapter))
+    )
+    policy = grpo.policy_model(base(), cfg, resuming=False).eval()
+    torch.testing.assert_close(_logp(policy, ids), _logp(champion, ids), rtol=0, atol=1e-6)
+    fresh = grpo.policy_model(base(), cfg, resuming=True).eval()  # a resume: the checkpoint's adapter comes next
+    assert not torch.allclose(_logp(fresh, ids), _logp(champion, ids), atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"lora": {"r": 8, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}}, r"its r 4 differs from .* 8"),
+        ({"lora": {"r": 4, "alpha": 16, "target_modules": ["q_proj", "v_proj"]}}, "its lora_alpha 8 differs"),
+        ({"lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj"]}}, "its target_modules"),
+        ({"lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"], "modules_to_save": ["lm_head"]}},
+         "its modules_to_save"),
+        ({"drop_key": True}, "weights do not match this job's adapter"),
+        ({"drop_file": "adapter_config.json"}, "missing adapter_config.json"),
+        ({"corrupt": True}, "unreadable"),
+    ],
+)  # fmt: skip
+def test_a_mismatched_init_adapter_is_refused(
+    change: dict[str, Any], message: str, tmp_path: Path, quick_base: Path, grpo_file: Path,
+    champion_adapter: Path, finetune_config: Callable[..., dict[str, Any]],
+) -> None:  # fmt: skip
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from jobs.common import load_base_model
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(champion_adapter, adapter)
+    weights = adapter / "adapter_model.safetensors"
+    if change.get("drop_key"):
+        w = load_file(str(weights))
+        save_file({k: v for k, v in sorted(w.items())[1:]}, str(weights))
+    if change.get("drop_file"):
+        (adapter / change["drop_file"]).unlink()
+    if change.get("corrupt"):
+        weights.write_bytes(b"not safetensors")
+    raw = grpo_config(finetune_config, quick_base, grpo_file, tmp_path / "o", init_adapter=str(adapter))
+    if "lora" in change:
+        raw["lora"] = change["lora"]
+    cfg = grpo.parse_config(raw)
+    with pytest.raises(JobConfigError, match=message):
+        grpo.policy_model(load_base_model(str(quick_base), dtype=torch.float32, device=torch.device("cpu")), cfg,
+                          resuming=False)  # fmt: skip
+    with pytest.raises(JobConfigError, match="init_adapter must be str"):
+        grpo.parse_config({**raw, "init_adapter": 3})
+
+
+def test_resume_after_init_continues_the_champion(
+    tmp_path: Path, quick_base: Path, grpo_file: Path, champion_adapter: Path,
+    finetune_config: Callable[..., dict[str, Any]],
+) -> None:  # fmt: skip
+    """An uninterrupted run from the champion (checkpointing at step 2) and a resume from that checkpoint end
+    with the same adapter: the resume does not reload the champion over its checkpoint."""
+    from safetensors.torch import load_file
+
+    def run(out: str, **kw: Any) -> dict[str, Any]:
+        raw = grpo_config(finetune_config, quick_base, grpo_file, tmp_path / out, init_adapter=str(champion_adapter),
+                          **kw)  # fmt: skip
+        metrics, code = grpo.train(grpo.parse_config(raw))
+        assert code == 0
+        return metrics
+
+    a = run("a", save_steps=2)
+    c = run("c", resume_from=str(tmp_path / "a" / "checkpoints" / "step-2"))
+    assert a["init_adapter"] == str(champion_adapter) and c["resumed_from_step"] == 2
+    assert c["reward_curve"] == a["reward_curve"][2:]
+    wa = load_file(str(tmp_path / "a" / "adapter" / "adapter_model.safetensors"))
+    wc = load_file(str(tmp_path / "c" / "adapter" / "adapter_model.safetensors"))
+    champion = load_file(str(champion_adapter / "adapter_model.safetensors"))
+    assert wa.keys() == wc.keys() == champion.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wc[k], rtol=1e-4, atol=1e-5)
+    assert max(float((wa[k] - champion[k]).abs().max()) for k in wa) > 0  # it trained from there
+
+
+def test_remote_entry_puts_the_init_adapter_under_the_work_directory(tmp_path: Path) -> None:
+    from jobs.remote_entry import train_config
+
+    config = {"train_file": "data/grpo.jsonl", "eval_file": None, "init_adapter": "init_adapter", "seed": 0}
+    out = train_config(config, tmp_path, tmp_path / "output")
+    assert out["init_adapter"] == str(tmp_path / "init_adapter") and out["eval_file"] is None
+    assert out["train_file"] == str(tmp_path / "data/grpo.jsonl") and out["output_dir"] == str(tmp_path / "output")
+    assert "init_adapter" not in train_config({"train_file": "t"}, tmp_path, tmp_path)

@@ -3,7 +3,9 @@ carries the method to the job; guardrails, reservation (priced per method) and a
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -183,3 +185,104 @@ def test_grpo_completions_must_fit_the_sequence(make_settings: Callable[..., Set
         make_settings(training={"seq_len": 64}, reinforcement={"choose_method": True})
     assert make_settings(training={"seq_len": 64}, reinforcement={"choose_method": True, "allow_rl": False})
     assert make_settings(training={"seq_len": 64})  # the chooser off: GRPO never runs, nothing to refuse
+
+
+def _crown_champion(ctx: Any, store: Store, tmp_path: Path, **lora: Any) -> dict[str, Any]:
+    """A promoted v1 whose run recorded the current training params (with ``lora`` changed) and whose two adapter
+    files are in the artifact store; returns its adapter_files."""
+    from dataclasses import asdict
+
+    from pilot.runs.lifecycle import training_params
+    from pilot.serving import registry
+    from tests import factories
+
+    files = {}
+    for name, body in (("adapter_model.safetensors", b"weights"), ("adapter_config.json", b"{}")):
+        (tmp_path / name).write_bytes(body)
+        ref = ctx.artifacts.put(f"runs/run-old/adapter/{name}", tmp_path / name)
+        files[name] = {"key": ref.key, "uri": ref.uri, "sha256": ref.sha256, "size": ref.size}
+    with store.session(write=True) as s:
+        old = factories.run(s, status="succeeded", config={"params": {**asdict(training_params(ctx)), **lora}})
+        s.add(ModelVersion(id="v1", status=ModelStatus.CANDIDATE, base_model=ctx.settings.training.base_model,
+                           run_id=old.id, adapter_uri="x", adapter_sha256=files["adapter_model.safetensors"]["sha256"],
+                           adapter_files=files))  # fmt: skip
+        s.flush()
+        registry.promote(s, "v1", actor="test", reason="test")
+    return files
+
+
+@pytest.mark.parametrize(
+    ("champion", "summary"),
+    [
+        ({}, "champion v1"),
+        (None, "base (no champion)"),
+        ({"lora_r": 64}, "base (champion v1's LoRA differs: lora_r 64 != 16)"),
+    ],
+)
+def test_grpo_starts_from_the_champion_when_its_lora_fits(
+    champion: dict[str, Any] | None, summary: str, store: Store, make_settings: Callable[..., Settings],
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """GRPO's plan says what the policy starts from; a run from the champion carries its adapter files: in the
+    remote manifest (inputs by their recorded sha256, config init_adapter) and in the local job's config (the
+    files fetched and verified into the run's directory)."""
+    from pilot.runs import driver, host
+    from pilot.store.models import DatasetSnapshot
+
+    settings = settings_for(make_settings, store.url, min_rl_prompts=40, min_undesirable=10_000, min_pairs=10_000)
+    ingest_lines(store, [r.model_dump_json() for r in code_attempt_records(120)], source="test")
+    ctx = build_context(settings, store=Store(store.url))
+    try:
+        files = _crown_champion(ctx, store, tmp_path, **champion) if champion is not None else {}
+        [cycle] = run_cycle(ctx)
+        assert cycle.waiting_on, cycle.outcome
+        with store.session() as s:
+            approval = s.exec(select(Approval)).one()
+            decision = s.get(Decision, approval.decision_id)
+        assert decision is not None
+        plan = decision.figures["plan"]
+        assert plan["method"] == "grpo" and plan["init"]["summary"] == summary
+        assert plan["method_reason"].endswith(f"; init: {summary}") and plan["method_reason"] in approval.summary["why"]
+        assert describe_method(plan)["data"].endswith(f"; init: {summary}")
+        with store.session(write=True) as s:
+            run = factories_run(s, plan)
+            snap = s.get(DatasetSnapshot, approval.summary["snapshot"])
+        assert snap is not None
+        inputs = host.stage_inputs(ctx, run, snap)
+        manifest = host.build_manifest(ctx, run, n=1, inputs=inputs, checkpoint=None)
+        launched: list[Any] = []
+
+        def launch(spec: Any) -> Any:
+            launched.append(spec)
+            raise driver.ProviderError("test: not launched")
+
+        monkeypatch.setattr(ctx.gpu, "launch", launch)
+        monkeypatch.setattr(driver, "authorize", lambda *a, **k: None)
+        driver._launch_local(ctx, run, lease="test")
+        job = json.loads((driver.run_dir(ctx, run.id) / "job.json").read_text())
+        assert launched and job["method"] == "grpo"
+        if summary != "champion v1":
+            assert "init_adapter" not in manifest["config"] and "init_adapter" not in job
+            assert not any(name.startswith("init_adapter/") for name in manifest["inputs"])
+            return
+        for name, ref in files.items():
+            assert manifest["inputs"][f"init_adapter/{name}"]["sha256"] == ref["sha256"]
+            assert manifest["inputs"][f"init_adapter/{name}"]["path"] == f"init_adapter/{name}"
+            assert (Path(job["init_adapter"]) / name).read_bytes() == (tmp_path / name).read_bytes()
+        assert manifest["config"]["init_adapter"] == "init_adapter"
+        # The stored champion file no longer matches its recorded sha256: the local run is not launched, and says so.
+        (tmp_path / "tampered").write_bytes(b"{ }")
+        ctx.artifacts.put(files["adapter_config.json"]["key"], tmp_path / "tampered")
+        with store.session(write=True) as s:
+            again = factories_run(s, plan)
+        ended = driver._launch_local(ctx, again, lease="test")
+        assert ended.status == "failed" and len(launched) == 1
+        assert "the champion's adapter (GRPO's initial policy) could not be fetched" in (ended.status_message or "")
+    finally:
+        ctx.close()
+
+
+def factories_run(session: Any, plan: dict[str, Any]) -> TrainingRun:
+    from tests import factories
+
+    return factories.run(session, config={"plan": plan})

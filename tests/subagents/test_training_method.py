@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from subagents.methods import describe_method
 from subagents.training import (
+    INIT_ADAPTER_FILES,
     METHOD_FILES,
     METHOD_MODULES,
     GrpoParams,
@@ -140,3 +142,43 @@ def test_describe_method_for_people() -> None:
         "",
         1.0,
     )
+
+
+def test_grpo_init_from_the_champion_only_when_its_lora_fits(tmp_path: Path) -> None:
+    from subagents.training import ChampionAdapter, choose_init, init_adapter_files
+
+    p = replace(params(), target_modules=["q_proj", "v_proj"])
+    ours = asdict(p)
+    files = {n: {"key": f"runs/r/adapter/{n}", "sha256": "a" * 64, "uri": "u", "size": 1} for n in INIT_ADAPTER_FILES}
+
+    def champ(**kw: Any) -> ChampionAdapter:
+        return ChampionAdapter(**{"version": "v3", "base_model": p.base_model, "params": ours, "adapter_files": files,
+                                  **kw})  # fmt: skip
+
+    init = choose_init(p, champ())
+    assert init["from"] == "champion" and init["summary"] == "champion v3"
+    assert init["adapter_files"] == {n: {"key": f"runs/r/adapter/{n}", "sha256": "a" * 64} for n in files}
+    reordered = champ(params={**ours, "target_modules": list(reversed(ours["target_modules"]))})
+    assert choose_init(p, reordered)["from"] == "champion"  # a set of modules, not a sequence
+    assert choose_init(p, None)["summary"] == "base (no champion)"
+    assert choose_init(p, champ(base_model="other/base"))["summary"] == (
+        f"base (champion v3's LoRA differs: base_model 'other/base' != {p.base_model!r})"
+    )
+    assert choose_init(p, champ(params={**ours, "lora_alpha": 1, "modules_to_save": ["lm_head"]}))["summary"] == (
+        f"base (champion v3's LoRA differs: lora_alpha 1 != {p.lora_alpha}, modules_to_save ['lm_head'] != "
+        f"{p.modules_to_save!r})"
+    )
+    assert choose_init(p, champ(params=None))["summary"] == "base (champion v3's training params are not recorded)"
+    partial = champ(adapter_files={"adapter_model.safetensors": files["adapter_model.safetensors"]})
+    assert choose_init(p, partial)["summary"] == "base (champion v3 has no stored adapter_config.json)"
+    plan = {"method": "grpo", "grpo": asdict(GrpoParams()), "init": init}
+    assert init_adapter_files(plan) == init["adapter_files"]
+    assert init_adapter_files({**plan, "init": choose_init(p, None)}) == {}
+    assert init_adapter_files({**plan, "method": "sft"}) == {}
+    cfg = job_config(p, train_file=tmp_path / "g", eval_file=None, output_dir=tmp_path, preference=GrpoParams(),
+                     init_adapter=tmp_path / "init_adapter")  # fmt: skip
+    assert cfg["init_adapter"] == str(tmp_path / "init_adapter")
+    with pytest.raises(ValueError, match="init_adapter is read by the grpo job only"):
+        job_config(p, train_file=tmp_path / "t", eval_file=None, output_dir=tmp_path, init_adapter=tmp_path)
+    described = describe_method({"method": "grpo", "method_figures": {}, "init": init})
+    assert described["init"] == "champion v3" and described["data"].endswith("; init: champion v3")
