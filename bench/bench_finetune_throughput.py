@@ -1,8 +1,9 @@
-"""Training throughput: jobs/finetune_lora.py's loop vs a stock HF Trainer + peft on the same work.
+"""Training throughput: jobs/finetune_lora.py's loop vs a stock HF Trainer + peft, and vs TRL's SFTTrainer (packing,
+completion-only loss) when ``trl`` is installed (it is not a dependency: ``pip install -c constraints.txt trl``).
 
     python bench/bench_finetune_throughput.py [--model PATH|tiny|7b-shape] [--steps N] [--batch-size B]
 
-Both sides get the same base weights, LoRA config, examples, batch size and number of optimizer steps; the
+All sides get the same base weights, LoRA config, examples, batch size and number of optimizer steps; the
 figure is real (non-pad) input tokens per second of the training loop. ``tiny`` uses the cached tiny base
 (CPU-sized); ``7b-shape`` builds a random-weight Llama-7B-shaped model (bf16, needs a GPU with ~40 GB);
 a path loads a local model directory. Prints both figures and the ratio.
@@ -144,6 +145,56 @@ def run_trainer(base: Any, tok: Any, examples: list[finetune_lora.Example], args
     return tokens_seen / elapsed
 
 
+def run_trl(base: Any, tok: Any, examples: list[finetune_lora.Example], args: argparse.Namespace) -> float | None:
+    """TRL's SFTTrainer + peft on the same tokens: packed (TRL's default best-fit strategy), loss on the answers only
+    (the ``completion_mask`` of each example). None when trl is not installed."""
+    try:
+        from datasets import Dataset
+        from peft import LoraConfig
+        from trl import SFTConfig, SFTTrainer
+    except ImportError:
+        return None
+    rows = {
+        "input_ids": [e.ids for e in examples],
+        "completion_mask": [[0] * e.n_prompt + [1] * (len(e.ids) - e.n_prompt) for e in examples],
+    }
+    device = pick_device()
+    precision, _ = choose_precision("auto", device)
+    with tempfile.TemporaryDirectory() as tmp:
+        config = SFTConfig(
+            output_dir=tmp,
+            max_steps=args.steps,
+            per_device_train_batch_size=args.batch_size,
+            learning_rate=1e-4,
+            report_to="none",
+            save_strategy="no",
+            logging_strategy="no",
+            use_cpu=device.type == "cpu",
+            bf16=precision == "bf16",
+            fp16=precision == "fp16",
+            gradient_checkpointing=args.gradient_checkpointing,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+            packing=True,
+            completion_only_loss=True,
+            max_length=args.seq_len,
+        )
+        trainer = SFTTrainer(
+            model=base,
+            args=config,
+            train_dataset=Dataset.from_dict(rows),
+            processing_class=tok,
+            peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"),
+        )
+        packed = trainer.train_dataset
+        per_step = args.batch_size
+        consumed = [packed[i % len(packed)]["input_ids"] for i in range(args.steps * per_step)]
+        started = time.monotonic()
+        trainer.train()
+        elapsed = time.monotonic() - started
+    return sum(len(ids) for ids in consumed) / elapsed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny", help="PATH, 'tiny' or '7b-shape'")
@@ -182,9 +233,15 @@ def main() -> int:
         if device.type == "cuda":
             torch.cuda.empty_cache()
         theirs = run_trainer(fresh_base(), tok, examples, args)
+        trl = run_trl(fresh_base(), tok, examples, args)
     print(f"finetune_lora loop: {ours:,.0f} tokens/s")
     print(f"HF Trainer + peft:  {theirs:,.0f} tokens/s")
     print(f"ratio (ours / Trainer): {ours / theirs:.2f}x")
+    if trl is None:
+        print("TRL SFTTrainer: not measured (trl is not installed)")
+    else:
+        print(f"TRL SFTTrainer (packing, completion-only loss): {trl:,.0f} tokens/s")
+        print(f"ratio (ours / TRL SFTTrainer): {ours / trl:.2f}x")
     return 0
 
 
