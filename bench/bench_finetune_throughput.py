@@ -146,8 +146,12 @@ def run_trainer(base: Any, tok: Any, examples: list[finetune_lora.Example], args
 
 
 def run_trl(base: Any, tok: Any, examples: list[finetune_lora.Example], args: argparse.Namespace) -> float | None:
-    """TRL's SFTTrainer + peft on the same tokens: packed (TRL's default best-fit strategy), loss on the answers only
-    (the ``completion_mask`` of each example). None when trl is not installed."""
+    """TRL's SFTTrainer + peft on the same tokens: packed (TRL's default best-fit strategy, padding-free), loss on the
+    answers only (the ``completion_mask`` of each example). None when trl is not installed.
+
+    One packed row of ``seq_len`` tokens per step, as our loop packs one micro-batch into one row: with
+    ``batch_size`` rows TRL's padding-free collator flattens them into a single row of batch x seq_len tokens, whose
+    attention mask alone is quadratic in that (minutes per step on a CPU), and a step would see 30x our tokens."""
     try:
         from datasets import Dataset
         from peft import LoraConfig
@@ -164,7 +168,7 @@ def run_trl(base: Any, tok: Any, examples: list[finetune_lora.Example], args: ar
         config = SFTConfig(
             output_dir=tmp,
             max_steps=args.steps,
-            per_device_train_batch_size=args.batch_size,
+            per_device_train_batch_size=1,
             learning_rate=1e-4,
             report_to="none",
             save_strategy="no",
@@ -187,8 +191,7 @@ def run_trl(base: Any, tok: Any, examples: list[finetune_lora.Example], args: ar
             peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"),
         )
         packed = trainer.train_dataset
-        per_step = args.batch_size
-        consumed = [packed[i % len(packed)]["input_ids"] for i in range(args.steps * per_step)]
+        consumed = [packed[i % len(packed)]["input_ids"] for i in range(args.steps)]
         started = time.monotonic()
         trainer.train()
         elapsed = time.monotonic() - started
