@@ -95,6 +95,27 @@ class _Tokens(torch.utils.data.Dataset):  # type: ignore[type-arg]
         return self.rows[i]
 
 
+def _trainer_args(output_dir: str, args: argparse.Namespace, *, batch_size: int) -> dict[str, Any]:
+    """The keyword arguments both HF-based sides share (TRL's SFTConfig extends TrainingArguments)."""
+    device = pick_device()
+    precision, _ = choose_precision("auto", device)
+    return {
+        "output_dir": output_dir,
+        "max_steps": args.steps,
+        "per_device_train_batch_size": batch_size,
+        "learning_rate": 1e-4,
+        "report_to": "none",
+        "save_strategy": "no",
+        "logging_strategy": "no",
+        "use_cpu": device.type == "cpu",
+        "bf16": precision == "bf16",
+        "fp16": precision == "fp16",
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+    }
+
+
 def run_trainer(base: Any, tok: Any, examples: list[finetune_lora.Example], args: argparse.Namespace) -> float:
     """Stock path: Trainer + peft, padded batches, answer-only labels (the usual SFT setup)."""
     from peft import LoraConfig, get_peft_model
@@ -119,24 +140,8 @@ def run_trainer(base: Any, tok: Any, examples: list[finetune_lora.Example], args
 
     with quiet_peft_deprecations():
         model = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
-    device = pick_device()
-    precision, _ = choose_precision("auto", device)
     with tempfile.TemporaryDirectory() as tmp:
-        targs = TrainingArguments(
-            output_dir=tmp,
-            max_steps=args.steps,
-            per_device_train_batch_size=args.batch_size,
-            learning_rate=1e-4,
-            report_to=[],
-            save_strategy="no",
-            logging_strategy="no",
-            use_cpu=device.type == "cpu",
-            bf16=precision == "bf16",
-            fp16=precision == "fp16",
-            gradient_checkpointing=args.gradient_checkpointing,
-            dataloader_num_workers=0,
-            disable_tqdm=True,
-        )
+        targs = TrainingArguments(**_trainer_args(tmp, args, batch_size=args.batch_size))
         trainer = Trainer(model=model, args=targs, train_dataset=_Tokens(rows), data_collator=collate)
         started = time.monotonic()
         trainer.train()
@@ -162,23 +167,9 @@ def run_trl(base: Any, tok: Any, examples: list[finetune_lora.Example], args: ar
         "input_ids": [e.ids for e in examples],
         "completion_mask": [[0] * e.n_prompt + [1] * (len(e.ids) - e.n_prompt) for e in examples],
     }
-    device = pick_device()
-    precision, _ = choose_precision("auto", device)
     with tempfile.TemporaryDirectory() as tmp:
         config = SFTConfig(
-            output_dir=tmp,
-            max_steps=args.steps,
-            per_device_train_batch_size=1,
-            learning_rate=1e-4,
-            report_to="none",
-            save_strategy="no",
-            logging_strategy="no",
-            use_cpu=device.type == "cpu",
-            bf16=precision == "bf16",
-            fp16=precision == "fp16",
-            gradient_checkpointing=args.gradient_checkpointing,
-            dataloader_num_workers=0,
-            disable_tqdm=True,
+            **_trainer_args(tmp, args, batch_size=1),
             packing=True,
             completion_only_loss=True,
             max_length=args.seq_len,

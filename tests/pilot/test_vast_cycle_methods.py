@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from sqlmodel import select
-from test_remote_rig import AWS, Rig, make_rig, moto_endpoint
+from test_remote_rig import Rig, make_rig
 from test_vast_cycle import _wait_for_checkpoint
 
 from pilot.data.ingest import ingest_lines
@@ -43,19 +43,8 @@ METHOD_SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    server, url = moto_endpoint()
-    yield url
-    server.stop()
-
-
 @pytest.fixture
-def rig(
-    tmp_path: Path, make_settings: Callable[..., Settings], endpoint: str, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Rig]:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", AWS["aws_access_key_id"])
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", AWS["aws_secret_access_key"])
+def rig(tmp_path: Path, make_settings: Callable[..., Settings], endpoint: str, aws_env: None) -> Iterator[Rig]:
     store = Store(f"sqlite:///{tmp_path / 'pilot.db'}")
     store.migrate()
     built, _ = make_rig(
