@@ -41,6 +41,7 @@ import sqlite3
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -339,6 +340,25 @@ def _live_processes_of(uid: int) -> list[str]:
     return [line for line in out.stdout.splitlines() if line.strip() and line.split()[1][0] != "Z"]
 
 
+def _survivors_of(uid: int, grace_s: float = 3.0) -> list[str]:
+    """The processes of ``uid`` still alive ``grace_s`` after the first look, with their parent and pid namespace
+    ids. A process seen in its last moments (SIGKILLed, its memory released: ``ps`` shows ``[python3]``, state R)
+    is gone within milliseconds; once in CI on 2 loaded cores one was caught in that state. Anything that still
+    lives after the grace period has escaped the kill."""
+    deadline = time.monotonic() + grace_s
+    while (live := _live_processes_of(uid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    details = []
+    for line in live:
+        pid = line.split()[0]
+        try:
+            status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        except OSError:
+            continue  # exited between ps and here
+        details.append(line + " " + " ".join(f for f in status if f.startswith(("PPid:", "NSpid:", "State:"))))
+    return details
+
+
 @pytest.mark.parametrize("name", CASE_NAMES)
 def test_attack_is_contained_and_scored_as_a_failure(production: Production, name: str) -> None:
     before = production.snapshot()
@@ -365,7 +385,7 @@ def test_attack_is_contained_and_scored_as_a_failure(production: Production, nam
         assert result["outcome"] in ("killed", "timed_out"), result
         assert result["outcome"] == "timed_out" or "CPU or memory limit" in result["detail"]
     if name in ("fork bomb", "sleep past the timeout") and production.uid != os.getuid():
-        assert _live_processes_of(production.uid) == []  # the pid namespace died with its init
+        assert _survivors_of(production.uid) == []  # the pid namespace died with its init
 
 
 def test_a_correct_solution_passes_as_the_daemon_user(production: Production) -> None:
