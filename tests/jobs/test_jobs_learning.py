@@ -1,8 +1,8 @@
 """The one learning test: LoRA fine-tuning of the cached tiny base really learns the demo task.
 
-Recipe (the demo's default settings): LoRA r=16, alpha=32 on all linear projections plus
+Recipe: LoRA r=16, alpha=32 on all linear projections plus
 modules_to_save=["embed_tokens", "lm_head"], packing, batch 32, lr 3e-3, 5% warmup, linear decay,
-250 steps on 600 examples. The base is pre-trained to copy identifiers only, so it scores ~0.
+150 steps on 600 examples. The base is pre-trained to copy identifiers only, so it scores ~0.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ RECIPE: dict[str, Any] = {
     "learning_rate": 3e-3,
     "warmup_ratio": 0.05,
     "lr_schedule": "linear",
-    "max_steps": 250,
+    "max_steps": 150,  # 0.71 exact match here (120 steps: 0.67; the test asks 0.5)
 }
 
 
@@ -59,7 +59,7 @@ def test_finetuning_lifts_exact_match_from_zero(tmp_path: Path) -> None:
     before = exact_match(base, None, tmp_path / "held.jsonl", tmp_path / "base.jsonl")
     cfg = {"base_model": str(base), "train_file": str(tmp_path / "train.jsonl"), "output_dir": str(tmp_path / "ft")}
     metrics, code = finetune_lora.train(finetune_lora.parse_config({**cfg, **RECIPE}))
-    assert code == 0 and metrics["steps"] == 250
+    assert code == 0 and metrics["steps"] == 150
     after = exact_match(base, tmp_path / "ft" / "adapter", tmp_path / "held.jsonl", tmp_path / "ft.jsonl")
     print(f"exact match: base {before:.2f} -> fine-tuned {after:.2f}; {metrics}")
     assert before <= 0.05
