@@ -207,6 +207,7 @@ class GatewayRuntime:
         self.gateway.client = client
         runner = web.AppRunner(
             create_app(self.gateway), access_log=None, keepalive_timeout=75, shutdown_timeout=SHUTDOWN_S,
+            handler_cancellation=True,  # a client that leaves cancels its call upstream (off by default since 3.9)
             lingering_time=1.0,  # the rest of a refused (413) body is read and dropped for 1 s, not aiohttp's 10
         )  # fmt: skip
         await runner.setup()
