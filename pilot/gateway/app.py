@@ -334,7 +334,7 @@ def create_app(gw: Gateway) -> web.Application:
         return _json(result, status)
 
     async def healthz(request: web.Request) -> web.Response:
-        return _json({"ok": True, "champion": gw.routes.state.champion})
+        return _json({"ok": True, "champion": gw.routes.state.champion, **gw.extra})
 
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(body=gw.metrics.render(), headers={"content-type": CONTENT_TYPE})
