@@ -27,6 +27,7 @@ from tools.serving.openai_fake import FakeOpenAIServer
 
 REPO = Path(__file__).resolve().parents[2]
 MESSAGES = [{"role": "user", "content": "add two numbers"}]
+OK_CALLS = 'learning_pilot_gateway_calls_total{endpoint="chat",outcome="ok"}'
 
 
 def _free_port() -> int:
@@ -126,9 +127,9 @@ def workers(tmp_path: Path, store: Store) -> Iterator[Workers]:
                 process.wait(10)
 
 
-async def _calls(url: str, n: int) -> list[str]:
+async def _calls(url: str, n: int, timeout: float = 30) -> list[str]:
     # n concurrent calls: n connections, which the kernel spreads over the two workers' sockets
-    client = openai.AsyncOpenAI(base_url=url, api_key="k", max_retries=0, timeout=30)
+    client = openai.AsyncOpenAI(base_url=url, api_key="k", max_retries=0, timeout=timeout)
     try:
         replies = await asyncio.gather(
             *(client.chat.completions.create(model="agent", messages=MESSAGES, user=f"s{i}") for i in range(n))
@@ -151,8 +152,7 @@ def test_two_workers_serve_one_port_and_sigterm_stops_all(workers: Workers) -> N
     replies = asyncio.run(_calls(workers.url, 30))
     assert replies == ["base-model: add two numbers"] * 30
     after = workers.by_worker()
-    served = {w: _metric(s["metrics"], 'learning_pilot_gateway_calls_total{endpoint="chat",outcome="ok"}')
-              for w, s in after.items()}  # fmt: skip
+    served = {w: _metric(s["metrics"], OK_CALLS) for w, s in after.items()}
     assert sum(served.values()) == 30 and all(n > 0 for n in served.values()), served  # both served
     assert {p.name for p in workers.spool.iterdir()} == {str(workers.port), f"{workers.port}-1"}  # one spool each
     _wait(lambda: workers.stored() == 30)
@@ -175,10 +175,15 @@ def test_killed_worker_is_replaced_and_its_spool_recovered(workers: Workers) -> 
         os.kill(pids[1], signal.SIGKILL)  # the worker and its ingester die without a clean stop
         os.kill(ingesters[1], signal.SIGKILL)
         os.kill(ingesters[0], signal.SIGCONT)
-        _wait(lambda: workers.by_worker(timeout=90)[1]["pid"] != str(pids[1]), timeout=90)
+        # Calls made while worker 1 is down: those the kernel gives its socket wait there for the replacement.
+        started = time.monotonic()
+        assert asyncio.run(_calls(workers.url, 20, timeout=90)) == ["base-model: add two numbers"] * 20
+        waited = time.monotonic() - started
         replacement = workers.by_worker()[1]
+        assert replacement["pid"] != str(pids[1])
+        assert _metric(replacement["metrics"], OK_CALLS) > 0, waited  # some of the 20 went to worker 1's socket
         assert _metric(replacement["metrics"], "learning_pilot_gateway_records_recovered") > 0  # worker 1 had some
-        _wait(lambda: workers.stored() == 20)  # none lost: all were answered more than an fsync interval before
+        _wait(lambda: workers.stored() == 40)  # none lost: the 20 were answered more than an fsync interval before
         assert workers.by_worker()[0]["pid"] == str(pids[0])  # the other worker was left alone
     finally:
         for pid in ingesters.values():
