@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 RESTART_LIMIT = 5  # worker deaths tolerated within RESTART_WINDOW_S before the parent gives up
 RESTART_WINDOW_S = 60.0
 STOP_WAIT_S = 45.0  # a stop waits this long for the workers (each lets open requests finish, up to 30 s)
-BACKLOG = 1024
+BACKLOG = 128  # as aiohttp's SockSite, which listens on the socket again when a worker starts serving it
 
 
 def listeners(host: str, port: int, count: int) -> list[socket.socket]:
