@@ -1,12 +1,13 @@
 """The capture gateway's cost: added latency, added time to first token, throughput, and how fast records land.
 
 Run: ``python bench/bench_gateway.py [--calls 4000] [--concurrency 50] [--streams 400] [--records 100000]
-[--upstream-delay-ms 0,20,100] [--profile gateway.prof]``.
+[--upstream-delay-ms 0,20,100] [--gateway-workers 1] [--profile gateway.prof]``.
 
 Three processes on loopback: the fake OpenAI upstream (tools/serving/openai_fake.py), one gateway process
 (``learning-pilot gateway``, recording on, SQLite store in a temp dir) and this load generator (aiohttp, one
-pooled connector). The same calls go straight to the upstream and through the gateway in alternating rounds, so
-the difference is the gateway. Prints:
+pooled connector); with ``--gateway-workers N`` the gateway is N serving processes on its port
+(``learning-pilot gateway --workers N``) and its CPU is theirs together. The same calls go straight to the
+upstream and through the gateway in alternating rounds, so the difference is the gateway. Prints:
 
 - for each ``--upstream-delay-ms`` (the fake sleeps that long before it answers, each non-streamed call's delay
   spread uniformly over +-``--jitter`` (50%) of it as a model server's answers are, and spaces streamed chunks by
@@ -74,6 +75,35 @@ def children(pid: int) -> list[int]:
             except (OSError, ValueError, IndexError):
                 continue
     return found
+
+
+def serving_pids(gw_pid: int, workers: int) -> list[int]:
+    """The processes that serve: the gateway, or its supervisor and its workers (spawned: ``spawn_main``)."""
+    if workers == 1:
+        return [gw_pid]
+    spawned = [p for p in children(gw_pid) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    return [gw_pid, *spawned]
+
+
+def ingester_pids(gw_pid: int, workers: int) -> list[int]:
+    """The ingester children (and multiprocessing's idle resource trackers) of the serving processes."""
+    if workers == 1:
+        return children(gw_pid)
+    return [c for p in serving_pids(gw_pid, workers)[1:] for c in children(p)]
+
+
+async def _wait_workers(url: str, workers: int) -> None:
+    """Until each of the workers has answered /healthz (fresh connections: the kernel spreads them)."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + 120
+    while len(seen) < workers:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"only gateway workers {sorted(seen)} came up")
+        try:
+            async with aiohttp.ClientSession() as http, http.get(url) as answer:
+                seen.add(int((await answer.json())["worker"]))
+        except aiohttp.ClientError:
+            await asyncio.sleep(0.1)
 
 
 async def _wait_up(url: str) -> None:
@@ -150,8 +180,14 @@ def _count(store: Store) -> int:
         return int(s.exec(select(func.count()).select_from(GatewayCall)).one())
 
 
-async def condition(direct: str, via: str, gw_pid: int, args: argparse.Namespace, delay_ms: float) -> dict[str, object]:
-    """Direct and gateway rounds, alternating, at one upstream delay; the gateway process's CPU meanwhile."""
+def _cpu(pids: list[int]) -> float:
+    return sum(cpu_seconds(pid) for pid in pids)
+
+
+async def condition(
+    direct: str, via: str, gw: list[int], args: argparse.Namespace, delay_ms: float
+) -> dict[str, object]:
+    """Direct and gateway rounds, alternating, at one upstream delay; the gateway processes' CPU meanwhile."""
     d_lat: list[float] = []
     g_lat: list[float] = []
     d_rates, g_rates = [], []
@@ -160,9 +196,9 @@ async def condition(direct: str, via: str, gw_pid: int, args: argparse.Namespace
         lat, rate, _ = await load(direct, BASE, args.calls // 2, args.concurrency, delay_ms, args.jitter)
         d_lat += lat
         d_rates.append(rate)
-        c0, t0 = cpu_seconds(gw_pid), time.perf_counter()
+        c0, t0 = _cpu(gw), time.perf_counter()
         lat, rate, _ = await load(via, "agent", args.calls // 2, args.concurrency, delay_ms, args.jitter)
-        cpu += cpu_seconds(gw_pid) - c0
+        cpu += _cpu(gw) - c0
         wall += time.perf_counter() - t0
         g_lat += lat
         g_rates.append(rate)
@@ -172,6 +208,7 @@ async def condition(direct: str, via: str, gw_pid: int, args: argparse.Namespace
         g_first += await ttft(via, "agent", args.streams // 2, delay_ms=delay_ms)
     return {
         "upstream_delay_ms": delay_ms,
+        "gateway_workers": args.gateway_workers,
         "jitter": args.jitter,
         "concurrency": args.concurrency,
         "direct_p50_ms": round(_pct(d_lat, 0.5), 2),
@@ -198,6 +235,7 @@ async def main() -> int:
     parser.add_argument("--records", type=int, default=100_000, help="0 skips the recording run")
     parser.add_argument("--upstream-delay-ms", default="0,20,100", help="comma-separated; one row each")
     parser.add_argument("--jitter", type=float, default=0.5, help="each call's delay: x uniform(1 - j, 1 + j)")
+    parser.add_argument("--gateway-workers", type=int, default=1, help="gateway serving processes (--workers)")
     parser.add_argument("--profile", type=Path, help="run the gateway under cProfile, stats written here")
     args = parser.parse_args()
     delays = [float(d) for d in args.upstream_delay_ms.split(",") if d.strip()]
@@ -213,27 +251,28 @@ async def main() -> int:
            "LEARNING_PILOT_GATEWAY__UPSTREAM_URL": f"http://127.0.0.1:{up_port}/v1"}  # fmt: skip
     env.pop("LEARNING_PILOT_CONFIG", None)
     profile = ["-m", "cProfile", "-o", str(args.profile.resolve())] if args.profile else []
+    gateway = [sys.executable, *profile, "-m", "pilot.cli", "gateway"]
     procs = [
         subprocess.Popen([sys.executable, "-m", "tools.serving.openai_fake", str(up_port), BASE], env=env, cwd=tmp),
-        subprocess.Popen(
-            [sys.executable, *profile, "-m", "pilot.cli", "gateway", "--port", str(gw_port)], env=env, cwd=tmp
-        ),
+        subprocess.Popen([*gateway, "--port", str(gw_port), "--workers", str(args.gateway_workers)], env=env, cwd=tmp),
     ]
     gw_pid = procs[1].pid
     direct, via = f"http://127.0.0.1:{up_port}/v1", f"http://127.0.0.1:{gw_port}/v1"
     try:
         await _wait_up(f"{direct}/models")
         await _wait_up(f"http://127.0.0.1:{gw_port}/healthz")
+        await _wait_workers(f"http://127.0.0.1:{gw_port}/healthz", args.gateway_workers)
+        gw, ingesters = serving_pids(gw_pid, args.gateway_workers), ingester_pids(gw_pid, args.gateway_workers)
         await load(direct, BASE, 500, args.concurrency)  # warm both
         await load(via, "agent", 500, args.concurrency)
-        ingester_cpu0 = sum(cpu_seconds(pid) for pid in children(gw_pid))
+        ingester_cpu0 = _cpu(ingesters)
         rows = []
         for delay_ms in delays:
-            rows.append(await condition(direct, via, gw_pid, args, delay_ms))
+            rows.append(await condition(direct, via, gw, args, delay_ms))
             print(json.dumps(rows[-1]), flush=True)
         through = 500 + len(delays) * (2 * (args.calls // 2) + 2 * (args.streams // 2))
         print(json.dumps({"ingester_cpu_us_per_call": round(
-            (sum(cpu_seconds(pid) for pid in children(gw_pid)) - ingester_cpu0) / (through - 500) * 1e6)}))  # fmt: skip
+            (_cpu(ingesters) - ingester_cpu0) / (through - 500) * 1e6)}))  # fmt: skip
         if args.records:
             before = _count(store)
             # every call through the gateway above is recorded too (the warm-up, the rounds, the streams)

@@ -41,6 +41,9 @@ class GatewaySettings(Section):
 
     host: str = Field("127.0.0.1", description="Bind address of the gateway.")
     port: int = Field(8780, ge=0, le=65535)
+    workers: int = Field(
+        1, ge=1, le=64, description="Serving processes sharing the port (SO_REUSEPORT), each with its own spool."
+    )
     upstream_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible base URL (vLLM, Ollama).")
     upstream_api_key: SecretStr | None = Field(
         None, description="Replaces the product's Authorization header upstream. Empty: the product's is passed on."

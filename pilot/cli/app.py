@@ -195,11 +195,20 @@ def run(ctx: typer.Context, once: bool = typer.Option(False, "--once", help="Run
 def gateway(
     ctx: typer.Context,
     port: int | None = typer.Option(None, "--port", help="Listen port (default: gateway.port)."),
+    workers: int | None = typer.Option(
+        None, "--workers", min=1, help="Serving processes on the port (default: gateway.workers)."
+    ),
 ) -> None:
     """Run the OpenAI-compatible capture gateway in front of gateway.upstream_url (docs/gateway.md)."""
+    settings, store = _open_store(ctx)
+    count = settings.gateway.workers if workers is None else workers
+    if count > 1:
+        from pilot.gateway.workers import supervise
+
+        store.close()  # the supervisor serves nothing; each worker opens the store itself
+        raise typer.Exit(supervise(ctx.obj.config, settings, count, port))
     from pilot.gateway.server import GatewayRuntime
 
-    settings, store = _open_store(ctx)
     GatewayRuntime(settings, store, port=port).serve()
 
 

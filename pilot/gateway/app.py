@@ -12,8 +12,9 @@ Invariants:
   400 bad JSON or body, 401/403 producer token, 413 body too large, 502 upstream unreachable, broken or not JSON,
   504 upstream too slow; an upstream error status and body are passed through as they are. A stream that breaks
   after its first byte ends with an SSE ``error`` event (the ``openai`` client raises it).
-- A client that leaves mid-stream closes the upstream connection (the upstream request is cancelled) and the
-  call is recorded as ``client_gone``.
+- A client that leaves before its answer ends, streamed or not, closes the upstream connection (the upstream
+  request is cancelled) and the call is recorded as ``client_gone``: the server runs with aiohttp's handler
+  cancellation on (pilot/gateway/server.py), so a lost connection cancels its handler wherever it waits.
 - The request body goes upstream as the product sent it; only when the logical model name is rewritten are the
   bytes re-serialised (orjson). One framework serves and forwards (aiohttp, C HTTP parser on both sides): the
   hot path's CPU per call is what bounds the added latency under load (docs/gateway.md "Figures").
@@ -258,12 +259,17 @@ def create_app(gw: Gateway) -> web.Application:
         if body.get("stream") is True:
             return await _stream(gw, request, call, f"{upstream}{path}", out_headers, content)
         assert gw.client is not None
+        status = 0  # none yet: a client that leaves before the upstream's headers is recorded with status 0
         try:
             async with gw.client.post(f"{upstream}{path}", data=content, headers=out_headers) as answer:
+                status = answer.status
                 data = await answer.read()
-                status, answer_headers = answer.status, answer.headers
+                answer_headers = answer.headers
         except UPSTREAM_ERRORS as exc:
             return call.unreachable(gw, exc, streamed=False)
+        except asyncio.CancelledError:  # the client left: aiohttp has closed the upstream connection
+            call.record(gw, status=status, outcome="client_gone", response="", streamed=False)
+            raise
         if status == 200:
             try:
                 loads(data)
@@ -328,7 +334,7 @@ def create_app(gw: Gateway) -> web.Application:
         return _json(result, status)
 
     async def healthz(request: web.Request) -> web.Response:
-        return _json({"ok": True, "champion": gw.routes.state.champion})
+        return _json({"ok": True, "champion": gw.routes.state.champion, **gw.extra})
 
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(body=gw.metrics.render(), headers={"content-type": CONTENT_TYPE})
@@ -354,6 +360,9 @@ async def _stream(gw: Gateway, request: web.Request, call: _Call, url: str, head
         upstream = await gw.client.post(url, data=content, headers=headers)
     except UPSTREAM_ERRORS as exc:
         return call.unreachable(gw, exc, streamed=True)
+    except asyncio.CancelledError:  # the client left before the upstream's headers (the connection is closed)
+        call.record(gw, status=0, outcome="client_gone", response="", streamed=True)
+        raise
     if upstream.status != 200:
         try:
             data = await upstream.read()
@@ -397,7 +406,7 @@ async def _stream(gw: Gateway, request: web.Request, call: _Call, url: str, head
                 last = _sse_error("the upstream stream ended before [DONE]", "upstream_cut")
     except _ClientGone:  # the client left: the upstream request is cancelled below
         outcome = "client_gone"
-    except asyncio.CancelledError:  # the server is closing this connection
+    except asyncio.CancelledError:  # the client left while the upstream was silent, or the server is closing
         outcome = "client_gone"
         raise
     finally:

@@ -6,6 +6,7 @@
 writes the spool and ingests it. Several processes may
 run side by side on one store, each with its own spool directory: nothing in them is leader-only (ingest skips
 request ids already stored; the sweep and the feedback join are compare-and-set updates).
+``learning-pilot gateway --workers N`` runs N of them on one port (pilot/gateway/workers.py).
 
 The ingester is a child process (pilot/gateway/ingester.py) that takes complete spool segments into the store;
 feedback naming a call not stored yet flushes the spool and waits up to ``FEEDBACK_WAIT_S`` for it.
@@ -50,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 FEEDBACK_WAIT_S = 2.0  # how long feedback for a call not yet in the store waits for the spool to catch up
 SHUTDOWN_S = 30.0  # how long a stop waits for open requests (a long stream) before closing them
+PARENT_CHECK_S = 1.0  # how often a worker checks that its supervisor is alive
 
 
 def _error(status: int, code: str, message: str) -> dict[str, Any]:
@@ -58,13 +60,14 @@ def _error(status: int, code: str, message: str) -> dict[str, Any]:
 
 
 class GatewayRuntime:
-    def __init__(self, settings: Settings, store: Store, *, port: int | None = None) -> None:
+    def __init__(self, settings: Settings, store: Store, *, port: int | None = None, worker: int = 0) -> None:
         g = settings.gateway
         self.settings = settings
         self.store = store
         self.port = g.port if port is None else port
+        self.worker = worker  # its index among the processes on this port (pilot/gateway/workers.py); 0 alone
         self.spool = Spool(
-            settings.spool_dir / str(self.port),
+            settings.spool_dir / (str(self.port) if worker == 0 else f"{self.port}-{worker}"),
             fsync_interval_s=g.fsync_interval_s,
             max_bytes=int(g.spool_max_mb * 1024 * 1024),
         )
@@ -87,6 +90,7 @@ class GatewayRuntime:
             client=None,
             metrics=self.metrics,
             on_feedback=self.feedback,
+            extra={"worker": worker, "pid": os.getpid()},
         )
         self._gauges()
 
@@ -110,6 +114,8 @@ class GatewayRuntime:
         m.gauge("learning_pilot_gateway_spool_bytes", "Spool bytes on disk, not yet ingested.", lambda: s.bytes_on_disk)
         m.gauge("learning_pilot_gateway_store_failures", "Ingest batches the store refused.", shared("store_failures"))
         m.gauge("learning_pilot_gateway_route_failures", "Route refreshes that failed.", lambda: self.routes.failures)
+        m.gauge("learning_pilot_gateway_worker", "Index of the process that answered (its figures are its own).",
+                lambda: self.worker)  # fmt: skip
 
     # -- background work --------------------------------------------------------------------------------------
     def ingest_now(self) -> int:
@@ -177,20 +183,22 @@ class GatewayRuntime:
                              self.spool.directory)  # fmt: skip
 
     # -- serving ----------------------------------------------------------------------------------------------
-    def serve(self) -> None:
-        """Run in the foreground until SIGINT/SIGTERM; spool and ingest stop cleanly after."""
+    def serve(self, *, sock: socket.socket | None = None, parent_pid: int | None = None) -> None:
+        """Run in the foreground until SIGINT/SIGTERM (or, for a worker, until ``parent_pid`` is gone); spool and
+        ingest stop cleanly after. ``sock``: a listening socket handed over by pilot/gateway/workers.py."""
         self.start_background()
         g = self.settings.gateway
-        logger.warning("Gateway on http://%s:%d/v1 -> %s (model %r)", g.host, self.port, g.upstream_url, g.model_name)
+        logger.warning("Gateway%s on http://%s:%d/v1 -> %s (model %r)", f" worker {self.worker}" if sock else "",
+                       g.host, self.port, g.upstream_url, g.model_name)  # fmt: skip
         try:
             with asyncio.Runner(loop_factory=_loop_factory) as runner:
-                runner.run(self._serve(host=g.host, signals=True))
+                runner.run(self._serve(sock=sock, host=g.host, signals=True, parent_pid=parent_pid))
         finally:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the final flush short
             self.stop_background()
 
     async def _serve(self, *, sock: socket.socket | None = None, host: str = "", signals: bool = False,
-                     started: threading.Event | None = None) -> None:  # fmt: skip
+                     started: threading.Event | None = None, parent_pid: int | None = None) -> None:  # fmt: skip
         # One pooled client for the process, made on the serving loop. aiohttp rather than httpx: httpcore's pool
         # scans every connection (a poll() each) per request, which cost ~6 ms of CPU per call at 50 clients.
         g = self.settings.gateway
@@ -207,6 +215,7 @@ class GatewayRuntime:
         self.gateway.client = client
         runner = web.AppRunner(
             create_app(self.gateway), access_log=None, keepalive_timeout=75, shutdown_timeout=SHUTDOWN_S,
+            handler_cancellation=True,  # a client that leaves cancels its call upstream (off by default since 3.9)
             lingering_time=1.0,  # the rest of a refused (413) body is read and dropped for 1 s, not aiohttp's 10
         )  # fmt: skip
         await runner.setup()
@@ -217,10 +226,20 @@ class GatewayRuntime:
             await site.start()
             if started is not None:
                 started.set()
+            if parent_pid is not None:
+                self._watch_parent(parent_pid)
             await self._stopping.wait()
         finally:
             await runner.cleanup()  # stops listening, waits for open requests, then closes what is left
             await client.close()
+
+    def _watch_parent(self, parent_pid: int) -> None:
+        """A worker whose supervisor is gone (``kill -9``) stops, as SIGTERM would stop it."""
+        assert self._loop is not None and self._stopping is not None
+        if os.getppid() != parent_pid:
+            self._stopping.set()
+        else:
+            self._loop.call_later(PARENT_CHECK_S, self._watch_parent, parent_pid)
 
     def start(self) -> str:
         """Serve from a background thread on an already-bound loopback socket; returns the base URL (``.../v1``)."""

@@ -187,6 +187,27 @@ def test_client_disconnect_mid_stream_cancels_the_upstream(make_rig) -> None:
     assert [c.outcome for c in recorded] == ["client_gone"]
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_client_disconnect_before_the_answer_cancels_the_upstream(make_rig, stream: bool) -> None:
+    # The real client gives up (its timeout) while the upstream is still thinking: the gateway must close its
+    # upstream connection then, not wait for the answer, and record the call as client_gone.
+    rig = make_rig()
+    rig.upstream.delay_s = 3.0
+    impatient = openai.OpenAI(base_url=rig.url, api_key="k", max_retries=0, timeout=0.3)
+    with pytest.raises(openai.APITimeoutError):
+        impatient.chat.completions.create(model="agent", messages=MESSAGES, stream=stream)
+    impatient.close()
+    deadline = time.monotonic() + 2
+    while rig.upstream.abandoned == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert rig.upstream.abandoned == 1  # the fake saw its connection close while it was still delaying
+    (call,) = calls(rig)
+    assert (call.outcome, call.upstream_status, call.streamed) == ("client_gone", 0, stream)
+    assert 250 < call.latency_ms < 2900  # recorded when the client left, not when the upstream would have answered
+    reply = client(rig).chat.completions.create(model="agent", messages=MESSAGES, timeout=10)  # still serving
+    assert reply.choices[0].message.content == "base-model: add two numbers"
+
+
 def test_upstream_key_replaces_the_products_key(make_rig) -> None:
     rig = make_rig(upstream_api_key="sk-upstream")
     client(rig).chat.completions.create(model="agent", messages=MESSAGES)

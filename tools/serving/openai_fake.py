@@ -12,7 +12,8 @@ Faults, each for the next request only unless noted: ``fail_next(status)`` (an O
 ``[DONE]``); ``delay_s`` delays every answer and ``chunk_delay_s`` every streamed chunk, and a request's
 ``X-Fake-Delay-Ms`` / ``X-Fake-Chunk-Delay-Ms`` headers do the same for that request alone (the bench's model
 server that takes time to answer; the gateway passes the headers on). ``requests`` records
-``(path, body, headers)``; ``aborted`` counts streams the client left before the end (the proxy cancelled them).
+``(path, body, headers)``; ``aborted`` counts streams the client left before the end (the proxy cancelled them),
+``abandoned`` non-streamed requests whose client closed the connection while the fake was delaying its answer.
 """
 
 from __future__ import annotations
@@ -53,6 +54,20 @@ def _header_ms(request: Request, name: str, default_s: float) -> float:
         return default_s
 
 
+async def _left_within(request: Request, seconds: float) -> bool:
+    """Sleep ``seconds``, or less if the client closes the connection meanwhile (then True)."""
+
+    async def disconnect() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    try:
+        await asyncio.wait_for(disconnect(), seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
 def _last_text(body: dict[str, Any]) -> str:
     if "messages" in body:
         for message in reversed(body.get("messages") or []):
@@ -72,6 +87,7 @@ class FakeOpenAIServer:
         self.requests: list[tuple[str, Any, dict[str, str]]] = []
         self.aborted = 0
         self.completed_streams = 0
+        self.abandoned = 0
         self.delay_s = 0.0
         self.chunk_delay_s = 0.0
         self._fail: int | None = None
@@ -162,8 +178,9 @@ class FakeOpenAIServer:
         path = request.url.path
         self.requests.append((path, body, dict(request.headers)))
         delay_s = _header_ms(request, "x-fake-delay-ms", self.delay_s)
-        if delay_s:
-            await asyncio.sleep(delay_s)
+        if delay_s and await _left_within(request, delay_s):
+            self.abandoned += 1
+            return Response(status_code=499)  # nobody reads it
         if (status := self._take_failure()) is not None:
             return _error(status, "injected failure", "InternalServerError" if status >= 500 else "BadRequestError")
         if not isinstance(body, dict):
