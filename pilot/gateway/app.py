@@ -256,12 +256,12 @@ def create_app(gw: Gateway) -> web.Application:
             version = None
         call = _Call(request_id, session_id, endpoint, body["model"], version, who, body)
         out_headers = _upstream_headers(gw, headers)
+        send = _Send(gw, call, f"{upstream}{path}", out_headers, content, exact)
         if body.get("stream") is True:
-            return await _stream(gw, request, call, f"{upstream}{path}", out_headers, content)
-        assert gw.client is not None
+            return await _stream(gw, request, call, send)
         status = 0  # none yet: a client that leaves before the upstream's headers is recorded with status 0
         try:
-            async with gw.client.post(f"{upstream}{path}", data=content, headers=out_headers) as answer:
+            async with await send() as answer:
                 status = answer.status
                 data = await answer.read()
                 answer_headers = answer.headers
@@ -353,11 +353,47 @@ def _json(value: Any, status: int = 200) -> web.Response:
     return web.Response(body=dumps(value), status=status, content_type="application/json")
 
 
-async def _stream(gw: Gateway, request: web.Request, call: _Call, url: str, headers: dict[str, str],
-                  content: bytes) -> web.StreamResponse:  # fmt: skip
-    assert gw.client is not None
+@dataclass
+class _Send:
+    """Sends the call upstream. When the upstream does not know the adapter this gateway routed the session to
+    (404: a rollback took it off the model server before this process re-read its routes, which it does every
+    ``route_refresh_s``), the routes are re-read at once and, if the session's route changed, the call is sent
+    once more with the new model: the upstream did not run it, so nothing is done twice."""
+
+    gw: Gateway
+    call: _Call
+    url: str
+    headers: dict[str, str]
+    content: bytes
+    exact: bool
+
+    async def __call__(self) -> aiohttp.ClientResponse:
+        gw, call = self.gw, self.call
+        assert gw.client is not None
+        answer = await gw.client.post(self.url, data=self.content, headers=self.headers)
+        if answer.status != 404 or call.version is None or call.model == gw.routes.base_model:
+            return answer
+        await answer.read()  # small, and kept on the response, which is returned when there is no better route
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, gw.routes.refresh)
+        except Exception:  # the store is down: the product gets the upstream's 404
+            logger.warning("upstream 404 for %s; the routes could not be re-read", call.model, exc_info=True)
+            return answer
+        route = gw.routes.route(call.session_id)
+        if route.model == call.model:
+            return answer
+        logger.warning("the upstream has no %s (rolled back?): session %s goes to %s", call.model,
+                       call.session_id, route.model)  # fmt: skip
+        gw.metrics.rerouted.inc()
+        call.model, call.version = route.model, route.version
+        call.request["model"] = route.model
+        self.content = dumps(call.request, exact=self.exact)
+        return await gw.client.post(self.url, data=self.content, headers=self.headers)
+
+
+async def _stream(gw: Gateway, request: web.Request, call: _Call, send: _Send) -> web.StreamResponse:
     try:
-        upstream = await gw.client.post(url, data=content, headers=headers)
+        upstream = await send()
     except UPSTREAM_ERRORS as exc:
         return call.unreachable(gw, exc, streamed=True)
     except asyncio.CancelledError:  # the client left before the upstream's headers (the connection is closed)

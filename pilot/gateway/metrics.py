@@ -37,6 +37,11 @@ class GatewayMetrics:
             "learning_pilot_gateway_refused", "Requests refused by the gateway itself, by status.", ["status"],
             registry=r,
         )  # fmt: skip
+        self.rerouted = Counter(
+            "learning_pilot_gateway_rerouted",
+            "Calls sent again with the session's new route after the upstream did not know the adapter (404).",
+            registry=r,
+        )
         self.feedback = Counter(
             "learning_pilot_gateway_feedback", "Outcomes reported, by result.", ["result"], registry=r
         )

@@ -77,6 +77,51 @@ def test_promotion_canary_and_rollback_are_followed_without_restart(make_rig) ->
     assert versions["s-3"] == "v1"
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_rolled_back_adapter_gone_from_the_upstream_is_rerouted_not_a_404(make_rig, stream: bool) -> None:
+    # A rollback takes the adapter off the model server (the vllm target unloads it) before this gateway's next
+    # route refresh: the upstream's 404 makes the gateway re-read its routes and send the call to the base.
+    rig = make_rig(route_refresh_s=3600)  # no refresh of its own during the test
+    rig.upstream.load_adapter("v1")
+    add_versions(rig.store, "v1")
+    promote(rig.store, "v1")
+    rig.runtime.routes.refresh()
+    assert served(rig, "s-a") == ("v1", "v1")
+    with rig.store.session(write=True) as s:
+        registry.rollback(s, to_version=None, actor="supervisor", reason="test")
+    rig.upstream.unload_adapter("v1")
+    c = openai.OpenAI(base_url=rig.url, api_key="k", max_retries=0)
+    raw = c.chat.completions.with_raw_response.create(
+        model="agent", messages=MESSAGES, stream=stream, extra_headers={"X-Session-Id": "s-a"}
+    )
+    answer = raw.parse()
+    if stream:
+        assert "".join(ch.choices[0].delta.content or "" for ch in answer if ch.choices)
+    else:
+        assert answer.choices[0].message.content
+    assert raw.headers["x-pilot-model-version"] == "base"
+    assert [body["model"] for _, body, _ in rig.upstream.requests[-2:]] == ["v1", "base-model"]
+    rig.drain()
+    with rig.store.session() as s:
+        (last,) = s.exec(select(GatewayCall).where(GatewayCall.request_id == raw.headers["x-request-id"])).all()
+    assert (last.model_version, last.upstream_status) == (None, 200)  # the base model: no version
+    assert b"learning_pilot_gateway_rerouted_total 1.0" in httpx.get(f"{rig.root}/metrics").content
+
+    # The route cannot be re-read (the store is down): the product gets the upstream's 404, nothing else.
+    promote(rig.store, "v1")
+    rig.runtime.routes.refresh()
+
+    def store_down() -> None:
+        raise OSError("database is down")
+
+    rig.runtime.routes.refresh = store_down  # type: ignore[method-assign]
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        c.chat.completions.create(
+            model="agent", messages=MESSAGES, stream=stream, extra_headers={"X-Session-Id": "s-a"}
+        )
+    assert rig.upstream.requests[-1][1]["model"] == "v1"
+
+
 def call(rig, session_id: str = "s-1", content: str = "rename x to count") -> str:
     c = openai.OpenAI(base_url=rig.url, api_key="k", max_retries=0)
     raw = c.chat.completions.with_raw_response.create(

@@ -128,6 +128,9 @@ class FakeOpenAIServer:
     def load_adapter(self, name: str) -> None:
         self.adapters.add(name)
 
+    def unload_adapter(self, name: str) -> None:
+        self.adapters.discard(name)
+
     def start(self) -> FakeOpenAIServer:
         self._thread.start()
         deadline = time.monotonic() + 10
