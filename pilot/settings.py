@@ -217,7 +217,8 @@ class EvaluationSettings(_Section):
         30.0,
         gt=0,
         description="A remote evaluation stage still running after this long (after loading) is destroyed and the "
-        "candidate rejected; its reservation is $/h x (this + gpu.remote.loading_timeout_s).",
+        "candidate rejected; its reservation is $/h x (this + gpu.remote.loading_timeout_s + one poll + 60 s to "
+        "tear down).",
     )
 
     @model_validator(mode="before")

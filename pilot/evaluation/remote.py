@@ -8,7 +8,8 @@ side, predictions and summary uploaded through presigned PUTs, the result (sha25
 
 Invariants:
 - Intent before side effect: the stage's budget reservation (``SpendEntry.run_id`` = ``stage_id``, $/h x
-  (``evaluation.remote_max_minutes`` + loading timeout), the most the stage may run) and an ``evaluation`` event are
+  (``evaluation.remote_max_minutes`` + loading timeout + one poll and 60 s to tear down), the most the stage may
+  run and be billed) and an ``evaluation`` event are
   committed before an instance is rented. Whatever happens after, every instance carrying the label is destroyed
   and verified gone, and the reservation is settled with what the provider charged for the label (else elapsed
   time x $/h), before the stage's outcome is looked at.
@@ -72,6 +73,9 @@ SIDES: tuple[Side, ...] = ("candidate", "champion")
 EVENT = EntityType.EVALUATION  # entity type of the stage's events (entity id: the stage id)
 STAGE_PREFIX = "eval-"  # stage ids (and so ledger run ids and instance labels) start with this
 _GRACE_S = 300.0  # after its deadline, a stage still holding its reservation is one whose daemon died
+# Reserved past the deadline: the watcher sees the deadline up to one poll late, then destroys the instance and
+# verifies it gone, and the provider bills until then. Without it a stage run to its limit costs more than reserved.
+_TEARDOWN_S = 60.0
 
 
 def evaluates_remotely(settings: Settings) -> bool:
@@ -106,7 +110,13 @@ def _choose_offer(ctx: PilotContext) -> Offer:
 def _reserve(ctx: PilotContext, stage_id: str, label: str, version_id: str) -> EvalStage:
     offer = _choose_offer(ctx)
     dph = attempts.offer_dph(offer, None, ctx.settings.gpu.remote.disk_gb)
-    seconds = ctx.settings.evaluation.remote_max_minutes * 60 + ctx.settings.gpu.remote.loading_timeout_s
+    settings = ctx.settings
+    seconds = (
+        settings.evaluation.remote_max_minutes * 60
+        + settings.gpu.remote.loading_timeout_s
+        + settings.training.poll_interval_s
+        + _TEARDOWN_S
+    )
     hours, amount = seconds / 3600, cost_of_seconds(dph, seconds)
     try:
         with ctx.store.session(write=True) as session:
