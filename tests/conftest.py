@@ -28,6 +28,16 @@ from pilot.settings import Settings, load_settings
 from pilot.store import Store
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Under ``--dist loadgroup`` a worker must see its ``xdist_group`` suffix on the node id, which is how
+    pytest-xdist keeps a group on one worker. pytest 9.2 with xdist 3.8 silently lost it: the sandbox-uid cases
+    ran on three workers at once and one saw another's sandbox as a survivor of its own."""
+    mark = item.get_closest_marker("xdist_group")
+    grouped = mark is not None and os.environ.get("PYTEST_XDIST_WORKER") and item.config.getvalue("loadgroup")
+    if grouped and "@" not in item.nodeid:
+        pytest.fail(f"xdist_group is not applied to {item.nodeid}: check the pytest-xdist version against pytest's")
+
+
 def _pg_bin(name: str) -> str | None:
     found = shutil.which(name)
     if found:

@@ -41,7 +41,6 @@ import sqlite3
 import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -340,14 +339,12 @@ def _live_processes_of(uid: int) -> list[str]:
     return [line for line in out.stdout.splitlines() if line.strip() and line.split()[1][0] != "Z"]
 
 
-def _survivors_of(uid: int, grace_s: float = 3.0) -> list[str]:
-    """The processes of ``uid`` still alive ``grace_s`` after the first look, with their parent and pid namespace
-    ids. A process seen in its last moments (SIGKILLed, its memory released: ``ps`` shows ``[python3]``, state R)
-    is gone within milliseconds; once in CI on 2 loaded cores one was caught in that state. Anything that still
-    lives after the grace period has escaped the kill."""
-    deadline = time.monotonic() + grace_s
-    while (live := _live_processes_of(uid)) and time.monotonic() < deadline:
-        time.sleep(0.05)
+def _survivors_of(uid: int) -> list[str]:
+    """The processes of ``uid`` still alive, with their state, parent and pid namespace ids. ``run_python`` returns
+    only once the sandbox's init has exited, which the kernel allows after it killed and reaped every process of
+    the namespace, and once bwrap's own group is reaped: nothing of the uid may be left. (The module's
+    ``xdist_group`` keeps every test that runs as this uid on one worker; tests/conftest.py checks it is applied.)"""
+    live = _live_processes_of(uid)
     details = []
     for line in live:
         pid = line.split()[0]
