@@ -37,6 +37,24 @@ def test_bad_arguments_fail(tmp_path: Path, run_job: Callable[..., subprocess.Co
     assert proc.returncode == 2 and proc.stderr.strip() == "error: --steps must be >= 0"
 
 
+def test_the_build_does_not_depend_on_the_callers_thread_count(tmp_path: Path) -> None:
+    # The cache key is the build code's hash: the weights must not change with OMP_NUM_THREADS (make test runs
+    # its jobs on one thread each). Unpinned, 1 and 4 threads differ after 20 steps.
+    import torch
+
+    from jobs.build_base_model import BUILD_THREADS, build
+
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 4):
+            torch.set_num_threads(n)
+            info = build(tmp_path / f"t{n}", steps=20)
+            assert torch.get_num_threads() == n and info["threads"] == BUILD_THREADS  # the caller's count is back
+    finally:
+        torch.set_num_threads(threads)
+    assert (tmp_path / "t1" / "model.safetensors").read_bytes() == (tmp_path / "t4" / "model.safetensors").read_bytes()
+
+
 def test_tiny_base_model_is_cached_by_content_hash() -> None:
     first = tiny_base_model()
     assert first.name == f"tiny-base-{build_hash()}"
