@@ -24,7 +24,8 @@ from tools.gpu.base import GpuProvider, Instance, InstanceState, LaunchSpec, Off
 
 logger = logging.getLogger(__name__)
 
-_PASS_THROUGH_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV")
+# OMP_NUM_THREADS: the operator's cap on a local job's CPU threads (torch otherwise takes one per core).
+_PASS_THROUGH_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "OMP_NUM_THREADS")
 # The wrapper writes the job's exit code atomically when it ends, so a poll after a daemon restart still knows.
 _WRAPPER = '"$@"; rc=$?; echo $rc > exit_code.tmp && mv exit_code.tmp exit_code; exit $rc'
 
