@@ -4,10 +4,10 @@
 
 The config is jobs/finetune_lora.py's (same keys and checks; ``batch_size`` = prompts per micro-batch) plus
 ``method`` ("grpo"), ``num_generations`` (k, 4, >= 2), ``max_new_tokens`` (128), ``temperature`` (1.0),
-``top_p`` (1.0), ``beta`` (0.0), ``epsilon`` (0.2), ``test_timeout_s`` (5.0), ``sandbox`` ("auto" | "bwrap" |
-"process"), ``sft_weight`` (0.0) and ``init_adapter`` (null: a directory with ``adapter_model.safetensors`` and
-``adapter_config.json``, the champion's adapter, to improve the current policy rather than a fresh adapter on the
-raw base). Lines (the control plane's snapshot writes them):
+``top_p`` (1.0), ``beta`` (0.0), ``epsilon`` (0.2), ``num_iterations`` (1), ``test_timeout_s`` (5.0), ``sandbox``
+("auto" | "bwrap" | "process"), ``sft_weight`` (0.0) and ``init_adapter`` (null: a directory with
+``adapter_model.safetensors`` and ``adapter_config.json``, the champion's adapter, to improve the current policy
+rather than a fresh adapter on the raw base). Lines (the control plane's snapshot writes them):
 ``{"prompt": [messages], "tests": "<python test file>", "task_id": "<cluster id>"}``.
 
 Invariants:
@@ -25,12 +25,17 @@ Invariants:
 - Advantage = (r - group mean) / (group std + 1e-4), std unbiased (TRL's GRPO scaling). A group whose k rewards
   are all equal has advantage 0 everywhere: it gets no policy-gradient term, is left out of the forward when
   nothing else needs it, and is counted (``zero_variance_groups``).
-- Loss per completion token t: -min(rho_t A, clip(rho_t, 1-eps, 1+eps) A) with rho_t = pi(t)/pi_old(t); there
-  is one optimisation pass per generation, so pi_old is the detached policy and rho = 1 (the clip never binds;
-  the gradient is A * grad log pi). Plus ``beta`` * k3 = exp(ref - logp) - (ref - logp) - 1 against the base
-  with the adapter disabled (no second copy) when beta > 0, plus ``sft_weight`` * NLL of the completions that
-  passed every test (rejection-sampling SFT, off by default). Token-level mean over the micro-batch's
-  completion tokens (the DAPO / TRL "dapo" normalisation: long completions are not down-weighted per token).
+- Loss per completion token t: -min(rho_t A, clip(rho_t, 1-eps, 1+eps) A) with rho_t = pi(t)/pi_old(t), pi_old
+  the policy that sampled the step. A step is ``num_iterations`` (mu, TRL's name) optimiser updates on the one
+  set of samples: the first update has rho = 1 (pi_old is its own detached log-probabilities, kept for the
+  later ones; the gradient is A * grad log pi), later updates move rho, and the clip stops a token's gradient
+  once its ratio left [1-eps, 1+eps] in the direction A pushes (``clip_fraction``: the share of such tokens
+  over updates 2..mu). The learning rate is the step's for all mu updates; checkpoints fall between steps, so a
+  resumed run regenerates the samples and repeats the same mu updates. Plus ``beta`` * k3 = exp(ref - logp) -
+  (ref - logp) - 1 against the base with the adapter disabled (no second copy) when beta > 0, plus
+  ``sft_weight`` * NLL of the completions that passed every test (rejection-sampling SFT, off by default).
+  Token-level mean over the micro-batch's completion tokens (the DAPO / TRL "dapo" normalisation: long
+  completions are not down-weighted per token).
 - Checkpoints, resume, heartbeat, SIGTERM (finish the step, checkpoint, exit 143), output ``adapter/`` and
   ``metrics.json``: jobs.finetune_lora's functions, unchanged, so remote_entry needs nothing new.
 - Why not TRL's GRPOTrainer: the same reasons as for DPO/KTO (docs/reinforcement.md: pickled checkpoints, its
@@ -103,6 +108,7 @@ _GRPO_DEFAULTS: dict[str, Any] = {
     "top_p": 1.0,
     "beta": 0.0,
     "epsilon": 0.2,
+    "num_iterations": 1,
     "test_timeout_s": 5.0,
     "sandbox": "auto",
     "sft_weight": 0.0,
@@ -119,6 +125,7 @@ class GRPOConfig:
     top_p: float = 1.0
     beta: float = 0.0
     epsilon: float = 0.2
+    num_iterations: int = 1
     test_timeout_s: float = 5.0
     sandbox: str = "auto"
     sft_weight: float = 0.0
@@ -133,12 +140,14 @@ def parse_config(raw: Any) -> GRPOConfig:
     shared = {k: v for k, v in raw.items() if k not in _GRPO_DEFAULTS}
     if g["method"] != "grpo":
         raise JobConfigError(f"method must be grpo for jobs.grpo; got {g['method']!r}")
-    for key in ("num_generations", "max_new_tokens"):
+    for key in ("num_generations", "max_new_tokens", "num_iterations"):
         check_type(key, g[key], int)
     if g["num_generations"] < 2:
         raise JobConfigError("num_generations must be >= 2 (advantages compare samples of one prompt)")
     if g["max_new_tokens"] <= 0:
         raise JobConfigError("max_new_tokens must be > 0")
+    if g["num_iterations"] < 1:
+        raise JobConfigError("num_iterations must be >= 1 (optimiser updates per set of samples)")
     for key in ("temperature", "top_p", "beta", "epsilon", "test_timeout_s", "sft_weight"):
         check_type(key, g[key], (int, float))
     if g["temperature"] <= 0:
@@ -169,6 +178,7 @@ def parse_config(raw: Any) -> GRPOConfig:
         top_p=float(g["top_p"]),
         beta=float(g["beta"]),
         epsilon=float(g["epsilon"]),
+        num_iterations=g["num_iterations"],
         test_timeout_s=float(g["test_timeout_s"]),
         sandbox=g["sandbox"],
         sft_weight=float(g["sft_weight"]),
@@ -316,6 +326,28 @@ def grpo_token_loss(
     return per
 
 
+def clipped(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """Tokens whose surrogate is the clipped one (no policy gradient): ratio past 1 + eps with A > 0, or below
+    1 - eps with A < 0."""
+    ratio = torch.exp(logp - old_logp)
+    return ((ratio > 1 + epsilon) & (adv > 0)) | ((ratio < 1 - epsilon) & (adv < 0))
+
+
+@dataclass
+class Rollout:
+    """One micro-batch's samples, scored: what each of the step's ``num_iterations`` updates trains on."""
+
+    stats: StepStats
+    input_ids: torch.Tensor | None = None  # None: no completion of the micro-batch is in the loss
+    labels: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    sel: torch.Tensor | None = None  # per loss row: its completion's index
+    adv: torch.Tensor | None = None  # per completion
+    full: torch.Tensor | None = None  # per completion: passed every test
+    ref_logp: torch.Tensor | None = None  # per loss token, beta > 0 only
+    old_logp: torch.Tensor | None = None  # per loss token, set by the first update
+
+
 @dataclass
 class StepStats:
     loss: float
@@ -323,19 +355,20 @@ class StepStats:
     pass_rate: float  # share of completions that passed every test
     zero_variance_groups: int
     groups: int
-    trained_tokens: int  # prompt + completion tokens in the loss forward
+    trained_tokens: int  # prompt + completion tokens in the loss forwards (num_iterations per step)
     generated_tokens: int
     generation_s: float
     reward_s: float
 
 
-def grpo_micro_step(
-    model: Any, tasks: list[Task], cfg: GRPOConfig, sandbox: HostSandbox, tok: Any, gen: torch.Generator, scale: float
-) -> StepStats:
-    """Sample, reward, and backward one micro-batch of prompts (loss scaled by ``scale``)."""
+def rollout(model: Any, tasks: list[Task], cfg: GRPOConfig, sandbox: HostSandbox, tok: Any,
+            gen: torch.Generator) -> Rollout:  # fmt: skip
+    """Sample k completions per prompt of one micro-batch, reward them in the sandbox, and collate the ones the
+    loss uses (the groups with a reward spread, and with ``sft_weight`` the ones that passed)."""
     k, eos, pad = cfg.num_generations, tok.eos_token_id, tok.pad_token_id
     t0 = time.monotonic()
-    comps = sample(model, [t.prompt_ids for t in tasks], cfg, eos=eos, pad=pad, generator=gen)
+    with torch.no_grad():
+        comps = sample(model, [t.prompt_ids for t in tasks], cfg, eos=eos, pad=pad, generator=gen)
     t1 = time.monotonic()
     texts = [tok.decode([i for i in c if i != eos], skip_special_tokens=True) for c in comps]
     runs = sandbox.run_many([(completion_code(text), tasks[j // k].tests) for j, text in enumerate(texts)])
@@ -345,33 +378,44 @@ def grpo_micro_step(
     full = rewards == 1.0
     live = {j // k for j in range(len(comps)) if adv[j] != 0}  # the groups with a reward spread
     use = [j for j in range(len(comps)) if j // k in live or (cfg.sft_weight > 0 and bool(full[j]))]
-    loss_value, trained = 0.0, 0
-    if use:
-        exs = [Example(tasks[j // k].prompt_ids + comps[j], len(tasks[j // k].prompt_ids), 1.0) for j in use]
-        mb = collate(exs, packing=False, pad_id=pad)
-        device = next(model.parameters()).device
-        assert mb.attention_mask is not None  # padded rows, never packed
-        args = (mb.input_ids.to(device), mb.labels.to(device))
-        mask = mb.attention_mask.to(device)
-        ref = None
-        if cfg.beta > 0:
-            with torch.no_grad(), model.disable_adapter():
-                ref = -answer_token_nll(model, *args, attention_mask=mask)[0]
-        nll, keep = answer_token_nll(model, *args, attention_mask=mask)
-        logp = -nll
-        rows = keep.nonzero()[:, 0].cpu()
-        sel = torch.tensor(use)[rows]
-        tok_adv = adv[sel].to(device)
-        per = grpo_token_loss(logp, logp.detach(), tok_adv, cfg.epsilon, ref, cfg.beta)
-        if cfg.sft_weight > 0:
-            per = per + cfg.sft_weight * full[sel].to(device).float() * nll
-        loss = per.mean()
-        (loss * scale).backward()
-        loss_value, trained = float(loss.detach()), mb.n_tokens
-    return StepStats(
-        loss_value, float(rewards.mean()), float(full.float().mean()), zero, len(tasks), trained,
+    stats = StepStats(
+        0.0, float(rewards.mean()), float(full.float().mean()), zero, len(tasks), 0,
         sum(len(c) for c in comps), t1 - t0, t2 - t1,
     )  # fmt: skip
+    if not use:
+        return Rollout(stats)
+    exs = [Example(tasks[j // k].prompt_ids + comps[j], len(tasks[j // k].prompt_ids), 1.0) for j in use]
+    mb = collate(exs, packing=False, pad_id=pad)
+    device = next(model.parameters()).device
+    assert mb.attention_mask is not None  # padded rows, never packed
+    ids, labels, mask = mb.input_ids.to(device), mb.labels.to(device), mb.attention_mask.to(device)
+    r = Rollout(stats, ids, labels, mask, sel=torch.tensor(use), adv=adv, full=full)
+    r.stats.trained_tokens = mb.n_tokens * cfg.num_iterations  # each update forwards them again
+    if cfg.beta > 0:
+        with torch.no_grad(), model.disable_adapter():
+            r.ref_logp = -answer_token_nll(model, ids, labels, attention_mask=mask)[0]
+    return r
+
+
+def policy_update(model: Any, r: Rollout, cfg: GRPOConfig, scale: float) -> tuple[float, int, int]:
+    """Backward one micro-batch's loss (scaled by ``scale``) under the current policy; returns (loss, loss tokens,
+    clipped tokens). The first call stores pi_old, the log-probabilities of the policy that sampled."""
+    if r.input_ids is None:
+        return 0.0, 0, 0
+    assert r.labels is not None and r.sel is not None and r.adv is not None and r.full is not None
+    nll, keep = answer_token_nll(model, r.input_ids, r.labels, attention_mask=r.mask)
+    logp = -nll
+    if r.old_logp is None:
+        r.old_logp = logp.detach()
+    rows = r.sel[keep.nonzero()[:, 0].cpu()]
+    tok_adv = r.adv[rows].to(logp.device)
+    per = grpo_token_loss(logp, r.old_logp, tok_adv, cfg.epsilon, r.ref_logp, cfg.beta)
+    if cfg.sft_weight > 0:
+        per = per + cfg.sft_weight * r.full[rows].to(logp.device).float() * nll
+    loss = per.mean()
+    (loss * scale).backward()
+    n_clipped = int(clipped(logp.detach(), r.old_logp, tok_adv, cfg.epsilon).sum())
+    return float(loss.detach()), int(logp.numel()), n_clipped
 
 
 # ---------------------------------------------------------------- the loop
@@ -434,7 +478,7 @@ def train(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     losses, rewards, pass_rates = [], [], []
-    tokens = generated = zero_groups = groups = 0
+    tokens = generated = zero_groups = groups = later_tokens = later_clipped = 0
     gen_s = reward_s = 0.0
     step = start_step
     loop_started = time.monotonic()
@@ -444,15 +488,24 @@ def train(
             for group in opt.param_groups:
                 group["lr"] = b.learning_rate * lr_factor(step, total_steps, warmup, b.lr_schedule)
             micro = plan.micro_batches(step)
-            step_stats = []
+            autocast = torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32)
+            rolls = []
             for m, idx in enumerate(micro):
-                gen = step_generator(b.seed, step, m, device)
-                with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32):
-                    s = grpo_micro_step(model, [tasks[i] for i in idx], cfg, sandbox, tokenizer, gen, 1 / len(micro))
-                step_stats.append(s)
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+                with autocast:
+                    rolls.append(rollout(model, [tasks[i] for i in idx], cfg, sandbox, tokenizer,
+                                         step_generator(b.seed, step, m, device)))  # fmt: skip
+            step_stats = [r.stats for r in rolls]
+            for it in range(cfg.num_iterations):
+                for r in rolls:
+                    with autocast:
+                        value, n_tok, n_clip = policy_update(model, r, cfg, 1 / len(micro))
+                    if it == 0:
+                        r.stats.loss = value  # the loss at the sampling policy, as with one update per step
+                    else:
+                        later_tokens, later_clipped = later_tokens + n_tok, later_clipped + n_clip
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
             loss = sum(s.loss for s in step_stats) / len(step_stats)
             if not math.isfinite(loss):
                 raise JobError(f"training diverged at step {step + 1} (loss {loss})")
@@ -493,6 +546,8 @@ def train(
         "reward_curve": loss_curve(rewards, first_step=start_step),
         "pass_rate_curve": loss_curve(pass_rates, first_step=start_step),
         "zero_variance_groups": zero_groups,
+        "num_iterations": cfg.num_iterations,
+        "clip_fraction": round(later_clipped / later_tokens, 4) if later_tokens else 0.0,
         "groups": groups,
         "completions": completions,
         "generation_s": round(gen_s, 3),

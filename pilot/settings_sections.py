@@ -124,6 +124,9 @@ class ReinforcementSettings(Section):
     grpo_top_p: float = Field(1.0, gt=0, le=1, description="GRPO: nucleus sampling mass.")
     grpo_beta: float = Field(0.0, ge=0, description="GRPO: KL weight to the base (adapter disabled); 0 = none.")
     grpo_epsilon: float = Field(0.2, gt=0, lt=1, description="GRPO: the policy ratio's clip.")
+    grpo_num_iterations: int = Field(
+        1, ge=1, description="GRPO: optimiser updates per set of samples (mu); above 1 the clip binds."
+    )
     grpo_test_timeout_s: float = Field(5.0, gt=0, description="GRPO: wall time of one completion's test run.")
     grpo_sandbox: Literal["auto", "bwrap", "process"] = Field(
         "auto", description="GRPO reward sandbox on the host: bwrap when it works (auto), or process isolation."
@@ -132,13 +135,15 @@ class ReinforcementSettings(Section):
         None,
         ge=1,
         description="GPU time per token of GRPO relative to supervised. Empty: 2 + grpo_num_generations "
-        "(k samples trained, plus their generation and the old-policy forward).",
+        "x grpo_num_iterations (k samples trained mu times, plus their generation and the old-policy forward).",
     )
 
     @property
     def grpo_cost_factor(self) -> float:
-        """``cost_factor_grpo``, or its default 2 + k (docs/reinforcement.md, Pricing)."""
-        return self.cost_factor_grpo if self.cost_factor_grpo is not None else 2.0 + self.grpo_num_generations
+        """``cost_factor_grpo``, or its default 2 + k * mu (docs/reinforcement.md, Pricing)."""
+        if self.cost_factor_grpo is not None:
+            return self.cost_factor_grpo
+        return 2.0 + self.grpo_num_generations * self.grpo_num_iterations
 
     def cost_factor(self, method: str) -> float:
         """GPU time per token of ``method`` relative to supervised: the budget reservation and approval use it."""

@@ -298,6 +298,7 @@ class GrpoParams:
     top_p: float = 1.0
     beta: float = 0.0  # KL to the base (adapter disabled); 0: none, as DAPO / Dr. GRPO
     epsilon: float = 0.2  # the PPO clip
+    num_iterations: int = 1  # optimiser updates per set of samples (mu)
     test_timeout_s: float = 5.0  # per sandboxed test run of one completion
     sandbox: str = "auto"  # "auto" | "bwrap" | "process" (jobs/host_sandbox.py)
 

@@ -71,6 +71,7 @@ def grpo_params(ctx: PilotContext) -> GrpoParams:
         top_p=r.grpo_top_p,
         beta=r.grpo_beta,
         epsilon=r.grpo_epsilon,
+        num_iterations=r.grpo_num_iterations,
         test_timeout_s=r.grpo_test_timeout_s,
         sandbox=r.grpo_sandbox,
     )

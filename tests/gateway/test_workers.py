@@ -1,6 +1,7 @@
 """``learning-pilot gateway --workers 2`` for real: two serving processes on one port behind a supervising parent,
 driven by the real ``openai`` client; a worker killed with ``kill -9`` is replaced and its spool recovered; SIGTERM
-stops everything; workers that keep dying make the parent exit non-zero."""
+stops everything; workers whose parent is killed stop and keep every call; workers that keep dying make the
+parent exit non-zero."""
 
 from __future__ import annotations
 
@@ -191,6 +192,18 @@ def test_killed_worker_is_replaced_and_its_spool_recovered(workers: Workers) -> 
                 os.kill(pid, signal.SIGCONT)
     workers.process.send_signal(signal.SIGTERM)
     assert workers.process.wait(60) == 0
+
+
+def test_workers_stop_and_keep_every_call_when_the_parent_is_killed(workers: Workers) -> None:
+    pids = [int(s["pid"]) for s in workers.by_worker().values()]
+    everything = pids + [_ingester(pid) for pid in pids]
+    assert asyncio.run(_calls(workers.url, 30)) == ["base-model: add two numbers"] * 30
+    workers.process.kill()  # the supervisor dies without a word: no SIGTERM reaches the workers
+    workers.process.wait(10)
+    _wait(lambda: not [pid for pid in everything if _alive(pid)], timeout=60)  # each noticed and stopped itself
+    assert workers.stored() == 30  # each flushed and ingested its spool on the way out
+    with pytest.raises(httpx.ConnectError):  # nothing serves the port any more
+        httpx.get(f"http://127.0.0.1:{workers.port}/healthz", timeout=5)
 
 
 def test_workers_that_keep_dying_make_the_parent_exit_non_zero(tmp_path: Path, store: Store) -> None:

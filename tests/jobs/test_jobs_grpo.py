@@ -141,6 +141,9 @@ def test_advantages_and_loss_on_hand_computed_values() -> None:
     old = torch.tensor([math.log(2 / 3)] * 2)  # ratio 1.5: clipped to 1.2 for A > 0, not for A < 0
     clipped = grpo.grpo_token_loss(torch.zeros(2), old, torch.tensor([1.0, -1.0]), 0.2)
     assert clipped.tolist() == pytest.approx([-1.2, 1.5])
+    ratio = torch.tensor([1.5, 1.5, 0.5, 0.5, 1.1])  # clipped: past 1 + eps pushed up, below 1 - eps pushed down
+    mask = grpo.clipped(ratio.log(), torch.zeros(5), torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0]), 0.2)
+    assert mask.tolist() == [True, False, False, True, False]
     k3 = grpo.grpo_token_loss(torch.tensor([-1.0]), torch.tensor([-1.0]), torch.tensor([0.0]), 0.2,
                               torch.tensor([-2.0]), 0.5)  # fmt: skip
     assert float(k3) == pytest.approx(0.5 * (math.exp(-1) + 1 - 1))
@@ -167,6 +170,8 @@ def test_completion_code_takes_the_first_fenced_block() -> None:
         ({"beta": -0.1}, "beta must be >= 0"),
         ({"sft_weight": -1}, "sft_weight must be >= 0"),
         ({"epsilon": 0}, r"epsilon must be in \(0, 1\)"),
+        ({"num_iterations": 0}, "num_iterations must be >= 1"),
+        ({"num_iterations": 2.0}, "num_iterations must be int"),
         ({"test_timeout_s": 0}, "test_timeout_s must be > 0"),
         ({"sandbox": "docker"}, "sandbox must be one of auto, bwrap, process"),
         ({"packing": True}, "packing is not supported"),
@@ -186,6 +191,7 @@ def test_defaults() -> None:
     cfg = grpo.parse_config({"base_model": "b", "train_file": "t", "output_dir": "o"})
     assert (cfg.num_generations, cfg.max_new_tokens, cfg.temperature, cfg.top_p) == (4, 128, 1.0, 1.0)
     assert (cfg.beta, cfg.epsilon, cfg.test_timeout_s, cfg.sandbox, cfg.sft_weight) == (0.0, 0.2, 5.0, "auto", 0.0)
+    assert cfg.num_iterations == 1
 
 
 GOOD = {"prompt": [{"role": "user", "content": "q"}], "tests": "assert True\n", "task_id": "c1"}
@@ -236,6 +242,24 @@ def test_grpo_job_trains_an_adapter(
     assert json.loads((tmp_path / "o" / "heartbeat.json").read_text())["step"] == 3
 
 
+def test_more_updates_per_step_move_the_ratio_until_the_clip_binds(
+    tmp_path: Path, quick_base: Path, grpo_file: Path, finetune_config: Callable[..., dict[str, Any]]
+) -> None:
+    def run(out: str, mu: int) -> dict[str, Any]:
+        cfg = grpo_config(finetune_config, quick_base, grpo_file, tmp_path / out, num_iterations=mu,
+                          learning_rate=2e-2)  # fmt: skip
+        metrics, code = grpo.train(grpo.parse_config(cfg))
+        assert code == 0 and metrics["num_iterations"] == mu and metrics["steps"] == 3
+        return metrics
+
+    one, four = run("one", 1), run("four", 4)
+    assert one["clip_fraction"] == 0.0  # one update per set of samples: rho = 1 throughout
+    assert 0.02 < four["clip_fraction"] < 1.0, four["clip_fraction"]  # later updates moved tokens out of the band
+    assert one["reward_curve"][0] == four["reward_curve"][0]  # step 1 samples from the same initial policy
+    assert four["train_tokens"] > one["train_tokens"]  # each update forwards the samples again
+    assert four["completions"] == one["completions"] == 24  # no more generation, only more updates
+
+
 def test_sampling_is_a_function_of_seed_and_step(quick_base: Path, grpo_file: Path) -> None:
     from jobs.common import load_base_model, load_tokenizer, pick_device
     from jobs.finetune_lora import parse_config as ft_config
@@ -268,9 +292,9 @@ def test_resume_reproduces_the_uninterrupted_run(
         assert code == 0
         return metrics
 
-    a = run("a")
-    run("b", save_steps=2)
-    c = run("c", resume_from=str(tmp_path / "b" / "checkpoints" / "step-2"))
+    a = run("a", num_iterations=2)  # two updates per set of samples: a resume repeats both
+    run("b", save_steps=2, num_iterations=2)
+    c = run("c", resume_from=str(tmp_path / "b" / "checkpoints" / "step-2"), num_iterations=2)
     assert (
         json.loads((tmp_path / "b" / "checkpoints" / "step-2" / "trainer_state.json").read_text())["method"] == "grpo"
     )

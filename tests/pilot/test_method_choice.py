@@ -139,6 +139,7 @@ def test_grpo_settings_price_and_modules() -> None:
     r = ReinforcementSettings()
     assert r.cost_factor("grpo") == 6.0 > r.cost_factor("kto") > r.cost_factor("dpo") > r.cost_factor("sft")
     assert ReinforcementSettings(grpo_num_generations=8).cost_factor("grpo") == 10.0
+    assert ReinforcementSettings(grpo_num_iterations=2).cost_factor("grpo") == 10.0  # k = 4 samples trained twice
     assert ReinforcementSettings(cost_factor_grpo=3.5).cost_factor("grpo") == 3.5
     with pytest.raises(ValueError, match="unknown training method 'ppo'"):
         r.cost_factor("ppo")
@@ -146,6 +147,8 @@ def test_grpo_settings_price_and_modules() -> None:
         ReinforcementSettings(grpo_sandbox="docker")  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="grpo_num_generations"):
         ReinforcementSettings(grpo_num_generations=1)  # advantages compare samples of one prompt
+    with pytest.raises(ValidationError, match="grpo_num_iterations"):
+        ReinforcementSettings(grpo_num_iterations=0)
     modules = HostModules()
     assert [modules.for_method(m) for m in METHODS] == [METHOD_MODULES[m] for m in METHODS]
     with pytest.raises(ValueError, match="unknown training method"):
@@ -155,14 +158,16 @@ def test_grpo_settings_price_and_modules() -> None:
 def test_grpo_is_chosen_priced_above_sft_and_approved_at_its_figure(
     store: Store, make_settings: Callable[..., Settings]
 ) -> None:
-    settings = settings_for(make_settings, store.url, min_rl_prompts=40, min_undesirable=10_000, min_pairs=10_000)
+    settings = settings_for(make_settings, store.url, min_rl_prompts=40, min_undesirable=10_000, min_pairs=10_000,
+                            grpo_num_iterations=2)  # fmt: skip
     ingest_lines(store, [r.model_dump_json() for r in code_attempt_records(120)], source="test")
     decision, approval = first_decision(settings, store)
     plan = decision.figures["plan"]
-    assert plan["method"] == "grpo" and plan["cost_factor"] == 6.0, plan["method_reason"]
+    assert plan["method"] == "grpo" and plan["cost_factor"] == 10.0, plan["method_reason"]  # 2 + 4 samples x 2
     assert plan["method_figures"]["prompts_with_tests"] >= 40 and plan["method_figures"]["rl_failure_share"] >= 0.2
     assert plan["method_reason"].startswith(f"GRPO: {plan['method_figures']['prompts_with_tests']} prompts with tests")
     assert plan["grpo"]["num_generations"] == 4 and plan["grpo"]["sandbox"] == "auto" and "preference" not in plan
+    assert plan["grpo"]["num_iterations"] == 2  # the job gets the setting
     assert approval.summary["what"] == "LoRA fine-tune, method grpo"
     assert approval.cost_ceiling_usd == plan["max_spend_usd"]  # the ceiling is the GRPO figure
     with store.session() as s:

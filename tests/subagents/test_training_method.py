@@ -112,10 +112,13 @@ def test_grpo_job_config_has_the_keys_jobs_grpo_reads(tmp_path: Path) -> None:
     )  # fmt: skip
     shared = job_config(params(), train_file=tmp_path / "grpo.jsonl", eval_file=None, output_dir=tmp_path)
     grpo_keys = {"method", "num_generations", "max_new_tokens", "temperature", "top_p", "beta", "epsilon",
-                 "test_timeout_s", "sandbox"}  # fmt: skip
+                 "num_iterations", "test_timeout_s", "sandbox"}  # fmt: skip
     assert set(cfg) == set(shared) | grpo_keys and "packing" not in cfg and cfg["eval_file"] is None
     assert (cfg["method"], cfg["num_generations"], cfg["beta"], cfg["epsilon"]) == ("grpo", 4, 0.0, 0.2)
-    assert (cfg["temperature"], cfg["test_timeout_s"], cfg["sandbox"]) == (1.0, 5.0, "auto")
+    assert (cfg["temperature"], cfg["test_timeout_s"], cfg["sandbox"], cfg["num_iterations"]) == (1.0, 5.0, "auto", 1)
+    older = asdict(GrpoParams())
+    del older["num_iterations"]  # a plan stored before the key existed: one update per set of samples
+    assert method_params({"method": "grpo", "grpo": older}) == GrpoParams(num_iterations=1)
     figures = {"method": "grpo", "grpo": asdict(GrpoParams(num_generations=8))}
     assert method_params(figures) == GrpoParams(num_generations=8) and preference_params(figures) is None
     assert method_params({"method": "kto", "preference": {"method": "kto"}}) == PreferenceParams("kto")
