@@ -7,6 +7,7 @@ must serialise (budget reservations) take an advisory transaction lock (``lock()
 
 from __future__ import annotations
 
+import weakref
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,13 +51,18 @@ def make_engine(url: str) -> Engine:
 
 
 class Store:
-    """Owns the engine. ``session()`` is one transaction: committed on success, rolled back on error."""
+    """Owns the engine. ``session()`` is one transaction: committed on success, rolled back on error.
+
+    ``close()`` hands the pooled connections back to the server; a store dropped without it does the same when it is
+    collected (a finaliser), so a forgotten close never leaves a PostgreSQL connection to the garbage collector.
+    """
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
         self.is_sqlite = url.startswith("sqlite")
         self._write_engine = self.engine.execution_options(sqlite_begin="IMMEDIATE") if self.is_sqlite else self.engine
+        self._dispose = weakref.finalize(self, self.engine.dispose)
 
     @contextmanager
     def session(self, *, write: bool = False) -> Iterator[Session]:
@@ -97,4 +103,4 @@ class Store:
         return self.engine.url.render_as_string(hide_password=True)
 
     def close(self) -> None:
-        self.engine.dispose()
+        self._dispose()

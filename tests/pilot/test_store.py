@@ -116,3 +116,36 @@ def test_terminal_states_have_no_way_out(status_type: type) -> None:
         assert all(not edges[s] for s in ApprovalStatus if s != ApprovalStatus.PENDING)
     if status_type is ModelStatus:
         assert not edges[ModelStatus.REJECTED]
+
+
+@pytest.mark.postgres
+def test_a_store_dropped_without_close_hands_its_connections_back(pg_url: str) -> None:
+    """A pooled psycopg connection left to the garbage collector warns ("deleted while still open"), which pytest
+    turns into a failure in whichever test happens to be running. The store's finaliser closes them first."""
+    import gc
+    import time
+    import warnings
+
+    import psycopg
+
+    database = pg_url.rsplit("/", 1)[-1]
+    admin = pg_url.replace("postgresql+psycopg://", "postgresql://").rsplit("/", 1)[0] + "/postgres"
+
+    def open_connections() -> int:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (database,)).fetchone()
+            return int(row[0]) if row else 0
+
+    store = Store(pg_url)
+    store.migrate()
+    with store.session() as s:
+        s.exec(select(PilotState)).all()
+    assert open_connections() >= 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        del store, s
+        gc.collect()
+    deadline = time.monotonic() + 5  # a backend leaves pg_stat_activity a moment after its client said goodbye
+    while open_connections() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert open_connections() == 0
