@@ -39,7 +39,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from pilot.gateway.auth import FEEDBACK_WRITE, LIVE_WRITE, ProducerCheck, Refused, raw_token
-from pilot.gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from pilot.gateway.metrics import CONTENT_TYPE, GatewayMetrics, WorkerTotals
 from pilot.gateway.routing import RouteCache
 from pilot.gateway.spool import Spool
 from pilot.settings import GatewaySettings
@@ -105,6 +105,7 @@ class Gateway:
     metrics: GatewayMetrics
     on_feedback: Callable[[dict[str, Any], str], dict[str, Any]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    totals: WorkerTotals | None = None  # several workers on one port: /metrics sums them (pilot/gateway/metrics.py)
 
     @property
     def max_body(self) -> int:
@@ -337,7 +338,9 @@ def create_app(gw: Gateway) -> web.Application:
         return _json({"ok": True, "champion": gw.routes.state.champion, **gw.extra})
 
     async def metrics(request: web.Request) -> web.Response:
-        return web.Response(body=gw.metrics.render(), headers={"content-type": CONTENT_TYPE})
+        own = gw.totals is None or request.query.get("scope") == "worker"
+        body = gw.metrics.render() if own else gw.totals.render()  # type: ignore[union-attr]
+        return web.Response(body=body, headers={"content-type": CONTENT_TYPE})
 
     app = web.Application(client_max_size=gw.max_body)
     app.router.add_post("/v1/chat/completions", chat)

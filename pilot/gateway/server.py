@@ -15,6 +15,7 @@ feedback naming a call not stored yet flushes the spool and waits up to ``FEEDBA
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -23,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -34,7 +36,7 @@ from pilot.gateway.app import Gateway, create_app
 from pilot.gateway.calls import IngestCounters, ScrubCache, ingest_segments
 from pilot.gateway.feedback import FeedbackIn, FeedbackRefused, join
 from pilot.gateway.ingester import IngesterConfig
-from pilot.gateway.metrics import GatewayMetrics
+from pilot.gateway.metrics import SNAPSHOT_S, GatewayMetrics, WorkerTotals
 from pilot.gateway.routing import RouteCache
 from pilot.gateway.spool import Spool
 from pilot.settings import Settings
@@ -60,7 +62,8 @@ def _error(status: int, code: str, message: str) -> dict[str, Any]:
 
 
 class GatewayRuntime:
-    def __init__(self, settings: Settings, store: Store, *, port: int | None = None, worker: int = 0) -> None:
+    def __init__(self, settings: Settings, store: Store, *, port: int | None = None, worker: int = 0,
+                 totals_dir: Path | None = None) -> None:  # fmt: skip
         g = settings.gateway
         self.settings = settings
         self.store = store
@@ -73,6 +76,8 @@ class GatewayRuntime:
         )
         self.routes = RouteCache(store, base_model=settings.training.base_model, refresh_s=g.route_refresh_s)
         self.metrics = GatewayMetrics()
+        # With several workers on the port (pilot/gateway/workers.py), /metrics answers with their totals
+        self.totals = None if totals_dir is None else WorkerTotals(totals_dir, worker, self.metrics)
         self.ingest_counters = IngestCounters()
         self._clean = ScrubCache()
         self._ingest_lock = threading.Lock()
@@ -91,6 +96,7 @@ class GatewayRuntime:
             metrics=self.metrics,
             on_feedback=self.feedback,
             extra={"worker": worker, "pid": os.getpid()},
+            totals=self.totals,
         )
         self._gauges()
 
@@ -181,6 +187,9 @@ class GatewayRuntime:
         except Exception:
             logger.exception("Store unreachable at stop: %d bytes stay in %s", self.spool.bytes_on_disk,
                              self.spool.directory)  # fmt: skip
+        if self.totals is not None:
+            with contextlib.suppress(OSError):
+                self.totals.snapshot()
 
     # -- serving ----------------------------------------------------------------------------------------------
     def serve(self, *, sock: socket.socket | None = None, parent_pid: int | None = None) -> None:
@@ -228,10 +237,21 @@ class GatewayRuntime:
                 started.set()
             if parent_pid is not None:
                 self._watch_parent(parent_pid)
+            if self.totals is not None:
+                self._snapshot()
             await self._stopping.wait()
         finally:
             await runner.cleanup()  # stops listening, waits for open requests, then closes what is left
             await client.close()
+
+    def _snapshot(self) -> None:
+        """This worker's figures for the totals on its port, once a second (a stop writes them a last time)."""
+        assert self._loop is not None and self.totals is not None
+        try:
+            self.totals.snapshot()
+        except OSError as exc:  # a full disk: the totals lag, the calls go on
+            logger.warning("Cannot write the metrics file %s: %s", self.totals.path, exc)
+        self._loop.call_later(SNAPSHOT_S, self._snapshot)
 
     def _watch_parent(self, parent_pid: int) -> None:
         """A worker whose supervisor is gone (``kill -9``) stops, as SIGTERM would stop it."""

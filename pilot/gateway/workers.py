@@ -15,6 +15,9 @@ Invariants:
   others and the parent exits 1. SIGTERM/SIGINT stop every worker cleanly (each writes and ingests its spool)
   and the parent exits 0. A worker whose parent is gone stops itself (pilot/gateway/server.py).
 - The parent holds no store connection and serves nothing.
+- ``/metrics`` on any worker answers with the totals over all of them, which never go down while the parent runs
+  (a replacement starts from what its predecessor last wrote; pilot/gateway/metrics.py); ``?scope=worker`` is
+  the answering worker's own figures.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -58,7 +62,7 @@ def listeners(host: str, port: int, count: int) -> list[socket.socket]:
     return socks
 
 
-def _worker(config: Path | None, index: int, sock: socket.socket, port: int, parent_pid: int) -> None:
+def _worker(config: Path | None, index: int, sock: socket.socket, port: int, parent_pid: int, totals: Path) -> None:
     """One serving process (``multiprocessing`` spawn target)."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from pilot import testpoints
@@ -71,7 +75,8 @@ def _worker(config: Path | None, index: int, sock: socket.socket, port: int, par
     settings = load_settings(config)
     store = Store(settings.database_url)
     try:
-        GatewayRuntime(settings, store, port=port, worker=index).serve(sock=sock, parent_pid=parent_pid)
+        runtime = GatewayRuntime(settings, store, port=port, worker=index, totals_dir=totals)
+        runtime.serve(sock=sock, parent_pid=parent_pid)
     finally:
         store.close()
 
@@ -84,6 +89,10 @@ class Supervisor:
         self.count = workers
         self.socks = listeners(g.host, g.port if port is None else port, workers)
         self.port = int(self.socks[0].getsockname()[1])
+        # The workers' figures for /metrics' totals (pilot/gateway/metrics.py): fresh for each supervisor
+        self.totals = settings.spool_dir / f"{self.port}-metrics"
+        shutil.rmtree(self.totals, ignore_errors=True)
+        self.totals.mkdir(parents=True, mode=0o700)
         self.procs: dict[int, Any] = {}
         self.deaths: collections.deque[float] = collections.deque()
         self.stopping = threading.Event()
@@ -92,7 +101,9 @@ class Supervisor:
     def _start(self, index: int) -> None:
         sock = self.socks[index % len(self.socks)]
         process = self._ctx.Process(
-            target=_worker, args=(self.config, index, sock, self.port, os.getpid()), name=f"gateway-worker-{index}"
+            target=_worker,
+            args=(self.config, index, sock, self.port, os.getpid(), self.totals),
+            name=f"gateway-worker-{index}",
         )
         process.start()
         self.procs[index] = process

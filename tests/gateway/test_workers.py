@@ -68,7 +68,8 @@ class Workers:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def by_worker(self, want: int = 2, timeout: float = 60) -> dict[int, dict[str, str]]:
-        """Each worker's /healthz and /metrics (fresh connections until every worker has answered)."""
+        """Each worker's /healthz, own /metrics and the totals it answers with (fresh connections until every worker
+        has answered)."""
         seen: dict[int, dict[str, str]] = {}
         deadline = time.monotonic() + timeout
         while len(seen) < want:
@@ -76,12 +77,17 @@ class Workers:
             try:
                 with httpx.Client(timeout=5) as http:  # one connection: health and metrics from one worker
                     health = http.get(f"http://127.0.0.1:{self.port}/healthz").json()
-                    metrics = http.get(f"http://127.0.0.1:{self.port}/metrics").text
+                    metrics = http.get(f"http://127.0.0.1:{self.port}/metrics?scope=worker").text
+                    totals = http.get(f"http://127.0.0.1:{self.port}/metrics").text
             except httpx.HTTPError:
                 time.sleep(0.1)
                 continue
-            seen[health["worker"]] = {"pid": str(health["pid"]), "metrics": metrics}
+            seen[health["worker"]] = {"pid": str(health["pid"]), "metrics": metrics, "totals": totals}
         return seen
+
+    def totals(self, name: str = OK_CALLS) -> float:
+        """``name`` in the totals, from whichever worker takes a fresh connection."""
+        return _metric(httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5).text, name)
 
     def stored(self) -> int:
         with self.store.session() as s:
@@ -155,7 +161,12 @@ def test_two_workers_serve_one_port_and_sigterm_stops_all(workers: Workers) -> N
     after = workers.by_worker()
     served = {w: _metric(s["metrics"], OK_CALLS) for w, s in after.items()}
     assert sum(served.values()) == 30 and all(n > 0 for n in served.values()), served  # both served
-    assert {p.name for p in workers.spool.iterdir()} == {str(workers.port), f"{workers.port}-1"}  # one spool each
+    # Either worker's /metrics is the totals: both workers' figures, summed (the other's at most 1 s old)
+    _wait(lambda: all(_metric(s["totals"], OK_CALLS) == 30 for s in workers.by_worker().values()))
+    assert _metric(after[0]["totals"], "learning_pilot_gateway_workers") == 2
+    assert "learning_pilot_gateway_worker " not in after[0]["totals"]  # which process answered: its own view only
+    spools = {str(workers.port), f"{workers.port}-1"}
+    assert {p.name for p in workers.spool.iterdir()} == spools | {f"{workers.port}-metrics"}  # one spool each
     _wait(lambda: workers.stored() == 30)
     pids = [int(s["pid"]) for s in after.values()]
     everything = pids + [_ingester(pid) for pid in pids]
@@ -173,6 +184,8 @@ def test_killed_worker_is_replaced_and_its_spool_recovered(workers: Workers) -> 
         asyncio.run(_calls(workers.url, 20))
         time.sleep(1.0)  # past the fsync interval (0.2 s): every answered call is on disk
         assert workers.stored() == 0
+        _wait(lambda: workers.totals() == 20)  # each worker has written its figures since its last call
+        scrapes = [workers.totals()]
         os.kill(pids[1], signal.SIGKILL)  # the worker and its ingester die without a clean stop
         os.kill(ingesters[1], signal.SIGKILL)
         os.kill(ingesters[0], signal.SIGCONT)
@@ -181,6 +194,11 @@ def test_killed_worker_is_replaced_and_its_spool_recovered(workers: Workers) -> 
         assert asyncio.run(_calls(workers.url, 20, timeout=90)) == ["base-model: add two numbers"] * 20
         waited = time.monotonic() - started
         replacement = workers.by_worker()[1]
+        while scrapes[-1] != 40:  # the 20 before the kill count: the replacement took over its predecessor's
+            assert time.monotonic() < started + 60, scrapes
+            scrapes.append(workers.totals())
+            time.sleep(0.1)
+        assert scrapes == sorted(scrapes), scrapes  # never down: Prometheus would read a drop as a counter reset
         assert replacement["pid"] != str(pids[1])
         assert _metric(replacement["metrics"], OK_CALLS) > 0, waited  # some of the 20 went to worker 1's socket
         assert _metric(replacement["metrics"], "learning_pilot_gateway_records_recovered") > 0  # worker 1 had some
