@@ -6,7 +6,8 @@ completion-only loss) when ``trl`` is installed (it is not a dependency: ``pip i
 All sides get the same base weights, LoRA config, examples, batch size and number of optimizer steps; the
 figure is real (non-pad) input tokens per second of the training loop. ``tiny`` uses the cached tiny base
 (CPU-sized); ``7b-shape`` builds a random-weight Llama-7B-shaped model (bf16, needs a GPU with ~40 GB);
-a path loads a local model directory. Prints both figures and the ratio.
+a path loads a local model directory. Our loop runs twice, with padded batches (the job's default, against the
+Trainer's padded batches) and with packing (against TRL's packing); prints the figures and the ratios.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def make_7b_shape(tokenizer: Any, device: torch.device, dtype: torch.dtype) -> A
     return model
 
 
-def run_ours(base: Any, tok: Any, train_file: Path, out: Path, args: argparse.Namespace) -> float:
+def run_ours(base: Any, tok: Any, train_file: Path, out: Path, args: argparse.Namespace, *, packing: bool) -> float:
     cfg = finetune_lora.parse_config(
         {
             "base_model": "in-memory",
@@ -72,7 +73,7 @@ def run_ours(base: Any, tok: Any, train_file: Path, out: Path, args: argparse.Na
             "output_dir": str(out),
             "lora": {"r": 16, "alpha": 32, "target_modules": "all-linear"},
             "seq_len": args.seq_len,
-            "packing": True,
+            "packing": packing,
             "batch_size": args.batch_size,
             "learning_rate": 1e-4,
             "max_steps": args.steps,
@@ -221,21 +222,25 @@ def main() -> int:
         n_tokens = sum(len(e.ids) for e in examples) / len(examples)
         print(f"model={args.model} device={device} dtype={dtype} steps={args.steps} batch={args.batch_size}")
         print(f"mean example length: {n_tokens:.1f} tokens")
-        base = fresh_base()
-        ours = run_ours(base, tok, train_file, Path(tmp) / "ours", args)
-        del base
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        figures = {}
+        for packing in (False, True):  # padded batches are the job's default; packing is its option
+            base = fresh_base()
+            figures[packing] = run_ours(base, tok, train_file, Path(tmp) / f"ours-{packing}", args, packing=packing)
+            del base
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
         theirs = run_trainer(fresh_base(), tok, examples, args)
         trl = run_trl(fresh_base(), tok, examples, args)
-    print(f"finetune_lora loop: {ours:,.0f} tokens/s")
-    print(f"HF Trainer + peft:  {theirs:,.0f} tokens/s")
+    ours, packed = figures[False], figures[True]
+    print(f"finetune_lora loop, padded batches (the default): {ours:,.0f} tokens/s")
+    print(f"HF Trainer + peft, padded batches:               {theirs:,.0f} tokens/s")
     print(f"ratio (ours / Trainer): {ours / theirs:.2f}x")
+    print(f"finetune_lora loop, packing (one row per micro-batch): {packed:,.0f} tokens/s")
     if trl is None:
         print("TRL SFTTrainer: not measured (trl is not installed)")
     else:
-        print(f"TRL SFTTrainer (packing, completion-only loss): {trl:,.0f} tokens/s")
-        print(f"ratio (ours / TRL SFTTrainer): {ours / trl:.2f}x")
+        print(f"TRL SFTTrainer (packing, completion-only loss):        {trl:,.0f} tokens/s")
+        print(f"ratio (ours packed / TRL SFTTrainer): {packed / trl:.2f}x")
     return 0
 
 

@@ -1,13 +1,15 @@
 """The capture gateway's cost: added latency, added time to first token, throughput, and how fast records land.
 
 Run: ``python bench/bench_gateway.py [--calls 4000] [--concurrency 50] [--streams 400] [--records 100000]
-[--upstream-delay-ms 0,20,100] [--gateway-workers 1] [--profile gateway.prof]``.
+[--upstream-delay-ms 0,20,100] [--gateway-workers 1] [--gateway-cpus 1] [--profile gateway.prof]``.
 
 Three processes on loopback: the fake OpenAI upstream (tools/serving/openai_fake.py), one gateway process
 (``learning-pilot gateway``, recording on, SQLite store in a temp dir) and this load generator (aiohttp, one
 pooled connector); with ``--gateway-workers N`` the gateway is N serving processes on its port
 (``learning-pilot gateway --workers N``) and its CPU is theirs together. The same calls go straight to the
-upstream and through the gateway in alternating rounds, so the difference is the gateway. Prints:
+upstream and through the gateway in alternating rounds, so the difference is the gateway. ``--gateway-cpus 1``
+pins the gateway (its workers and ingesters) to CPU 1 and this load generator and the upstream to the others, as
+on a host where the proxy has a core of its own; by default all three share every core. Prints:
 
 - for each ``--upstream-delay-ms`` (the fake sleeps that long before it answers, each non-streamed call's delay
   spread uniformly over +-``--jitter`` (50%) of it as a model server's answers are, and spaces streamed chunks by
@@ -209,6 +211,7 @@ async def condition(
     return {
         "upstream_delay_ms": delay_ms,
         "gateway_workers": args.gateway_workers,
+        "gateway_cpus": args.gateway_cpus or "shared",
         "jitter": args.jitter,
         "concurrency": args.concurrency,
         "direct_p50_ms": round(_pct(d_lat, 0.5), 2),
@@ -237,7 +240,14 @@ async def main() -> int:
     parser.add_argument("--jitter", type=float, default=0.5, help="each call's delay: x uniform(1 - j, 1 + j)")
     parser.add_argument("--gateway-workers", type=int, default=1, help="gateway serving processes (--workers)")
     parser.add_argument("--profile", type=Path, help="run the gateway under cProfile, stats written here")
+    parser.add_argument("--gateway-cpus", default="", help="e.g. 1: the gateway on these CPUs, the rest elsewhere")
     args = parser.parse_args()
+    gateway_cpus = {int(c) for c in args.gateway_cpus.split(",") if c.strip()}
+    if gateway_cpus:
+        others = os.sched_getaffinity(0) - gateway_cpus
+        if not others:
+            raise SystemExit(f"--gateway-cpus {args.gateway_cpus} leaves no CPU for the load and the upstream")
+        os.sched_setaffinity(0, others)  # this process, and the upstream started below, stay off the gateway's
     delays = [float(d) for d in args.upstream_delay_ms.split(",") if d.strip()]
     tmp = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     data = tmp / "data"
@@ -254,8 +264,15 @@ async def main() -> int:
     gateway = [sys.executable, *profile, "-m", "pilot.cli", "gateway"]
     procs = [
         subprocess.Popen([sys.executable, "-m", "tools.serving.openai_fake", str(up_port), BASE], env=env, cwd=tmp),
-        subprocess.Popen([*gateway, "--port", str(gw_port), "--workers", str(args.gateway_workers)], env=env, cwd=tmp),
+        subprocess.Popen(
+            [*gateway, "--port", str(gw_port), "--workers", str(args.gateway_workers)],
+            env=env,
+            cwd=tmp,
+            preexec_fn=(lambda: os.sched_setaffinity(0, gateway_cpus)) if gateway_cpus else None,
+        ),
     ]
+    if gateway_cpus:
+        print(json.dumps({"gateway_cpus": sorted(gateway_cpus), "load_and_upstream_cpus": sorted(others)}))
     gw_pid = procs[1].pid
     direct, via = f"http://127.0.0.1:{up_port}/v1", f"http://127.0.0.1:{gw_port}/v1"
     try:

@@ -4,9 +4,16 @@ control plane's sandbox (tools.sandbox.run_python) -> the gate's statistics (sub
 
 The code task: "For the <words> job, write `f` that returns its argument plus one.", tests ``f(1) == 2`` and
 ``f(-4) == -3``. The champion is the tiny base fine-tuned (supervised, 40 steps) on records whose answers are
-45% right (``f = lambda x: x + 1``) and 55% the characteristic bug (``x - 1``), merged into its base: it passes
-the golden tests only sometimes (greedy; it also still garbles some answers). GRPO from it (a fresh adapter on
-the merged champion, k = 4 samples per prompt, 6 prompts per step, 10 steps) is rewarded only by the tests.
+45% right (``f = lambda x: x + 1``) and 55% the characteristic bug (``x - 1``), merged into its base: its samples
+pass the tests only sometimes, and its greedy answers to the golden prompts mostly or always carry the bug. GRPO
+from it (a fresh adapter on the merged champion, k = 4 samples per prompt, 6 prompts per step, 10 steps) is
+rewarded only by the tests.
+
+The champion's greedy pass rate depends on the tiny base's float details, which differ between CPUs (the base
+is built on the machine: the same build is bit for bit the same on one machine, not across machine kinds): on an
+AMD EPYC machine (2026-12-07) the champion passed 0.00 and GRPO 0.97 (diff +0.975, 95% CI [+0.94, +1.00]); on
+the machine of the figures below, 0.35. So the test asks that the champion pass at most 60% of the golden items
+greedily and that its samples in the first GRPO step pass sometimes, not a band for the greedy rate.
 
 Measured on this machine with the same recipe (lr 1e-3): record seed 0 (pinned) champion 0.35 -> GRPO 0.76 on
 80 golden items, diff +0.41, 95% CI [+0.30, +0.51], sign test p=2e-10: promote; the mean reward of a step's
@@ -125,7 +132,8 @@ def test_grpo_raises_the_golden_pass_rate_over_the_champion(tmp_path: Path) -> N
     rate_champ, rate_cand = sum(champ.values()) / len(champ), sum(cand.values()) / len(cand)
     print(f"golden pass rate: champion {rate_champ:.2f}, GRPO {rate_cand:.2f}; reward curve "
           f"{metrics['reward_curve']}; gate: {report.reason}")  # fmt: skip
-    assert 0.1 <= rate_champ <= 0.6  # the champion passes only sometimes
+    assert rate_champ <= 0.6  # the champion mostly makes the characteristic bug (greedy: 0.00 or 0.35, see above)
+    assert 0 < metrics["reward_mean_first"] < 0.6  # its samples pass only sometimes: there is a signal to learn
     assert metrics["reward_mean_last"] > metrics["reward_mean_first"]
     assert metrics["zero_variance_groups"] < metrics["groups"]
     assert report.verdict == "promote" and report.ci_low > GateConfig().margin
