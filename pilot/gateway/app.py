@@ -338,8 +338,8 @@ def create_app(gw: Gateway) -> web.Application:
         return _json({"ok": True, "champion": gw.routes.state.champion, **gw.extra})
 
     async def metrics(request: web.Request) -> web.Response:
-        own = gw.totals is None or request.query.get("scope") == "worker"
-        body = gw.metrics.render() if own else gw.totals.render()  # type: ignore[union-attr]
+        totals = gw.totals if request.query.get("scope") != "worker" else None
+        body = gw.metrics.render() if totals is None else totals.render()
         return web.Response(body=body, headers={"content-type": CONTENT_TYPE})
 
     app = web.Application(client_max_size=gw.max_body)

@@ -175,7 +175,7 @@ class WorkerTotals:
                 continue  # being replaced this instant, or not ours: the next scrape has it
             workers += 1
         registry = CollectorRegistry()
-        registry.register(totals)  # type: ignore[arg-type]  # any object with collect() is a collector
+        registry.register(totals)  # a collector is anything with collect()
         Gauge("learning_pilot_gateway_workers", "Workers whose figures these totals sum.", registry=registry).set(
             workers
         )

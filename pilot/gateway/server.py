@@ -15,7 +15,6 @@ feedback naming a call not stored yet flushes the spool and waits up to ``FEEDBA
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -187,9 +186,7 @@ class GatewayRuntime:
         except Exception:
             logger.exception("Store unreachable at stop: %d bytes stay in %s", self.spool.bytes_on_disk,
                              self.spool.directory)  # fmt: skip
-        if self.totals is not None:
-            with contextlib.suppress(OSError):
-                self.totals.snapshot()
+        self._write_totals()  # the last figures, for the totals while a replacement starts
 
     # -- serving ----------------------------------------------------------------------------------------------
     def serve(self, *, sock: socket.socket | None = None, parent_pid: int | None = None) -> None:
@@ -244,13 +241,19 @@ class GatewayRuntime:
             await runner.cleanup()  # stops listening, waits for open requests, then closes what is left
             await client.close()
 
-    def _snapshot(self) -> None:
-        """This worker's figures for the totals on its port, once a second (a stop writes them a last time)."""
-        assert self._loop is not None and self.totals is not None
+    def _write_totals(self) -> None:
+        """This worker's figures for the totals on its port (pilot/gateway/metrics.py); nothing for a single one."""
+        if self.totals is None:
+            return
         try:
             self.totals.snapshot()
         except OSError as exc:  # a full disk: the totals lag, the calls go on
             logger.warning("Cannot write the metrics file %s: %s", self.totals.path, exc)
+
+    def _snapshot(self) -> None:
+        """``_write_totals`` once a second while serving (a stop writes them a last time)."""
+        assert self._loop is not None
+        self._write_totals()
         self._loop.call_later(SNAPSHOT_S, self._snapshot)
 
     def _watch_parent(self, parent_pid: int) -> None:
