@@ -34,25 +34,48 @@ def rig(
     built.server.stop()
 
 
-def test_once_and_the_daemon_worker_never_double_a_rental(rig: Rig) -> None:
+@pytest.mark.parametrize("first", ["once", "worker"])
+def test_once_and_the_daemon_worker_never_double_a_rental(rig: Rig, first: str) -> None:
+    """``first``: who takes the run's lease first. "once": ``run --once`` holds it and drives, the worker's passes
+    skip the run. "worker": a worker pass holds it for the launch, so ``run --once`` may find it taken and return at
+    once (as it did on a loaded CI machine); the worker's later passes, or ``--once``, drive it on. Either way one
+    instance per attempt and one relaunch."""
+    from pilot.store.leases import run_lease
+    from pilot.store.models import Lease
+
     # The second process: its own engine on the same database, its own lease owner, the same provider.
     other = build_context(rig.ctx.settings, store=Store(rig.store.url))
     other.gpu, other.host_modules = rig.ctx.gpu, rig.ctx.host_modules
     run = rig.new_run()
     results: dict[str, TrainingRun] = {}
     once = threading.Thread(target=lambda: results.setdefault("once", watch_run(rig.ctx, run.id, poll_s=0.05)))
-    once.start()
+    deadline = time.monotonic() + 120
+    if first == "worker":
+        advance_runs(other)  # the launch, under the worker's lease
+        once.start()
+    else:
+        once.start()
+        while True:  # ``--once`` holds the lease before the worker's first pass
+            assert time.monotonic() < deadline and once.is_alive()
+            with rig.store.session() as s:
+                lease = s.get(Lease, run_lease(run.id), populate_existing=True)
+            if lease is not None and lease.owner == rig.ctx.owner:
+                break
+            time.sleep(0.01)
 
     worker_steps = 0
     lost_host = False
-    deadline = time.monotonic() + 120
-    while once.is_alive():  # the daemon's jobs worker runs beside it, pass after pass
+    current: TrainingRun | None = None
+    while True:  # the daemon's jobs worker runs beside it, pass after pass, until the run ends
         assert time.monotonic() < deadline
         advance_runs(other)
         worker_steps += 1
         with rig.store.session() as s:
-            live = s.get(TrainingRun, run.id, populate_existing=True)
-        instance = live.instance_id if live is not None else None
+            current = s.get(TrainingRun, run.id, populate_existing=True)
+        assert current is not None
+        if RunStatus(current.status).is_terminal and not once.is_alive():
+            break
+        instance = current.instance_id
         if not lost_host and instance is not None and rig.ctx.gpu.poll(instance).state is InstanceState.RUNNING:
             rig.server.host_offline(instance)  # a host loss while both are watching
             lost_host = True
@@ -61,7 +84,9 @@ def test_once_and_the_daemon_worker_never_double_a_rental(rig: Rig) -> None:
     other.store.close()
 
     assert lost_host and worker_steps > 5
-    assert results["once"].status == RunStatus.SUCCEEDED, results["once"].status_message
+    assert current.status == RunStatus.SUCCEEDED, current.status_message
+    if first == "once":
+        assert results["once"].status == RunStatus.SUCCEEDED  # it drove the run to its end
     with rig.store.session() as s:
         attempts = attempts_of(s, run.id)
     assert len(attempts) == 2  # the first host and exactly one relaunch
