@@ -174,13 +174,13 @@ def test_non_json_tool_arguments_for_the_decision_fall_back() -> None:
 
 def test_a_slow_model_times_out_into_the_fallback() -> None:
     def slow(messages: list[BaseMessage]) -> AIMessage:
-        time.sleep(1.0)
+        time.sleep(4.0)
         return submit()
 
     started = time.monotonic()
     run = go(FunctionChatModel(respond=slow), budget=AgentBudget(deadline_s=0.2))
     assert run.fallback is not None and run.fallback.startswith("timeout")
-    assert time.monotonic() - started < 0.9  # the loop did not wait for the slow answer
+    assert time.monotonic() - started < 3.0  # the loop did not wait for the slow answer (room for a loaded machine)
 
 
 @pytest.mark.parametrize(
