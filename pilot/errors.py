@@ -8,7 +8,8 @@ PilotError (tools.errors)
 │   ├── TransitionError      a status change not in the allowed-edges table
 │   └── ConflictError        compare-and-set lost: someone else changed it first
 ├── BudgetError              a reservation would exceed a cap
-└── PausedError              the kill switch is engaged; nothing may spend
+├── PausedError              the kill switch is engaged; nothing may spend
+└── InUseError               another process holds what this one needs (a gateway's port and spool)
 """
 
 from __future__ import annotations
@@ -42,3 +43,7 @@ class BudgetError(PilotError):
 
 class PausedError(PilotError):
     """The pilot is paused (kill switch); nothing may spend until resumed."""
+
+
+class InUseError(PilotError):
+    """Another live process holds what this one needs (a gateway's spool and figures for its port)."""

@@ -187,6 +187,7 @@ class GatewayRuntime:
             logger.exception("Store unreachable at stop: %d bytes stay in %s", self.spool.bytes_on_disk,
                              self.spool.directory)  # fmt: skip
         self._write_totals()  # the last figures, for the totals while a replacement starts
+        self.spool.close()
 
     # -- serving ----------------------------------------------------------------------------------------------
     def serve(self, *, sock: socket.socket | None = None, parent_pid: int | None = None) -> None:

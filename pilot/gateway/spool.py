@@ -10,6 +10,8 @@ Invariants:
 - A segment is deleted only after its calls are committed to the store (``done``). A segment left by a crashed
   process (``.jsonl``, or a ``.tmp`` whose fsync may not have finished) is picked up at start; a torn last line is
   discarded and counted (``recovered``/``torn``), and start-up says how many.
+- One process owns a spool directory: the owner holds ``.lock`` (pilot/gateway/locks.py) from before recovery
+  until ``close``, so a second gateway on the same port stops instead of recovering the live one's segments.
 """
 
 from __future__ import annotations
@@ -28,9 +30,12 @@ from typing import Any
 
 import orjson
 
+from pilot.gateway.locks import ProcessLock
+
 logger = logging.getLogger(__name__)
 
 SEGMENT_SUFFIX = ".jsonl"
+LOCK_NAME = ".lock"
 
 
 @dataclass
@@ -88,7 +93,9 @@ class Spool:
         self._thread: threading.Thread | None = None
         directory.mkdir(parents=True, exist_ok=True)
         os.chmod(directory, 0o700)
+        self._owner: ProcessLock | None = None
         if recover:  # the gateway's own spool; its ingester process only reads complete segments
+            self._owner = ProcessLock(directory / LOCK_NAME, f"The spool {directory}")
             self._recover()
 
     # -- the hot path -----------------------------------------------------------------------------------------
@@ -119,6 +126,11 @@ class Spool:
         if self._thread is not None:
             self._thread.join(timeout=30)
         self.flush()
+
+    def close(self) -> None:
+        """Hand the directory over: another process may own it from now on (after ``stop`` and the last ingest)."""
+        if self._owner is not None:
+            self._owner.release()
 
     def _run(self) -> None:
         while not self._stop.wait(self.fsync_interval_s):
@@ -164,6 +176,8 @@ class Spool:
         total = 0
         with os.scandir(self.directory) as entries:
             for entry in entries:
+                if entry.name == LOCK_NAME:
+                    continue
                 with contextlib.suppress(FileNotFoundError):  # ingested and deleted meanwhile
                     total += entry.stat().st_size
         return total

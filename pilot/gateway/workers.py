@@ -14,7 +14,8 @@ Invariants:
 - A worker that dies is restarted; more than ``RESTART_LIMIT`` deaths within ``RESTART_WINDOW_S`` stop the
   others and the parent exits 1. SIGTERM/SIGINT stop every worker cleanly (each writes and ingests its spool)
   and the parent exits 0. A worker whose parent is gone stops itself (pilot/gateway/server.py).
-- The parent holds no store connection and serves nothing.
+- The parent holds no store connection and serves nothing. It holds the port's lock (``<port>-metrics/.lock``,
+  pilot/gateway/locks.py) and each worker its spool's, so a second gateway on the port stops with an error.
 - ``/metrics`` on any worker answers with the totals over all of them, which never go down while the parent runs
   (a replacement starts from what its predecessor last wrote; pilot/gateway/metrics.py); ``?scope=worker`` is
   the answering worker's own figures.
@@ -35,6 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pilot.gateway.locks import ProcessLock
+from pilot.gateway.spool import LOCK_NAME
 from pilot.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -87,16 +90,30 @@ class Supervisor:
         self.config = config
         self.host = g.host
         self.count = workers
-        self.socks = listeners(g.host, g.port if port is None else port, workers)
+        wanted = g.port if port is None else port
+        # One supervisor per port (pilot/gateway/locks.py): SO_REUSEPORT would let a second one bind it and share
+        # the first one's spools and figures. Taken before binding, so a second one never takes a connection.
+        owner = self._own(settings, wanted) if wanted else None
+        self.socks = listeners(g.host, wanted, workers)
         self.port = int(self.socks[0].getsockname()[1])
-        # The workers' figures for /metrics' totals (pilot/gateway/metrics.py): fresh for each supervisor
-        self.totals = settings.spool_dir / f"{self.port}-metrics"
-        shutil.rmtree(self.totals, ignore_errors=True)
-        self.totals.mkdir(parents=True, mode=0o700)
+        self._owner = owner or self._own(settings, self.port)  # port 0: the port the kernel gave
         self.procs: dict[int, Any] = {}
         self.deaths: collections.deque[float] = collections.deque()
         self.stopping = threading.Event()
         self._ctx = multiprocessing.get_context("spawn")
+
+    def _own(self, settings: Settings, port: int) -> ProcessLock:
+        """Lock ``<spool_dir>/<port>-metrics``, the workers' figures for /metrics' totals (pilot/gateway/metrics.py),
+        and empty it: fresh for each supervisor."""
+        self.totals = settings.spool_dir / f"{port}-metrics"
+        self.totals.mkdir(parents=True, mode=0o700, exist_ok=True)
+        lock = ProcessLock(self.totals / LOCK_NAME, f"Port {port}")
+        for path in self.totals.iterdir():
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.name != LOCK_NAME:
+                path.unlink()
+        return lock
 
     def _start(self, index: int) -> None:
         sock = self.socks[index % len(self.socks)]
@@ -153,6 +170,7 @@ class Supervisor:
                 process.join()
         for sock in self.socks:
             sock.close()
+        self._owner.release()
 
 
 def supervise(config: Path | None, settings: Settings, workers: int, port: int | None = None) -> int:

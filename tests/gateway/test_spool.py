@@ -14,8 +14,10 @@ from pathlib import Path
 
 import httpx
 import openai
+import pytest
 from sqlmodel import func, select
 
+from pilot.errors import InUseError
 from pilot.gateway.spool import Spool
 from pilot.store import Store
 from pilot.store.models import GatewayCall
@@ -81,6 +83,21 @@ def test_torn_tail_is_discarded_and_counted(tmp_path: Path) -> None:
     spool = Spool(directory)
     assert (spool.counters.recovered, spool.counters.torn) == (2, 1)
     assert [c["request_id"] for seg in spool.segments() for c in spool.read(seg)] == ["a", "b"]
+
+
+def test_a_second_owner_of_a_live_spool_stops_and_touches_nothing(tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    live = Spool(directory)
+    half_written = directory / "00000000000000000001-1-00000001.tmp"  # the live one's segment, mid-write
+    half_written.write_bytes(b'{"request_id": "a"}\n{"req')
+    with pytest.raises(InUseError, match=rf"in use by another gateway process \(pid {os.getpid()},"):
+        Spool(directory)
+    assert half_written.read_bytes() == b'{"request_id": "a"}\n{"req'  # not "recovered" from under the live one
+    assert live._measure() == half_written.stat().st_size  # the lock file is not spool data
+    live.close()
+    after = Spool(directory)  # handed over: the next owner recovers what is there
+    assert (after.counters.recovered, after.counters.torn) == (1, 1)
+    after.close()
 
 
 def _free_port() -> int:
@@ -149,7 +166,7 @@ def test_sigterm_stops_cleanly_with_every_answered_call_stored(tmp_path: Path) -
             out = proc.communicate(timeout=30)[0].decode()
     assert proc.returncode == 0, out
     assert set(ids) <= _stored(store)  # the stop wrote the spool's last interval and ingested it
-    assert [p for p in (data / "spool").rglob("*") if p.is_file()] == []  # deleted once ingested
+    assert [p for p in (data / "spool").rglob("*") if p.is_file() and p.name != ".lock"] == []  # deleted once ingested
     store.close()
 
 

@@ -101,15 +101,15 @@ def _metric(text: str, name: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def _start(tmp_path: Path, upstream: str, *, stderr: int | None = None,
+def _start(tmp_path: Path, upstream: str, *, stderr: int | None = None, port: int | None = None, workers: int = 2,
            **env: str) -> tuple[subprocess.Popen[bytes], int, Path]:  # fmt: skip
     data = tmp_path / "data"
-    port = _free_port()
+    port = _free_port() if port is None else port
     environ = {**os.environ, "PYTHONPATH": str(REPO), "LEARNING_PILOT_DATA_DIR": str(data),
                "LEARNING_PILOT_TRAINING__BASE_MODEL": "base-model", "LEARNING_PILOT_GATEWAY__UPSTREAM_URL": upstream,
                **env}  # fmt: skip
     environ.pop("LEARNING_PILOT_CONFIG", None)
-    command = [sys.executable, "-m", "pilot.cli", "gateway", "--workers", "2", "--port", str(port)]
+    command = [sys.executable, "-m", "pilot.cli", "gateway", "--workers", str(workers), "--port", str(port)]
     return subprocess.Popen(command, env=environ, cwd=tmp_path, stderr=stderr), port, data / "spool"
 
 
@@ -173,6 +173,37 @@ def test_two_workers_serve_one_port_and_sigterm_stops_all(workers: Workers) -> N
     workers.process.send_signal(signal.SIGTERM)
     assert workers.process.wait(60) == 0
     assert not [pid for pid in everything if _alive(pid)]
+
+
+@pytest.mark.parametrize("second", [2, 1], ids=["supervisor", "single-process"])
+def test_a_second_gateway_on_the_port_stops_and_the_first_keeps_everything(
+    workers: Workers, tmp_path: Path, second: int
+) -> None:
+    """A second ``learning-pilot gateway`` on the same port and data dir (by hand next to the unit, say): a second
+    supervisor could bind the port beside the first (SO_REUSEPORT), wipe its workers' figures and share their
+    spools; a single process would recover the first's spool before failing to bind. Each stops with an error
+    naming the holder, and the first keeps serving, counting and storing every call."""
+    workers.by_worker()  # both are up
+    asyncio.run(_calls(workers.url, 10))
+    _wait(lambda: workers.totals() == 10)
+    figures = workers.spool / f"{workers.port}-metrics"
+    before = {p.name: p.read_bytes() for p in figures.glob("worker-*.json")}
+    assert set(before) == {"worker-0.json", "worker-1.json"}
+    process, _, _ = _start(tmp_path, "http://127.0.0.1:9/v1", stderr=subprocess.PIPE, port=workers.port,
+                           workers=second)  # fmt: skip
+    try:
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()  # a second one that kept running (the failure this test looks for)
+    assert process.returncode == 1, err.decode()
+    holder = workers.process.pid if second > 1 else int(workers.by_worker()[0]["pid"])  # the port's; spool 0's
+    assert f"in use by another gateway process (pid {holder}," in err.decode(), err.decode()
+    assert set(before) <= {p.name for p in figures.glob("worker-*.json")}  # nothing of the first's was wiped
+    assert asyncio.run(_calls(workers.url, 10)) == ["base-model: add two numbers"] * 10
+    _wait(lambda: workers.totals() == 20)
+    _wait(lambda: workers.stored() == 20)
+    workers.process.send_signal(signal.SIGTERM)
+    assert workers.process.wait(60) == 0
 
 
 def test_killed_worker_is_replaced_and_its_spool_recovered(workers: Workers) -> None:
