@@ -23,7 +23,6 @@ from pilot.errors import InUseError
 class ProcessLock:
     def __init__(self, path: Path, what: str) -> None:
         """Take the exclusive lock on ``path`` (created 0600, holding the holder's pid) or raise ``InUseError``."""
-        self.path = path
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -36,7 +35,6 @@ class ProcessLock:
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
         self._finalizer = weakref.finalize(self, _close, fd)  # a lock dropped without release() is released too
 
     def release(self) -> None:

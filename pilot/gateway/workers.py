@@ -84,6 +84,20 @@ def _worker(config: Path | None, index: int, sock: socket.socket, port: int, par
         store.close()
 
 
+def own_port(spool_dir: Path, port: int) -> tuple[Path, ProcessLock]:
+    """Lock ``<spool_dir>/<port>-metrics``, the workers' figures for /metrics' totals (pilot/gateway/metrics.py),
+    and empty it (fresh for each supervisor); returns the directory and the held lock."""
+    totals = spool_dir / f"{port}-metrics"
+    totals.mkdir(parents=True, mode=0o700, exist_ok=True)
+    lock = ProcessLock(totals / LOCK_NAME, f"Port {port}")
+    for path in totals.iterdir():
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.name != LOCK_NAME:
+            path.unlink()
+    return totals, lock
+
+
 class Supervisor:
     def __init__(self, config: Path | None, settings: Settings, workers: int, port: int | None = None) -> None:
         g = settings.gateway
@@ -93,27 +107,14 @@ class Supervisor:
         wanted = g.port if port is None else port
         # One supervisor per port (pilot/gateway/locks.py): SO_REUSEPORT would let a second one bind it and share
         # the first one's spools and figures. Taken before binding, so a second one never takes a connection.
-        owner = self._own(settings, wanted) if wanted else None
+        held = own_port(settings.spool_dir, wanted) if wanted else None
         self.socks = listeners(g.host, wanted, workers)
         self.port = int(self.socks[0].getsockname()[1])
-        self._owner = owner or self._own(settings, self.port)  # port 0: the port the kernel gave
+        self.totals, self._owner = held or own_port(settings.spool_dir, self.port)  # port 0: the port it got
         self.procs: dict[int, Any] = {}
         self.deaths: collections.deque[float] = collections.deque()
         self.stopping = threading.Event()
         self._ctx = multiprocessing.get_context("spawn")
-
-    def _own(self, settings: Settings, port: int) -> ProcessLock:
-        """Lock ``<spool_dir>/<port>-metrics``, the workers' figures for /metrics' totals (pilot/gateway/metrics.py),
-        and empty it: fresh for each supervisor."""
-        self.totals = settings.spool_dir / f"{port}-metrics"
-        self.totals.mkdir(parents=True, mode=0o700, exist_ok=True)
-        lock = ProcessLock(self.totals / LOCK_NAME, f"Port {port}")
-        for path in self.totals.iterdir():
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.name != LOCK_NAME:
-                path.unlink()
-        return lock
 
     def _start(self, index: int) -> None:
         sock = self.socks[index % len(self.socks)]
